@@ -1,0 +1,123 @@
+"""The integer IR: the single contract between Python and everything downstream.
+
+A model is a list of tensors and a list of integer ops in execution order. Arithmetic follows
+TFLite's int8 reference kernels exactly (so int8/int4 models can be compared bit for bit with
+TFLite Micro):
+
+* Activations are int8 tensors with (scale, zero_point) and a clamp range [qmin, qmax] that
+  enforces their bit width a_bits inside the int8 container (unsigned a-bit after ReLU:
+  zero_point = -128, qmax = -128 + 2^a - 1; signed a-bit: zero_point = 0, |q| ≤ 2^(a-1)).
+* Weights are integer codes (held as int8 numpy arrays) at the layer's own w_bits, symmetric,
+  per output channel, zero point 0: codes in [-(2^(b-1)-1), 2^(b-1)-1] for b ≥ 2, {-1, +1} for b = 1.
+  Layouts are TFLite's: conv2d OHWI, depthwise conv2d 1HWC (channel multiplier 1), fully connected OI.
+* Biases are int32 with scale input_scale · w_scale[c].
+* Requantisation is per output channel: a Q31 multiplier and a shift, applied with TFLite's
+  MultiplyByQuantizedMultiplier (SaturatingRoundingDoublingHighMul + RoundingDivideByPOT).
+* ADD follows TFLite's int8 ADD (left shift 20, three multiplier/shift pairs); AVG_POOL divides with
+  rounding half away from zero; REQUANTIZE is TFLite's int8→int8 QUANTIZE.
+
+Saved as ``model.ir.json`` (graph, attributes, scalars) + ``model.ir.npz`` (arrays).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IR_VERSION = 1
+OP_KINDS = ("conv2d", "depthwise_conv2d", "fully_connected", "add", "avg_pool", "max_pool", "reshape", "requantize")
+
+
+class IRError(Exception):
+    """A malformed or inconsistent IR (one-line message)."""
+
+
+@dataclass
+class TensorSpec:
+    """An int8 activation tensor (NHWC, batch 1) with its quantisation and bit-width clamp."""
+
+    name: str
+    shape: list[int]
+    scale: float
+    zero_point: int
+    bits: int = 8
+    qmin: int = -128
+    qmax: int = 127
+
+
+@dataclass
+class Op:
+    """One integer op. `inputs`/`outputs` index `Graph.tensors`; `arrays` name entries in the npz.
+
+    attrs by kind:
+      conv2d / depthwise_conv2d: stride [sh, sw], padding [top, left, bottom, right], w_bits,
+                                 act_min, act_max (int8 clamp of the output)
+      fully_connected:           w_bits, act_min, act_max
+      add:                       left_shift, in1_multiplier, in1_shift, in2_multiplier, in2_shift,
+                                 out_multiplier, out_shift, act_min, act_max
+      avg_pool / max_pool:       kernel [kh, kw], stride [sh, sw], padding [t, l, b, r], act_min, act_max
+      reshape:                   (none; output shape is the output tensor's)
+      requantize:                multiplier, shift (int8→int8, TFLite QUANTIZE)
+    arrays by kind (conv2d, depthwise_conv2d, fully_connected): weights (int8 codes), bias (int32),
+      multiplier (int32 per channel), shift (int32 per channel), w_scale (float32 per channel).
+    """
+
+    kind: str
+    name: str
+    inputs: list[int]
+    outputs: list[int]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    """A whole integer model: tensors, ops in execution order, constant arrays and metadata."""
+
+    tensors: list[TensorSpec]
+    ops: list[Op]
+    inputs: list[int]
+    outputs: list[int]
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def const(self, op: Op, key: str) -> np.ndarray:
+        return self.consts[op.arrays[key]]
+
+    def save(self, stem: str | Path) -> tuple[Path, Path]:
+        """Write ``<stem>.ir.json`` and ``<stem>.ir.npz``; returns both paths."""
+        stem = Path(stem)
+        jpath, npath = stem.with_name(stem.name + ".ir.json"), stem.with_name(stem.name + ".ir.npz")
+        doc = {
+            "ir_version": IR_VERSION,
+            "tensors": [asdict(t) for t in self.tensors],
+            "ops": [asdict(o) for o in self.ops],
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "meta": self.meta,
+        }
+        jpath.write_text(json.dumps(doc, indent=1))
+        np.savez(npath, **self.consts)
+        return jpath, npath
+
+    @classmethod
+    def load(cls, stem: str | Path) -> "Graph":
+        """Read a graph written by :meth:`save` (pass the stem, e.g. ``runs/x/model``)."""
+        stem = Path(stem)
+        jpath, npath = stem.with_name(stem.name + ".ir.json"), stem.with_name(stem.name + ".ir.npz")
+        try:
+            doc = json.loads(jpath.read_text())
+            with np.load(npath) as z:
+                consts = {k: z[k] for k in z.files}
+        except FileNotFoundError as e:
+            raise IRError(f"IR file missing: {e.filename} (run 'smpq-deploy export' first)") from None
+        except (json.JSONDecodeError, ValueError, OSError) as e:
+            raise IRError(f"IR at '{stem}' is unreadable ({e}); re-run the export") from None
+        if doc.get("ir_version") != IR_VERSION:
+            raise IRError(f"IR version {doc.get('ir_version')} at '{jpath}' is not supported (expected {IR_VERSION}); re-run the export")
+        g = cls([TensorSpec(**t) for t in doc["tensors"]], [Op(**o) for o in doc["ops"]],
+                doc["inputs"], doc["outputs"], consts, doc.get("meta", {}))
+        return g

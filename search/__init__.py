@@ -1,0 +1,4 @@
+"""Stage 1 of smpq-deploy: models, data, quantizers, supernet, Ω(Q) cost model, SMPQ and baselines.
+
+`search` knows nothing about devices: budgets and cost models arrive as plain objects.
+"""
