@@ -1,0 +1,5 @@
+"""User-facing errors of the firmware harness (printed as one line by the CLI, never a traceback)."""
+
+
+class HarnessError(Exception):
+    """A build, flashing or board-communication problem the user can fix; the message says how."""
