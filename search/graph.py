@@ -1,0 +1,335 @@
+"""The execution graph of a torch model, extracted automatically with torch.fx.
+
+:func:`extract_graph` traces the model (``torch.fx`` symbolic tracing; Conv2d/Linear/BatchNorm/
+activation/pool modules and their subclasses are kept as leaves), propagates shapes with a dummy
+input of the model's input shape, and returns an :class:`ExecGraph`: nodes in execution order with
+their op type, module name, tensor shapes, MACs and parameters, plus every activation tensor with
+its lifetime (first producer step, last consumer step) — the input of the memory planner.
+
+Op types: ``conv2d``, ``depthwise_conv2d`` (groups == in_channels), ``fully_connected``, ``add``,
+``pool`` (avg / max / adaptive avg / spatial mean) — the ops the device runs — and the zero-cost ops
+``bn``, ``relu``, ``relu6`` (folded into the producing layer on deploy), ``identity`` (Identity,
+Dropout, contiguous) and ``flatten`` / ``reshape`` (no data movement). A zero-cost op works in place:
+its output is the same tensor as its input (so it extends that tensor's lifetime), except a
+bn/relu/relu6 whose input is also read by another op, which gets a tensor of its own.
+
+Parameters are counted as the torch module has them (weights + bias if present). On deploy,
+BatchNorm is folded, so every quantizable layer gets an int32 bias per output channel whether or
+not the torch module has one; the flash formula in :mod:`search.cost` accounts for that.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn import functional as F
+
+from search.errors import SearchError
+
+QUANTIZABLE = ("conv2d", "depthwise_conv2d", "fully_connected")
+COMPUTE = QUANTIZABLE + ("add", "pool")
+ZERO_COST = ("bn", "relu", "relu6", "identity", "flatten", "reshape")
+MODIFYING = ("bn", "relu", "relu6")  # zero-cost ops that change values (in place only if sole reader)
+
+_LEAF_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity,
+               nn.Dropout, nn.Flatten, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op in execution order. Shapes exclude the batch dimension (C, H, W) or (N,)."""
+
+    index: int
+    name: str                      # module qualified name (call_module) or the fx node name
+    op_type: str                   # see module docstring
+    module: str | None             # qualified module name, None for functional ops
+    inputs: tuple[int, ...]        # tensor ids read
+    output: int                    # tensor id written (== inputs[0] for an in-place zero-cost op)
+    in_shapes: tuple[tuple[int, ...], ...]
+    out_shape: tuple[int, ...]
+    macs: int = 0
+    weight_params: int = 0
+    bias_params: int = 0
+    out_channels: int = 0
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        """Weights + bias as the torch module has them."""
+        return self.weight_params + self.bias_params
+
+    @property
+    def quantizable(self) -> bool:
+        return self.op_type in QUANTIZABLE
+
+    @property
+    def in_place(self) -> bool:
+        return bool(self.inputs) and self.output == self.inputs[0] and self.op_type in ZERO_COST
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """An activation tensor: shape (no batch), producer step (-1: graph input), consumers, lifetime."""
+
+    id: int
+    shape: tuple[int, ...]
+    producer: int
+    consumers: tuple[int, ...]
+    first_use: int
+    last_use: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class ExecGraph:
+    """Nodes in execution order and the activation tensors they read and write."""
+
+    nodes: tuple[Node, ...]
+    tensors: tuple[TensorInfo, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    input_shape: tuple[int, ...]
+
+    def layers(self) -> list[Node]:
+        """The quantizable nodes (conv2d, depthwise_conv2d, fully_connected) in execution order."""
+        return [n for n in self.nodes if n.quantizable]
+
+    def layer_names(self) -> list[str]:
+        return [n.name for n in self.layers()]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise SearchError(f"the model has no layer '{name}'; layers: {', '.join(self.layer_names())}")
+
+    @property
+    def macs(self) -> int:
+        return sum(n.macs for n in self.nodes)
+
+    @property
+    def params(self) -> int:
+        return sum(n.params for n in self.nodes)
+
+
+class _Tracer(fx.Tracer):
+    """Keeps the supported layer types (and their subclasses, e.g. quantized wrappers) as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAF_TYPES) or super().is_leaf_module(m, qualname)
+
+
+def _spatial_mean_dims(args: tuple, kwargs: dict) -> bool:
+    dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+    return sorted(d % 4 for d in dims) == [2, 3]
+
+
+def _classify_module(m: nn.Module, name: str) -> tuple[str, dict[str, Any]]:
+    if isinstance(m, nn.Conv2d):
+        attrs = {"kernel": tuple(m.kernel_size), "stride": tuple(m.stride), "padding": m.padding,
+                 "dilation": tuple(m.dilation), "groups": m.groups, "in_channels": m.in_channels}
+        if m.groups == 1:
+            return "conv2d", attrs
+        if m.groups == m.in_channels:
+            return "depthwise_conv2d", attrs
+        raise SearchError(f"layer '{name}' is a grouped convolution (groups={m.groups}, in_channels={m.in_channels}); "
+                          f"only groups=1 or depthwise (groups == in_channels) are supported")
+    if isinstance(m, nn.Linear):
+        return "fully_connected", {"in_features": m.in_features}
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return "bn", {}
+    if isinstance(m, nn.ReLU6):
+        return "relu6", {}
+    if isinstance(m, nn.ReLU):
+        return "relu", {}
+    if isinstance(m, (nn.Identity, nn.Dropout)):
+        return "identity", {}
+    if isinstance(m, nn.Flatten):
+        return "flatten", {}
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return "pool", {"kind": "adaptive_avg"}
+    if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+        return "pool", {"kind": "avg" if isinstance(m, nn.AvgPool2d) else "max",
+                        "kernel": m.kernel_size, "stride": m.stride, "padding": m.padding}
+    raise SearchError(f"module '{name}' of type {type(m).__name__} is not supported by the execution graph "
+                      f"(supported: Conv2d, Linear, BatchNorm, ReLU, ReLU6, pooling, Flatten, Identity, Dropout, add)")
+
+
+_FUNCTIONS: dict[Any, str] = {
+    operator.add: "add", torch.add: "add", operator.iadd: "add",
+    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6",
+    torch.flatten: "flatten", torch.reshape: "reshape",
+    F.adaptive_avg_pool2d: "pool", F.avg_pool2d: "pool", F.max_pool2d: "pool",
+    F.dropout: "identity",
+}
+_METHODS = {"add": "add", "relu": "relu", "flatten": "flatten", "view": "reshape", "reshape": "reshape",
+            "contiguous": "identity", "mean": "pool"}
+
+
+def _classify_call(node: fx.Node) -> tuple[str, dict[str, Any]]:
+    if node.op == "call_function":
+        if node.target is F.hardtanh and tuple(node.args[1:3]) == (0.0, 6.0):
+            return "relu6", {}
+        if node.target is torch.mean:
+            if _spatial_mean_dims(node.args, node.kwargs):
+                return "pool", {"kind": "mean"}
+        elif node.target in _FUNCTIONS:
+            kind = _FUNCTIONS[node.target]
+            attrs = {"kind": {F.max_pool2d: "max", F.avg_pool2d: "avg"}.get(node.target, "adaptive_avg")} if kind == "pool" else {}
+            return kind, attrs
+        what = getattr(node.target, "__name__", str(node.target))
+    else:  # call_method
+        kind = _METHODS.get(str(node.target))
+        if kind == "pool" and not _spatial_mean_dims(node.args, node.kwargs):
+            kind = None
+        if kind:
+            return kind, ({"kind": "mean"} if kind == "pool" else {})
+        what = f"Tensor.{node.target}"
+    raise SearchError(f"operation '{what}' (graph node '{node.name}') is not supported by the execution graph; "
+                      f"supported: add, relu, relu6, flatten/reshape/view, pooling, spatial mean")
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        return None
+    return tuple(int(d) for d in meta.shape[1:])
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+    try:
+        graph = _Tracer().trace(model)
+    except SearchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - fx raises many types; report one line
+        raise SearchError(f"torch.fx cannot trace {type(model).__name__}: {str(e).splitlines()[0]} "
+                          f"(the model's forward must not branch on tensor values)") from None
+    gm = fx.GraphModule(model, graph)
+    flags = {m: m.training for m in model.modules()}
+    try:
+        gm.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    except SearchError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise SearchError(f"running {type(model).__name__} on an input of shape {tuple(input_shape)} failed: "
+                          f"{str(e).splitlines()[0]} (check the input shape)") from None
+    finally:
+        for m, t in flags.items():
+            m.train(t)
+    return gm
+
+
+def extract_graph(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> ExecGraph:
+    """Trace `model` for inputs of shape (C, H, W) (default: ``model.input_shape``) into an ExecGraph."""
+    shape = tuple(input_shape or getattr(model, "input_shape", None) or ())
+    if not shape:
+        raise SearchError(f"extract_graph needs the input shape of {type(model).__name__} (pass input_shape=(C, H, W))")
+    gm = _trace(model, shape)
+    modules = dict(gm.named_modules())
+
+    tensor_of: dict[fx.Node, int] = {}
+    shapes: list[tuple[int, ...]] = []
+    producers: list[int] = []
+    nodes: list[Node] = []
+    inputs: list[int] = []
+    outputs: list[int] = []
+    seen_layers: set[str] = set()
+    name_count: dict[str, int] = {}
+
+    def new_tensor(s: tuple[int, ...], producer: int) -> int:
+        shapes.append(s)
+        producers.append(producer)
+        return len(shapes) - 1
+
+    for fn in gm.graph.nodes:
+        if fn.op == "placeholder":
+            s = _shape(fn)
+            if s is None:
+                raise SearchError(f"model input '{fn.name}' is not a tensor")
+            tensor_of[fn] = new_tensor(s, -1)
+            inputs.append(tensor_of[fn])
+            continue
+        if fn.op == "output":
+            outs = fn.args[0] if isinstance(fn.args[0], (tuple, list)) else (fn.args[0],)
+            outputs.extend(tensor_of[a] for a in outs if isinstance(a, fx.Node) and a in tensor_of)
+            continue
+        if fn.op == "get_attr":
+            raise SearchError(f"the model reads tensor attribute '{fn.target}' inside forward; only module calls "
+                              f"and supported functions can be lowered")
+        out_shape = _shape(fn)
+        if out_shape is None:  # a shape computation (x.size(0) ...): not an op on the device
+            continue
+        tensor_args = [a for a in fn.all_input_nodes if a in tensor_of]
+        if fn.op == "call_module":
+            module = str(fn.target)
+            op_type, attrs = _classify_module(modules[module], module)
+        else:
+            module = None
+            op_type, attrs = _classify_call(fn)
+        if op_type == "add" and len(tensor_args) != 2:
+            raise SearchError(f"add node '{fn.name}' must add two tensors (adding a constant is not supported)")
+        if not tensor_args:
+            raise SearchError(f"graph node '{fn.name}' reads no tensor")
+        base = module or fn.name
+        name_count[base] = name_count.get(base, 0) + 1
+        name = base if name_count[base] == 1 else f"{base}:{name_count[base] - 1}"
+        index = len(nodes)
+        in_ids = tuple(tensor_of[a] for a in tensor_args)
+        in_shapes = tuple(shapes[t] for t in in_ids)
+
+        macs = weight = bias = out_ch = 0
+        if op_type in QUANTIZABLE:
+            if module in seen_layers:
+                raise SearchError(f"layer '{module}' is called more than once in forward; give each call its own module")
+            seen_layers.add(module)
+            m = modules[module]
+            weight = int(m.weight.numel())
+            bias = int(m.bias.numel()) if getattr(m, "bias", None) is not None else 0
+            out_numel = math.prod(out_shape)
+            if op_type == "fully_connected":
+                out_ch = m.out_features
+                macs = out_numel * m.in_features
+            else:
+                out_ch = m.out_channels
+                macs = out_numel * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+
+        sole_reader = len(tensor_args[0].users) == 1
+        in_place = (op_type in ZERO_COST and (op_type not in MODIFYING or sole_reader)
+                    and math.prod(out_shape) == math.prod(in_shapes[0]))
+        out_id = in_ids[0] if in_place else new_tensor(out_shape, index)
+        if in_place and op_type in ("flatten", "reshape"):
+            shapes[out_id] = out_shape  # a view: same bytes, the consumers' shape
+        tensor_of[fn] = out_id
+        nodes.append(Node(index, name, op_type, module, in_ids, out_id, in_shapes, out_shape,
+                          macs, weight, bias, out_ch, attrs))
+
+    if not nodes:
+        raise SearchError(f"{type(model).__name__} has no operations to run")
+    return ExecGraph(tuple(nodes), _lifetimes(nodes, shapes, producers, outputs), tuple(inputs), tuple(outputs), shape)
+
+
+def _lifetimes(nodes: list[Node], shapes: list[tuple[int, ...]], producers: list[int],
+               outputs: list[int]) -> tuple[TensorInfo, ...]:
+    """Lifetime of every tensor: from its producer step (0 for graph inputs) to its last reader."""
+    last = len(nodes) - 1
+    readers: dict[int, set[int]] = {t: set() for t in range(len(shapes))}
+    for n in nodes:
+        for t in n.inputs:  # an in-place op reads (and rewrites) its input, keeping it alive
+            readers[t].add(n.index)
+    infos = []
+    for t, s in enumerate(shapes):
+        first = max(producers[t], 0)
+        end = last if t in outputs else max(readers[t], default=first)
+        infos.append(TensorInfo(t, s, producers[t], tuple(sorted(readers[t])), first, end))
+    return tuple(infos)
