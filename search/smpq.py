@@ -1,0 +1,245 @@
+"""SMPQ: Shapley-based mixed-precision search on the composite supernet (IJCAI'25, as the project fixes it).
+
+Schedule (one *unit* of work between two checkpoints each):
+
+    warm-up: ``warmup_epochs`` epochs of SGD on the supernet weights W (train split)
+    round 0: Shapley round → α update
+    then, for r = 1 .. rounds−1: W training (one epoch, or ``steps_per_round`` steps) → round r
+
+(No W training after the last round: it could not change α, hence not the policy.)
+
+Shapley round: the players are the supernet's candidates ``(layer, 'w'|'a', bits)`` of every layer
+that has a choice (a layer held at a single candidate — first/last at 8 bits — is always present:
+removing it only collapses the network). Per permutation a fresh validation batch is drawn; the
+value of a coalition is the top-1 accuracy of the supernet with the other candidates masked (BN in
+eval mode, no gradient), optionally minus ``penalty × Σ_k max(0, E[Ω_k]/Ω0_k − 1)`` over the budgets
+the mixture cost model can express (``value="tradeoff"``: bops, flash_bytes, latency_s; E[Ω] is the
+expectation under the coalition's renormalised mixture coefficients). Estimation, truncation and the
+α update (Eq. 8–9) are in :mod:`search.shapley`; α is never in an optimizer.
+
+Mixture coefficients during W training and during the rounds (``mixture="alpha"``, the default):
+per layer and kind, softmax(α/τ) over that layer's candidates, i.e. the supernet's own softmax
+coefficient mode fed with α/τ. Why: it keeps the composite layer a convex combination (the same
+semantics EdMIPS trains, so both methods share one supernet), masked candidates are renormalised
+away exactly as in a Shapley walk, and since every update moves α by at most ξ in norm, the mixture
+starts uniform and only gradually favours the candidates that contribute — every candidate keeps
+being trained, so the next round's values stay fair. ``mixture="uniform"`` trains with equal weights.
+
+Scores: the final α per candidate (:attr:`SearchResult.scores`); the argmax policy per layer and kind
+(:meth:`Supernet.derive_policy`, ties → more bits; the budget step is the knapsack's job).
+Files in the run folder: ``search_state.pt`` (after every unit, atomic), ``smpq_log.jsonl`` (one
+record per unit: ψ, α, evaluations, evaluations saved by truncation, wall time) and ``supernet.pt``.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from search.budget import Budget
+from search.cost import MixtureCost
+from search.data import BatchLoader, Dataset
+from search.edmips import mixture_cost_for, mixture_probs
+from search.errors import SearchError
+from search.search_state import (STATE_FILE, SearchResult, SupernetSearch, deterministic_mode, generator_state,
+                                 restore_generator)
+from search.shapley import estimate_shapley, update_alpha
+from search.supernet import Supernet
+from search.train import resolve_device
+
+LOG_FILE = "smpq_log.jsonl"
+VALUES = ("accuracy", "tradeoff")
+MIXTURES = ("alpha", "uniform")
+
+
+@dataclass
+class SMPQConfig:
+    """Hyper-parameters of one SMPQ search (defaults from the paper where it fixes them)."""
+
+    warmup_epochs: int = 1
+    rounds: int = 10
+    steps_per_round: int | None = None  # W-training steps between rounds; None: one epoch
+    permutations: int = 10              # M
+    threshold: float = 0.5              # truncation at threshold × v(full); 0 disables
+    xi: float = 0.1                     # ξ
+    beta: float = 0.8                   # β (momentum of q)
+    lam: float = 0.2                    # λ = 1 − β
+    robust: bool = False                # ψ = mean − std over permutations (Shapley-NAS)
+    value: str = "accuracy"             # or "tradeoff": accuracy − penalty × budget overshoot of E[Ω]
+    penalty: float = 1.0
+    val_batch_size: int = 256
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    mixture: str = "alpha"              # softmax(α/τ) per layer and kind, or "uniform"
+    temperature: float = 1.0            # τ
+    alpha_init_std: float = 1e-3        # small random α breaks ties
+    subset: int | None = None           # first N train / val images
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.warmup_epochs >= 0, f"warmup epochs must be >= 0 (got {self.warmup_epochs})"),
+            (self.rounds >= 1, f"rounds must be >= 1 (got {self.rounds})"),
+            (self.steps_per_round is None or self.steps_per_round >= 0, f"steps per round must be >= 0 (got {self.steps_per_round})"),
+            (self.permutations >= 1, f"permutations must be >= 1 (got {self.permutations})"),
+            (0 <= self.threshold < 1, f"truncation threshold must be in [0, 1) (got {self.threshold})"),
+            (self.xi > 0, f"xi must be > 0 (got {self.xi})"),
+            (0 <= self.beta <= 1 and abs(self.beta + self.lam - 1) < 1e-9, f"beta + lambda must be 1 with beta in [0, 1] (got {self.beta}, {self.lam})"),
+            (self.value in VALUES, f"value must be one of {', '.join(VALUES)} (got '{self.value}')"),
+            (self.penalty >= 0, f"penalty must be >= 0 (got {self.penalty})"),
+            (self.val_batch_size >= 1 and self.batch_size >= 1, f"batch sizes must be >= 1 (got {self.val_batch_size}, {self.batch_size})"),
+            (self.lr > 0, f"learning rate must be > 0 (got {self.lr})"),
+            (self.mixture in MIXTURES, f"mixture must be one of {', '.join(MIXTURES)} (got '{self.mixture}')"),
+            (self.temperature > 0, f"temperature must be > 0 (got {self.temperature})"),
+            (self.alpha_init_std >= 0, f"alpha init std must be >= 0 (got {self.alpha_init_std})"),
+            (self.subset is None or self.subset >= 1, f"subset must be >= 1 image (got {self.subset})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SearchError(f"smpq: {message}")
+
+
+def search_units(warmup_epochs: int, rounds: int) -> list[tuple[str, int]]:
+    """The SMPQ schedule: warm-up epochs, then round 0, then (train, round) for every later round."""
+    units = [("warmup", e) for e in range(warmup_epochs)]
+    for r in range(rounds):
+        if r > 0:
+            units.append(("train", r))
+        units.append(("round", r))
+    return units
+
+
+# --------------------------------------------------------------------------------- SMPQ
+def _budget_overshoot(supernet: Supernet, cost: MixtureCost, limits: dict[str, float], mask: torch.Tensor) -> float:
+    w, a = mixture_probs(supernet, cost, mask)
+    expected = cost(w, a)
+    return float(sum(max(0.0, float(expected[k].detach()) / lim - 1.0) for k, lim in limits.items()))
+
+
+def run_smpq(supernet: Supernet, dataset: Dataset, cfg: SMPQConfig, out_dir: str | Path,
+             device: str | torch.device = "auto", budget: Budget | None = None, cost: MixtureCost | None = None,
+             state_name: str = STATE_FILE, log_name: str = LOG_FILE) -> SearchResult:
+    """Run (or resume, or just reload) an SMPQ search in `out_dir`; see the module docstring.
+
+    `budget` and `cost` are only used by ``value="tradeoff"`` (`cost` defaults to
+    :func:`mixture_cost_for` without a latency model). The same arguments give the same result,
+    also when the search was killed and restarted at any point.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    limits: dict[str, float] = {}
+    if cfg.value == "tradeoff":
+        if cost is None:
+            cost = mixture_cost_for(supernet)
+        limits = {k: float(v) for k, v in (budget.items() if budget else {}).items() if k in cost.keys}
+        if not limits:
+            raise SearchError("smpq: the accuracy–complexity value needs a bops, flash_bytes or latency_s budget "
+                              "(with a latency model for latency): give one or use value='accuracy'")
+    with deterministic_mode(dev):
+        return SMPQSearch(supernet, dataset, cfg, out, dev, cost, limits, state_name, log_name).run()
+
+
+class SMPQSearch(SupernetSearch):
+    """Warm-up, then Shapley rounds with α updates, W training between rounds (module docstring)."""
+
+    method = "smpq"
+
+    def __init__(self, supernet: Supernet, dataset: Dataset, cfg: SMPQConfig, out: Path, dev: torch.device,
+                 cost: MixtureCost | None, limits: dict[str, float], state_name: str, log_name: str) -> None:
+        self.cost, self.limits = cost, limits
+        super().__init__(supernet, dataset, cfg, out, dev, state_name, log_name, {
+            "limits": limits,
+            "cost": None if cost is None else [cost.names, cost.w_candidates, cost.a_candidates, list(cost.keys)]})
+        supernet.alpha.requires_grad_(False)
+        if len(self.val_split) == 0:
+            raise SearchError(f"dataset '{dataset.name}' has an empty validation split: SMPQ measures Shapley values on it")
+        val_loader = BatchLoader(self.val_split, dataset, len(self.val_split))
+        self.val_x = val_loader.normalize(val_loader.x).to(dev)
+        self.val_y = val_loader.y.to(dev)
+        group = supernet.group.cpu().numpy()
+        self.game_players = np.flatnonzero(np.bincount(group, minlength=supernet.num_groups)[group] > 1)
+        if len(self.game_players) == 0:
+            raise SearchError("smpq: no layer has more than one bit-width candidate: give more w/a bit candidates")
+        self.q = np.zeros(supernet.num_players)
+        self.perm_rng = np.random.default_rng([cfg.seed, 12])
+        self.val_rng = np.random.default_rng([cfg.seed, 13])
+        self.evaluations = self.saved = 0
+
+    def _plan(self) -> tuple[list[tuple[str, int]], dict[str, int]]:
+        cfg = self.cfg
+        per_round = self.steps_per_epoch if cfg.steps_per_round is None else cfg.steps_per_round
+        return (search_units(cfg.warmup_epochs, cfg.rounds),
+                {"warmup": self.steps_per_epoch, "train": per_round, "round": cfg.permutations})
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"q": torch.from_numpy(self.q.copy()), "perm_rng": generator_state(self.perm_rng),
+                "val_rng": generator_state(self.val_rng), "evaluations": self.evaluations, "saved": self.saved}
+
+    def _restore_extra(self, s: dict[str, Any]) -> None:
+        self.q = s["q"].cpu().numpy().copy()
+        self.perm_rng, self.val_rng = restore_generator(s["perm_rng"]), restore_generator(s["val_rng"])
+        self.evaluations, self.saved = int(s["evaluations"]), int(s["saved"])
+
+    def _details(self) -> dict[str, Any]:
+        return {"value_evaluations": self.evaluations, "saved_by_truncation": self.saved,
+                "game_players": self.game_players.tolist(), "mixture": self.cfg.mixture,
+                "temperature": self.cfg.temperature}
+
+    def _before_unit(self) -> None:
+        """The coefficients W training and the rounds use: softmax(α/τ) per layer and kind, or uniform."""
+        mix = self.alpha / self.cfg.temperature if self.cfg.mixture == "alpha" else np.zeros_like(self.alpha)
+        self.supernet.set_alpha(torch.from_numpy(mix).float())
+
+    def _unit(self, kind: str, index: int, advance: Callable[..., None]) -> dict[str, Any]:
+        if kind != "round":
+            record = self._train(kind, index, advance)
+            record.pop("extra_loss", None)
+            return record
+        return self._shapley_round(index, advance)
+
+    def _shapley_round(self, r: int, advance: Callable[..., None]) -> dict[str, Any]:
+        sn, cfg, dev = self.supernet, self.cfg, self.dev
+        n_val = len(self.val_y)
+        batch: dict[str, torch.Tensor] = {}
+        full = torch.ones(sn.num_players, device=dev)
+        players = torch.from_numpy(self.game_players).to(dev)
+
+        def new_batch(p: int) -> None:
+            idx = self.val_rng.choice(n_val, size=min(cfg.val_batch_size, n_val), replace=False)
+            sel = torch.from_numpy(np.sort(idx)).to(dev)
+            batch["x"], batch["y"] = self.val_x[sel], self.val_y[sel]
+            if p:
+                advance()
+
+        def value(coalition: np.ndarray) -> float:
+            mask = full.clone()
+            mask[players] = torch.from_numpy(coalition.astype(np.float32)).to(dev)
+            sn.set_mask(mask)
+            acc = float((sn(batch["x"]).argmax(1) == batch["y"]).float().mean())
+            if self.limits:
+                assert self.cost is not None
+                acc -= cfg.penalty * _budget_overshoot(sn, self.cost, self.limits, mask)
+            return acc
+
+        t0 = time.perf_counter()
+        with sn.masked():
+            res = estimate_shapley(value, len(self.game_players), cfg.permutations, cfg.threshold, self.perm_rng,
+                                   cfg.robust, new_batch)
+        advance()
+        psi = np.zeros(sn.num_players)
+        psi[self.game_players] = res.psi
+        self.alpha, self.q = update_alpha(self.alpha, self.q, psi, cfg.xi, cfg.beta, cfg.lam)
+        self.evaluations += res.n_evaluations
+        self.saved += res.n_saved_by_truncation
+        return {"kind": "round", "index": r, "psi": psi.tolist(), "alpha": self.alpha.tolist(),
+                "n_evaluations": res.n_evaluations, "n_saved_by_truncation": res.n_saved_by_truncation,
+                "full_value_mean": float(res.full_values.mean()), "wall_s": time.perf_counter() - t0}

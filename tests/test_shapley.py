@@ -1,0 +1,101 @@
+"""The generic Monte-Carlo Shapley estimator on games with known exact values, and the α update."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from search.shapley import estimate_shapley, exact_shapley, update_alpha
+
+
+def test_additive_game_is_exact_after_one_permutation() -> None:
+    weights = np.array([0.3, -0.1, 0.5, 0.0, 0.25, 0.05])
+    game = lambda mask: float(weights[mask].sum())  # noqa: E731
+    res = estimate_shapley(game, len(weights), n_permutations=1, threshold=0.0, rng=np.random.default_rng(7))
+    np.testing.assert_allclose(res.psi, weights, atol=1e-12)
+    np.testing.assert_allclose(exact_shapley(game, len(weights)), weights, atol=1e-12)
+    assert res.n_evaluations == len(weights) + 1 and res.n_saved_by_truncation == 0
+
+
+def _glove_like_game(n: int = 7):
+    """A non-additive monotone game: a weighted sum plus pairwise synergies, passed through a concave cap."""
+    r = np.random.default_rng(11)
+    w = r.uniform(0.0, 1.0, n)
+    syn = np.triu(r.uniform(0.0, 0.6, (n, n)), 1)
+
+    def game(mask: np.ndarray) -> float:
+        m = mask.astype(float)
+        return float(np.sqrt(w @ m + m @ syn @ m))
+    return game
+
+
+def test_estimate_converges_to_exact_values_as_permutations_grow() -> None:
+    n = 7
+    game = _glove_like_game(n)
+    exact = exact_shapley(game, n)
+    assert exact.sum() == pytest.approx(game(np.ones(n, bool)) - game(np.zeros(n, bool)))  # efficiency
+    errs = {}
+    for m in (10, 1000):
+        per_seed = [np.abs(estimate_shapley(game, n, m, threshold=0.0, rng=np.random.default_rng(s)).psi - exact).max()
+                    for s in range(5)]
+        errs[m] = float(np.mean(per_seed))
+    assert errs[1000] < errs[10] / 3  # Monte-Carlo error shrinks ~ 1/sqrt(M)
+    assert errs[1000] < 0.02
+
+
+def test_truncation_saves_evaluations_and_its_error_is_bounded() -> None:
+    n, m, thr = 8, 50, 0.5
+    game = _glove_like_game(n)
+    full = estimate_shapley(game, n, m, threshold=0.0, rng=np.random.default_rng(3))
+    trunc = estimate_shapley(game, n, m, threshold=thr, rng=np.random.default_rng(3))
+    np.testing.assert_array_equal(full.permutations, trunc.permutations)
+    assert trunc.n_saved_by_truncation > 0
+    assert trunc.n_evaluations + trunc.n_saved_by_truncation == full.n_evaluations
+    v_full, v_empty = game(np.ones(n, bool)), game(np.zeros(n, bool))
+    for p in range(m):
+        perm = trunc.permutations[p]
+        kept = trunc.contributions[p][perm] != 0
+        j = len(perm) if kept.all() else int(np.argmin(kept))  # first player given 0 (this game has no zero drops)
+        np.testing.assert_allclose(trunc.contributions[p][perm[:j]], full.contributions[p][perm[:j]])
+        assert np.all(trunc.contributions[p][perm[j:]] == 0)
+        dropped = full.contributions[p][perm[j:]].sum()
+        # Telescoping: what the skipped players would have added is v(S_t) − v(∅) < thr · v(full).
+        assert -1e-12 <= dropped < thr * v_full - v_empty + 1e-12
+    gap = (full.psi - trunc.psi).sum()
+    assert 0 <= gap < thr * v_full
+
+
+def test_robust_psi_is_mean_minus_std() -> None:
+    game = _glove_like_game(5)
+    res = estimate_shapley(game, 5, 20, threshold=0.0, rng=np.random.default_rng(0), robust=True)
+    np.testing.assert_allclose(res.psi, res.contributions.mean(0) - res.contributions.std(0))
+
+
+def test_fresh_game_per_permutation_hook_is_called_before_each_walk() -> None:
+    calls: list[int] = []
+    shift = {"v": 0.0}
+
+    def game(mask: np.ndarray) -> float:
+        return float(mask.sum()) + shift["v"]
+
+    def hook(p: int) -> None:
+        calls.append(p)
+        shift["v"] = 10.0 * p  # a different "batch" per permutation; constant within a walk
+    res = estimate_shapley(game, 4, 3, threshold=0.0, rng=np.random.default_rng(0), on_permutation=hook)
+    assert calls == [0, 1, 2]
+    np.testing.assert_allclose(res.psi, np.ones(4))
+    np.testing.assert_allclose(res.full_values, [4.0, 14.0, 24.0])
+
+
+def test_alpha_update_matches_hand_computation() -> None:
+    alpha = np.array([0.01, -0.02, 0.0])
+    q = np.array([0.0, 0.6, 0.8])
+    psi = np.array([3.0, 0.0, 4.0])
+    a1, q1 = update_alpha(alpha, q, psi, xi=0.1, beta=0.8, lam=0.2)
+    # ψ/‖ψ‖ = (0.6, 0, 0.8); q = 0.8·(0, 0.6, 0.8) + 0.2·(0.6, 0, 0.8) = (0.12, 0.48, 0.80)
+    np.testing.assert_allclose(q1, [0.12, 0.48, 0.80])
+    norm = np.sqrt(0.12**2 + 0.48**2 + 0.80**2)
+    np.testing.assert_allclose(a1, [0.01 + 0.1 * 0.12 / norm, -0.02 + 0.1 * 0.48 / norm, 0.1 * 0.80 / norm])
+    a0, q0 = update_alpha(alpha, np.zeros(3), np.zeros(3))
+    np.testing.assert_array_equal(a0, alpha) and np.testing.assert_array_equal(q0, np.zeros(3))
+    with pytest.raises(ValueError, match="β \\+ λ"):
+        update_alpha(alpha, q, psi, beta=0.5, lam=0.2)
