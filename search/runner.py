@@ -1,0 +1,503 @@
+"""One whole mixed-precision search: method dispatch, budget-exact policy choice, QAT, outputs.
+
+    run_search(SearchSettings(method="smpq", fp="runs/x/fp.pt", output="runs/x", budget=Budget(bops=...)))
+
+Steps (each timed; the figures go into policy.json):
+
+1. Load the FP checkpoint and its dataset; extract the execution graph (Ω cost model).
+2. Search, by method:
+   * ``smpq``: the Shapley search (:mod:`search.smpq`) → per-candidate contribution scores;
+   * ``edmips``: the EdMIPS search (:mod:`search.edmips`) → α; with a BOPs budget the complexity
+     weight cd is bisected (geometrically) until the argmax policy meets it — which cd reached it is
+     reported; each trial is a full, resumable search;
+   * ``uniform``: every layer at fixed (w, a) bits; no scores.
+3. Budget step (:mod:`search.knapsack`): the argmax policy if it meets every budget, else the exact
+   multiple-choice knapsack over the scores. Uniform is never altered: a violated budget is an error.
+4. QAT of the final policy from the FP weights (:mod:`search.qat`, the same recipe for every method).
+5. ``policy.json`` (schema :class:`PolicyFile`, documented in docs/policy-json.md), ``qat.pt``; the
+   resumable search state is ``search_state.pt`` (EdMIPS trials: ``search_state_cd<i>.pt`` plus
+   finished trials in ``search_state.pt``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from search.budget import Budget, LatencyModel
+from search.cost import Omega, check, layer_options, omega
+from search.data import Dataset, load_dataset
+from search.errors import SearchError
+from search.graph import ExecGraph, extract_graph
+from search.knapsack import Option, Selection, layer_scores, select_policy, softmax_scores
+from search.policy import Policy
+from search.qat import QAT_FILE, QATConfig, finetune
+from search.search_state import STATE_FILE, args_signature, atomic_save
+from search.train import load_checkpoint, resolve_device
+
+if TYPE_CHECKING:
+    from search.supernet import Supernet
+
+METHODS = ("smpq", "edmips", "uniform")
+POLICY_FILE = "policy.json"
+FORMAT = "smpq-policy"
+FORMAT_VERSION = 1
+BUDGET_KEYS = ("bops", "flash_bytes", "sram_bytes", "latency_s")
+
+
+@dataclass
+class SearchSettings:
+    """Everything that determines a search's result (recorded in policy.json under `settings`)."""
+
+    method: str
+    fp: str
+    output: str
+    dataset: str | None = None          # default: the dataset the FP checkpoint was trained on
+    data_dir: str | None = None
+    model: str | None = None            # optional check against the checkpoint's model
+    seed: int = 0
+    budget: Budget = field(default_factory=Budget)
+    latency_model: LatencyModel | None = None
+    packed_activations: bool = False
+    w_bits: tuple[int, ...] = (2, 4, 8)
+    a_bits: tuple[int, ...] = (2, 4, 8)
+    first_last_8bit: bool = True
+    uniform_bits: tuple[int, int] = (4, 4)
+    subset: int | None = None           # search/QAT on the first N training images (val/test capped too)
+    epochs: int = 2                     # supernet training epochs of smpq / edmips
+    warmup_epochs: int = 1              # of which the first ones train weights only
+    batch_size: int = 128
+    shapley: dict[str, Any] = field(default_factory=dict)   # SMPQConfig fields: permutations, threshold, xi, ...
+    edmips: dict[str, Any] = field(default_factory=dict)    # further EdMIPSConfig fields
+    edmips_cd: float = 1e-3             # the complexity weight (start of the bisection under a BOPs budget)
+    edmips_trials: int = 5              # at most this many EdMIPS searches when bisecting cd
+    qat: QATConfig = field(default_factory=QATConfig)
+    accelerator: str = "auto"
+    progress: bool = True
+    what: str = ""                      # filled in: "resnet8 with bits {...}" for error messages
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SearchError(f"unknown search method '{self.method}': use one of {', '.join(METHODS)}")
+        if self.subset is not None and self.subset < 1:
+            raise SearchError(f"--subset must be >= 1 image, got {self.subset}")
+        if self.epochs < 1 or not 0 <= self.warmup_epochs <= self.epochs:
+            raise SearchError(f"search epochs must be >= 1 and warmup epochs in [0, epochs] (got {self.epochs}, {self.warmup_epochs})")
+        if self.edmips_cd <= 0 or self.edmips_trials < 1:
+            raise SearchError(f"EdMIPS cd must be > 0 and trials >= 1 (got {self.edmips_cd}, {self.edmips_trials})")
+        self.w_bits = tuple(sorted(set(int(b) for b in self.w_bits)))
+        self.a_bits = tuple(sorted(set(int(b) for b in self.a_bits)))
+
+    def signature_fields(self) -> dict[str, Any]:
+        """The settings a resumable search state must agree on."""
+        d = asdict(self)
+        for k in ("output", "progress", "what", "accelerator", "qat"):
+            d.pop(k, None)
+        d["budget"] = asdict(self.budget)
+        d["latency_model"] = None if self.latency_model is None else repr(self.latency_model)
+        return d
+
+
+@dataclass
+class MethodResult:
+    """What a method hands to the budget step."""
+
+    scores: dict[str, dict[str, dict[int, float]]] | None   # layer → "w"/"a" → bits → raw score
+    value_evaluations: int
+    details: dict[str, Any] = field(default_factory=dict)
+    fixed_policy: Policy | None = None                      # uniform
+
+
+@dataclass
+class SearchOutcome:
+    """The final policy, its Ω and the paths written."""
+
+    policy: Policy
+    omega: Omega
+    record: dict[str, Any]
+    policy_path: Path
+    qat_path: Path | None
+
+
+# ------------------------------------------------------------------------------------------ schema
+class LayerEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    type: Literal["conv2d", "depthwise_conv2d", "fully_connected"]
+    w_bits: int = Field(ge=1, le=8)
+    a_bits: int = Field(ge=2, le=8)
+    macs: int = Field(ge=0)
+    params: int = Field(ge=0)
+    bops: float = Field(ge=0)
+    flash_bytes: int = Field(ge=0)
+    held_8bit: bool
+    scores: dict[Literal["w", "a"], dict[str, float]] | None
+    normalized_scores: dict[Literal["w", "a"], dict[str, float]] | None
+
+
+class BudgetEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: float | None
+    limit: float | None
+    ok: bool
+
+
+class PolicyFile(BaseModel):
+    """The schema of policy.json (docs/policy-json.md documents every field)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["smpq-policy"]
+    version: Literal[1]
+    method: Literal["smpq", "edmips", "uniform"]
+    model: str
+    dataset: str
+    input_shape: list[int]
+    num_classes: int
+    seed: int
+    fp_checkpoint: str
+    candidate_bits: dict[Literal["w", "a"], list[int]]
+    first_last_8bit: bool
+    layers: list[LayerEntry]
+    omega: dict[Literal["bops", "flash_bytes", "sram_bytes", "latency_s", "macs", "params"], float | None]
+    budget: dict[Literal["bops", "flash_bytes", "sram_bytes", "latency_s"], BudgetEntry]
+    selection: dict[str, Any]
+    method_details: dict[str, Any]
+    value_evaluations: int = Field(ge=0)
+    settings: dict[str, Any]
+    timings_s: dict[str, float]
+    accuracy: dict[str, float | None]
+    files: dict[str, str | None]
+
+
+def validate_policy_file(data: dict[str, Any] | str | Path) -> PolicyFile:
+    """Parse and validate a policy.json (dict, JSON text or path); a problem is a one-line SearchError."""
+    if isinstance(data, Path) or (isinstance(data, str) and not data.lstrip().startswith("{")):
+        data = Path(data).read_text()
+    if isinstance(data, str):
+        data = json.loads(data)
+    try:
+        return PolicyFile.model_validate(data)
+    except Exception as exc:  # pydantic.ValidationError → one line
+        errs = getattr(exc, "errors", lambda: [])()
+        first = errs[0] if errs else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(p) for p in first["loc"])
+        raise SearchError(f"policy.json does not match the schema (docs/policy-json.md): {where}: {first['msg']}") from None
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _log(settings: SearchSettings, msg: str) -> None:
+    if settings.progress:
+        print(f"search: {msg}", file=sys.stderr, flush=True)
+
+
+def _held(names: list[str], first_last_8bit: bool) -> set[str]:
+    return {names[0], names[-1]} if first_last_8bit and names else set()
+
+
+def evaluate_omega(graph: ExecGraph, policy: Policy, settings: SearchSettings) -> Omega:
+    """Ω of a discrete policy with the settings' latency model and activation storage."""
+    return omega(graph, policy, settings.latency_model, packed_activations=settings.packed_activations)
+
+
+def _bits_label(bits: tuple[int, ...]) -> str:
+    return f"{{{bits[0]}..{bits[-1]}}}" if list(bits) == list(range(bits[0], bits[-1] + 1)) else "{" + ",".join(map(str, bits)) + "}"
+
+
+def select(graph: ExecGraph, scores: dict[str, dict[str, dict[int, float]]], settings: SearchSettings,
+           what: str) -> tuple[Policy, Selection, dict[str, dict[str, dict[int, float]]]]:
+    """Budget step: the argmax policy if it fits, else the exact knapsack over normalised scores."""
+    names = graph.layer_names()
+    held = _held(names, settings.first_last_8bit)
+    table = layer_options(graph, settings.w_bits, settings.a_bits, settings.latency_model,
+                          packed_activations=settings.packed_activations)
+    held_table = layer_options(graph, (8,), (8,), settings.latency_model, packed_activations=settings.packed_activations)
+    options: list[list[Option]] = []
+    normalized: dict[str, dict[str, dict[int, float]]] = {}
+    for lo, held_lo in zip(table, held_table):
+        if lo.name in held:
+            c = held_lo.options[0]
+            options.append([Option(8, 8, 0.0, c.costs, c.sram_bytes)])
+            continue
+        s = scores[lo.name]
+        cand = layer_scores(s["w"], s["a"])
+        normalized[lo.name] = {"w": softmax_scores(s["w"]), "a": softmax_scores(s["a"])}
+        options.append([Option(c.w_bits, c.a_bits, cand[(c.w_bits, c.a_bits)], c.costs, c.sram_bytes) for c in lo.options])
+
+    def policy_of(choice: list[int]) -> Policy:
+        return Policy([(n, (options[l][i].w_bits, options[l][i].a_bits)) for l, (n, i) in enumerate(zip(names, choice))])
+
+    def ev(choice: list[int]) -> dict[str, float]:
+        o = evaluate_omega(graph, policy_of(choice), settings)
+        return {"bops": o.bops, "flash_bytes": o.flash_bytes, "sram_bytes": o.sram_bytes,
+                "latency_s": o.latency_s if o.latency_s is not None else 0.0}
+
+    limits = settings.budget.items()
+    if "latency_s" in limits and settings.latency_model is None:
+        raise SearchError("a latency budget needs a latency model: pass --device (its cost model) or drop the latency budget")
+    sel = select_policy(options, limits, ev, table.fixed, what)
+    return policy_of(sel.choice), sel, normalized
+
+
+def budget_report(om: Omega, budget: Budget) -> dict[str, dict[str, Any]]:
+    """Per budget key: Ω value, limit (None: unconstrained), ok."""
+    limits = budget.items()
+    out = {}
+    for k in BUDGET_KEYS:
+        v = getattr(om, k)
+        lim = limits.get(k)
+        out[k] = {"value": None if v is None else float(v), "limit": None if lim is None else float(lim),
+                  "ok": lim is None or (v is not None and float(v) <= float(lim))}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ methods
+def _uniform(names: list[str], settings: SearchSettings) -> MethodResult:
+    w, a = settings.uniform_bits
+    return MethodResult(None, 0, {"w_bits": w, "a_bits": a},
+                        fixed_policy=Policy.uniform(names, w, a, settings.first_last_8bit))
+
+
+def build_supernet(fp_model: torch.nn.Module, dataset: Dataset, settings: SearchSettings) -> "Supernet":
+    """The composite supernet over the FP model, its steps calibrated on training batches (deterministic)."""
+    from search.data import BatchLoader
+    from search.qmodel import calibrate
+    from search.supernet import Supernet
+
+    sn = Supernet(fp_model, settings.w_bits, settings.a_bits, settings.first_last_8bit, seed=settings.seed)
+    loader = BatchLoader(dataset.train.subset(settings.subset), dataset, settings.batch_size, shuffle=True, seed=settings.seed)
+    calibrate(sn, loader, n_batches=8, seed=settings.seed)
+    return sn
+
+
+def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, out: Path,
+          device: torch.device) -> MethodResult:
+    from search.smpq import SMPQConfig, run_smpq
+
+    opts = dict(settings.shapley)
+    if "lambda_" in opts:
+        opts["lam"] = opts.pop("lambda_")
+    if "lambda" in opts:
+        opts["lam"] = opts.pop("lambda")
+    opts.setdefault("rounds", settings.epochs - settings.warmup_epochs + 1)
+    cfg = SMPQConfig(warmup_epochs=settings.warmup_epochs, batch_size=settings.batch_size, subset=settings.subset,
+                     seed=settings.seed, progress=settings.progress, **opts)
+    sn = build_supernet(fp_model, dataset, settings)
+    res = run_smpq(sn, dataset, cfg, out, device, budget=settings.budget)
+    return MethodResult(res.scores, res.value_evaluations,
+                        {"argmax_policy": {n: list(b) for n, b in res.policy.items()},
+                         "saved_by_truncation": res.saved_by_truncation, "rounds": cfg.rounds,
+                         "permutations": cfg.permutations, "supernet_file": "supernet.pt"})
+
+
+def _edmips_trial(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, out: Path,
+                  device: torch.device, cd: float, index: int) -> tuple[Policy, dict[str, dict[str, dict[int, float]]]]:
+    """One complete (resumable) EdMIPS search at complexity weight `cd`: its argmax policy and α."""
+    from search.edmips import EdMIPSConfig, run_edmips
+
+    opts = dict(settings.edmips)
+    cfg = EdMIPSConfig(cd=cd, epochs=settings.epochs, warmup_epochs=settings.warmup_epochs, batch_size=settings.batch_size,
+                       subset=settings.subset, seed=settings.seed, progress=settings.progress, **opts)
+    sn = build_supernet(fp_model, dataset, settings)
+    res = run_edmips(sn, dataset, cfg, out, device, state_name=f"search_state_cd{index}.pt",
+                     log_name=f"edmips_log_cd{index}.jsonl")
+    return res.policy, res.scores
+
+
+def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, graph: ExecGraph, out: Path,
+            device: torch.device) -> MethodResult:
+    """EdMIPS; under a BOPs budget cd is searched: ×/÷10 until the budget is bracketed, then geometric bisection.
+
+    The trial whose argmax policy meets the budget with the most BOPs (the smallest sufficient cd) is
+    used; when none does, the trial with the fewest BOPs goes to the knapsack. Finished trials are kept
+    in ``search_state.pt`` (so a restart skips them); the trial in progress resumes from its own
+    ``search_state_cd<i>.pt``.
+    """
+    limit = settings.budget.bops
+    state_path = out / STATE_FILE
+    fields = {k: v for k, v in settings.signature_fields().items() if k != "edmips_trials"}  # more trials may follow
+    signature = args_signature({"method": "edmips", **_jsonable(fields), "fp_digest": _digest(fp_model)})
+    trials: list[dict[str, Any]] = []
+    if state_path.is_file():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        if saved.get("signature") != signature:
+            raise SearchError(f"'{state_path}' was written by a search with other settings: rerun with the same "
+                              f"arguments to resume, or use a new --output folder / delete it to start afresh")
+        trials = list(saved["trials"])
+    lo = hi = None  # largest cd that missed the budget, smallest cd that met it
+
+    def next_cd() -> float | None:
+        if not trials:
+            return settings.edmips_cd
+        if limit is None:
+            return None
+        if hi is None:
+            return lo * 10.0
+        if lo is None:
+            return hi / 10.0
+        return math.sqrt(lo * hi)
+
+    for i in range(settings.edmips_trials):
+        if i < len(trials):
+            t = trials[i]
+        else:
+            cd = next_cd()
+            if cd is None:
+                break
+            _log(settings, f"EdMIPS trial {i + 1}/{settings.edmips_trials}: cd = {cd:.4g}")
+            policy, scores = _edmips_trial(settings, fp_model, dataset, out, device, cd, i)
+            bops = evaluate_omega(graph, policy, settings).bops
+            t = {"cd": cd, "bops": float(bops), "fits": limit is None or bops <= limit,
+                 "policy": {n: list(b) for n, b in policy.items()}, "scores": scores}
+            trials.append(t)
+            atomic_save({"signature": signature, "trials": trials}, state_path)
+        if t["fits"]:
+            hi = t["cd"] if hi is None else min(hi, t["cd"])
+        else:
+            lo = t["cd"] if lo is None else max(lo, t["cd"])
+        if limit is None or (lo is not None and hi is not None and hi / lo < 1.5):
+            break
+    fitting = [t for t in trials if t["fits"]]
+    best = max(fitting, key=lambda t: t["bops"]) if fitting else min(trials, key=lambda t: t["bops"])
+    details = {"cd": best["cd"], "reached_budget": bool(best["fits"]),
+               "trials": [{"cd": t["cd"], "bops": t["bops"], "fits": t["fits"]} for t in trials],
+               "argmax_policy": best["policy"]}
+    return MethodResult(best["scores"], 0, details)
+
+
+def _digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _run_method(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, graph: ExecGraph,
+                out: Path, device: torch.device) -> MethodResult:
+    if settings.method == "uniform":
+        return _uniform(graph.layer_names(), settings)
+    if settings.method == "smpq":
+        return _smpq(settings, fp_model, dataset, out, device)
+    return _edmips(settings, fp_model, dataset, graph, out, device)
+
+
+# ------------------------------------------------------------------------------------------ main
+def run_search(settings: SearchSettings, fp_model: torch.nn.Module | None = None, fp_meta: dict | None = None,
+               dataset: Dataset | None = None) -> SearchOutcome:
+    """Run one whole search (see the module docstring); returns the final policy and writes the outputs."""
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    out = Path(settings.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if fp_model is None:
+        fp_model, fp_meta = load_checkpoint(settings.fp)
+    meta = fp_meta or {}
+    model_name = meta.get("model") or settings.model
+    if settings.model and meta.get("model") and settings.model != meta["model"]:
+        raise SearchError(f"--model {settings.model} but the FP checkpoint '{settings.fp}' holds {meta['model']}: "
+                          f"pass the matching --model or checkpoint")
+    ds_name = settings.dataset or meta.get("dataset")
+    if ds_name is None:
+        raise SearchError("no dataset: pass --dataset (the FP checkpoint does not name one)")
+    if dataset is None:
+        dataset = load_dataset(ds_name, settings.data_dir, seed=settings.seed)
+    if meta.get("input_shape") and tuple(meta["input_shape"]) != tuple(dataset.input_shape):
+        raise SearchError(f"the FP checkpoint expects inputs {tuple(meta['input_shape'])} but dataset '{ds_name}' "
+                          f"gives {dataset.input_shape}: pass the dataset the checkpoint was trained on")
+    device = resolve_device(settings.accelerator)
+    torch.manual_seed(settings.seed)
+    graph = extract_graph(fp_model)
+    names = graph.layer_names()
+    what = f"{model_name} with bits w{_bits_label(settings.w_bits)} a{_bits_label(settings.a_bits)}"
+    settings.what = what
+
+    t = time.perf_counter()
+    if settings.method != "uniform" and settings.budget.items():
+        # fail fast: an impossible budget is reported before hours of search, not after
+        flat = {n: {"w": {b: 0.0 for b in settings.w_bits}, "a": {b: 0.0 for b in settings.a_bits}} for n in names}
+        select(graph, flat, settings, what)
+    result = _run_method(settings, fp_model, dataset, graph, out, device)
+    timings["search"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    normalized: dict = {}
+    if result.fixed_policy is not None:
+        policy = result.fixed_policy
+        om = evaluate_omega(graph, policy, settings)
+        bad = check(om, settings.budget)
+        if bad:
+            raise SearchError(f"uniform W{settings.uniform_bits[0]}A{settings.uniform_bits[1]} violates the budget "
+                              f"({'; '.join(str(v) for v in bad)}): use fewer uniform bits or --method smpq")
+        selection = {"how": "fixed", "score": None, "rounds": 0}
+    else:
+        policy, sel, normalized = select(graph, result.scores or {}, settings, what)
+        om = evaluate_omega(graph, policy, settings)
+        selection = {"how": sel.how, "score": sel.score, "rounds": sel.rounds, "normalization": "softmax within layer and kind"}
+    timings["select"] = time.perf_counter() - t
+    held = _held(names, settings.first_last_8bit)
+
+    rows = {r.name: r for r in om.layers}
+    layers = []
+    for n in names:
+        r = rows[n]
+        raw = (result.scores or {}).get(n)
+        layers.append({"name": n, "type": r.op_type, "w_bits": policy[n].w_bits, "a_bits": policy[n].a_bits,
+                       "macs": int(r.macs), "params": int(r.params), "bops": float(r.bops), "flash_bytes": int(r.flash_bytes),
+                       "held_8bit": n in held,
+                       "scores": None if raw is None or n in held else {k: {str(b): float(v) for b, v in raw[k].items()} for k in ("w", "a")},
+                       "normalized_scores": None if n not in normalized else
+                       {k: {str(b): float(v) for b, v in normalized[n][k].items()} for k in ("w", "a")}})
+    settings_dict = settings.signature_fields()
+    settings_dict["qat"] = asdict(settings.qat)
+    settings_dict["accelerator"] = settings.accelerator
+    record: dict[str, Any] = {
+        "format": FORMAT, "version": FORMAT_VERSION, "method": settings.method, "model": model_name, "dataset": ds_name,
+        "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes, "seed": settings.seed,
+        "fp_checkpoint": str(settings.fp),
+        "candidate_bits": {"w": list(settings.w_bits), "a": list(settings.a_bits)},
+        "first_last_8bit": settings.first_last_8bit, "layers": layers,
+        "omega": {"bops": om.bops, "flash_bytes": float(om.flash_bytes), "sram_bytes": float(om.sram_bytes),
+                  "latency_s": om.latency_s, "macs": float(om.macs), "params": float(om.params)},
+        "budget": budget_report(om, settings.budget), "selection": selection, "method_details": result.details,
+        "value_evaluations": int(result.value_evaluations), "settings": _jsonable(settings_dict),
+        "timings_s": {}, "accuracy": {"fp_test": meta.get("test_accuracy"), "qat_val": None, "qat_test": None},
+        "files": {"policy": POLICY_FILE, "qat": None, "search_state": STATE_FILE if settings.method != "uniform" else None},
+    }
+    policy_path = out / POLICY_FILE
+    record["timings_s"] = {**timings, "total": time.perf_counter() - t_all}
+    _write_policy(policy_path, record)
+
+    t = time.perf_counter()
+    _log(settings, f"QAT of the final policy: {settings.qat.epochs} epoch(s) from the FP weights")
+    res = finetune(fp_model, policy, dataset, settings.qat, out, model_name, str(device), settings.first_last_8bit,
+                   extra_meta={"method": settings.method, "policy_file": POLICY_FILE},
+                   model_kwargs=meta.get("model_kwargs"))
+    timings["qat"] = time.perf_counter() - t
+    record["accuracy"].update({"qat_val": res.meta.get("val_accuracy"), "qat_test": res.meta.get("test_accuracy")})
+    record["files"]["qat"] = QAT_FILE
+    qat_path = out / QAT_FILE
+    record["timings_s"] = {**timings, "total": time.perf_counter() - t_all}
+    _write_policy(policy_path, record)
+    return SearchOutcome(policy, om, record, policy_path, qat_path)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
+
+
+def _write_policy(path: Path, record: dict[str, Any]) -> None:
+    """Validate against the schema, then write atomically."""
+    validate_policy_file(_jsonable(record))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_jsonable(record), indent=2) + "\n")
+    tmp.replace(path)
+
