@@ -8,9 +8,13 @@ PY := $(VENV)/bin/python
 setup:
 	@scripts/setup.sh
 
-## The main job on the offline default (pipeline.yaml: bundled CIFAR-10 copy, emulated board).
+## The main job on the offline default: pipeline.yaml on the bundled CIFAR-10 copy, for the emulated
+## board's profile, at demo scale (ResNet-8, 5000 training images, short schedules: ~10-15 min on 2 cores).
+## `make demo DEMO_ARGS=` runs pipeline.yaml exactly as written (hours on a CPU).
+DEMO_ARGS ?= --device qemu-mps2-an500 --model resnet8 --output runs/demo --subset 5000 \
+	--set train.epochs=8 --set search.epochs=2 --set search.warmup_epochs=1 --set qat.epochs=1
 demo: setup
-	$(VENV)/bin/smpq-deploy --config pipeline.yaml $(ARGS)
+	$(VENV)/bin/smpq-deploy --config pipeline.yaml $(DEMO_ARGS) $(ARGS)
 
 ## The default test suite (what CI runs).
 test: setup
