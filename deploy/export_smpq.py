@@ -1,0 +1,185 @@
+"""IR → ``.smpq`` blob (docs/smpq-format.md) and ``model_data.c/.h`` for firmware builds.
+
+Weights are packed at each layer's own bit width; the arena (activations + the conv/FC patch scratch)
+is planned offline by :func:`search.planner.plan_greedy`. The flash layout follows the constants of
+:mod:`search.cost` (header, 64-byte op records, per-layer data aligned to 4), so a blob's size is the
+cost model's flash prediction plus the tensor table (and records of ops the cost model treats as free).
+Reshape ops are elided: their output aliases their input (same bytes in NHWC order).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deploy.errors import DeployError
+from deploy.ir import Graph, Op
+from firmware_harness import smpq_format as fmt
+from search.planner import Buffer, plan_greedy
+
+
+@dataclass(frozen=True)
+class ArenaPlan:
+    """Arena offsets of the blob's tensors (by blob tensor index) and of each op's scratch."""
+
+    tensor_offsets: list[int]
+    scratch: list[tuple[int, int]]  # (offset, size) per blob op
+    arena_bytes: int
+
+
+def _dims(shape: list[int], name: str) -> tuple[int, int, int, int]:
+    if not 1 <= len(shape) <= 4 or shape[0] != 1 or any(not 1 <= s <= 0xFFFF for s in shape):
+        raise DeployError(f"tensor '{name}' has shape {shape}: .smpq needs batch 1, rank 1..4 and dims 1..65535")
+    return tuple([1] * (4 - len(shape)) + list(shape))  # type: ignore[return-value]
+
+
+def _elide_reshapes(g: Graph) -> tuple[list[Op], dict[int, int]]:
+    """Ops without reshapes, and the map IR tensor → blob-visible IR tensor (reshape outputs alias inputs)."""
+    alias: dict[int, int] = {}
+    ops = []
+    for op in g.ops:
+        if op.kind == "reshape":
+            src = op.inputs[0]
+            alias[op.outputs[0]] = alias.get(src, src)
+        else:
+            ops.append(op)
+    return ops, alias
+
+
+def _kernel(g: Graph, op: Op) -> tuple[int, int]:
+    if op.kind in ("conv2d", "depthwise_conv2d"):
+        w = g.const(op, "weights")
+        return int(w.shape[1]), int(w.shape[2])
+    if op.kind in ("avg_pool", "max_pool"):
+        return tuple(int(k) for k in op.attrs["kernel"])  # type: ignore[return-value]
+    return 1, 1
+
+
+def plan_arena(g: Graph, ops: list[Op], tensors: list[int], alias: dict[int, int]) -> ArenaPlan:
+    """Lifetimes of the blob's tensors and scratch buffers over `ops`, placed by the greedy planner."""
+    index = {t: i for i, t in enumerate(tensors)}
+    first = {index[alias.get(g.inputs[0], g.inputs[0])]: 0}
+    last = dict(first)
+    bufs: list[Buffer] = []
+    for step, op in enumerate(ops):
+        for t in op.inputs:
+            last[index[alias.get(t, t)]] = step
+        o = index[op.outputs[0]]
+        first.setdefault(o, step)
+        last[o] = max(last.get(o, step), step)
+    for t in g.outputs:
+        last[index[alias.get(t, t)]] = len(ops)
+    for i, t in enumerate(tensors):
+        size = int(np.prod(g.tensors[t].shape))
+        bufs.append(Buffer(size, first.get(i, 0), last.get(i, first.get(i, 0)), f"t{i}"))
+    for step, op in enumerate(ops):
+        shp = g.tensors[op.inputs[0]].shape
+        kh, kw = _kernel(g, op)
+        k = kh * kw * int(shp[-1]) if op.kind == "conv2d" else int(np.prod(shp))
+        size = fmt.scratch_bytes(op.kind, k, int(op.attrs.get("w_bits", 8)))
+        bufs.append(Buffer(size, step, step, f"s{step}"))
+    plan = plan_greedy(bufs)
+    n = len(tensors)
+    return ArenaPlan(list(plan.offsets[:n]), [(plan.offsets[n + i], bufs[n + i].size_bytes) for i in range(len(ops))],
+                     plan.arena_bytes)
+
+
+def _layer_data(g: Graph, op: Op) -> bytes:
+    w = g.const(op, "weights")
+    bias, mult, shift = (g.const(op, k) for k in ("bias", "multiplier", "shift"))
+    c = len(bias)
+    bits = int(op.attrs["w_bits"])
+    if np.any(shift < -31) or np.any(shift > 31):
+        raise DeployError(f"op '{op.name}': requantisation shifts {shift.min()}..{shift.max()} are outside -31..31")
+    body = (np.asarray(bias, "<i4").tobytes() + np.asarray(mult, "<i4").tobytes() + np.asarray(shift, np.int8).tobytes()
+            + fmt.pack_codes(w, bits))  # OHWI / 1HWC / OI flattened in C order
+    assert len(body) + (-len(body)) % fmt.DATA_ALIGN == fmt.layer_data_bytes(c, w.size, bits)
+    return body + bytes(-len(body) % fmt.DATA_ALIGN)
+
+
+def build_smpq(g: Graph) -> bytes:
+    """The ``.smpq`` blob of an IR graph."""
+    if len(g.inputs) != 1 or len(g.outputs) != 1:
+        raise DeployError(f"the .smpq runtime takes one input and one output (the IR has {len(g.inputs)} and {len(g.outputs)})")
+    ops, alias = _elide_reshapes(g)
+    tensors = [i for i in range(len(g.tensors)) if i not in alias]
+    index = {t: i for i, t in enumerate(tensors)}
+    ref = lambda t: index[alias.get(t, t)]  # noqa: E731
+    if len(tensors) > 0xFFFE or len(ops) > 0xFFFF:
+        raise DeployError(f"the graph has {len(tensors)} tensors and {len(ops)} ops; .smpq holds at most 65534 / 65535")
+    plan = plan_arena(g, ops, tensors, alias)
+    table = bytearray()
+    for i, t in zip(range(len(tensors)), tensors):
+        s = g.tensors[t]
+        table += fmt.TENSOR.pack(len(s.shape), s.bits, s.zero_point, s.qmin, s.qmax, *_dims(s.shape, s.name),
+                                 float(s.scale), plan.tensor_offsets[i])
+    data = bytearray()
+    for step, op in enumerate(ops):
+        if op.kind not in fmt.OP_KINDS:
+            raise DeployError(f"op '{op.name}' of kind '{op.kind}' has no .smpq kernel")
+        kh, kw = _kernel(g, op)
+        sh, sw = (int(s) for s in op.attrs.get("stride", (1, 1)))
+        pad = [int(p) for p in op.attrs.get("padding", (0, 0, 0, 0))]
+        if max(kh, kw, sh, sw, *pad) > 255:
+            raise DeployError(f"op '{op.name}': kernel/stride/padding above 255 do not fit the .smpq op record")
+        ins = [ref(t) for t in op.inputs]
+        head = fmt.OP_HEAD.pack(fmt.OP_KINDS[op.kind], int(op.attrs.get("w_bits", 0)), int(op.attrs.get("act_min", -128)),
+                                int(op.attrs.get("act_max", 127)), ins[0], ins[1] if len(ins) > 1 else fmt.NO_TENSOR,
+                                ref(op.outputs[0]), 0, kh, kw, sh, sw, *pad)
+        if op.kind in fmt.WEIGHTED:
+            body = fmt.OP_WEIGHTED.pack(len(data), *plan.scratch[step])
+            data += _layer_data(g, op)
+        elif op.kind == "add":
+            a = op.attrs
+            body = fmt.OP_PARAMS.pack(a["left_shift"], a["in1_multiplier"], a["in1_shift"], a["in2_multiplier"],
+                                      a["in2_shift"], a["out_multiplier"], a["out_shift"])
+        elif op.kind == "requantize":
+            body = fmt.OP_PARAMS.pack(op.attrs["multiplier"], op.attrs["shift"], 0, 0, 0, 0, 0)
+        else:
+            body = bytes(fmt.OP_WEIGHTED.size)
+        table += head + body
+    payload = bytes(table + data)
+    total = fmt.HEADER_BYTES + len(payload)
+    header = fmt.HEADER.pack(fmt.MAGIC, fmt.VERSION, 0, total, zlib.crc32(payload), len(tensors), len(ops),
+                             ref(g.inputs[0]), ref(g.outputs[0]), plan.arena_bytes, 0)
+    return header + payload
+
+
+def export_smpq(g: Graph, path: str | Path) -> Path:
+    """Write the ``.smpq`` blob of `g` to `path`."""
+    path = Path(path)
+    path.write_bytes(build_smpq(g))
+    return path
+
+
+def model_data_sources(g: Graph, symbol: str = "smpq_model_data") -> tuple[str, str]:
+    """(model_data.c, model_data.h): the blob as a const array (flash) plus its sizes as macros."""
+    blob = build_smpq(g)
+    parsed = fmt.parse(blob)
+    tin, tout = parsed.tensors[parsed.input], parsed.tensors[parsed.output]
+    up = symbol.upper()
+    layers = "\n".join(f" *   {op.kind:<17} w_bits={op.w_bits}" for op in parsed.ops if op.kind in fmt.WEIGHTED)
+    h = (f"/* Generated by smpq-deploy (deploy/export_smpq.py) from the integer IR. Do not edit. */\n"
+         f"#ifndef {up}_H\n#define {up}_H\n\n#include <stdint.h>\n\n"
+         f"#define {up}_SIZE {len(blob)}u\n#define {up}_ARENA_SIZE {parsed.arena_size}u\n"
+         f"#define {up}_INPUT_SIZE {tin.size}u\n#define {up}_OUTPUT_SIZE {tout.size}u\n\n"
+         f"/* The .smpq blob (docs/smpq-format.md); pass it to smpq_load(). */\n"
+         f"extern const uint8_t {symbol}[{up}_SIZE];\n\n#endif\n")
+    rows = ",\n".join("    " + ", ".join(f"0x{b:02x}" for b in blob[i:i + 16]) for i in range(0, len(blob), 16))
+    c = (f"/* Generated by smpq-deploy (deploy/export_smpq.py) from the integer IR. Do not edit.\n"
+         f" * {len(parsed.ops)} ops, {len(parsed.tensors)} tensors, arena {parsed.arena_size} bytes, blob {len(blob)} bytes.\n"
+         f" * Weighted layers:\n{layers}\n */\n#include \"model_data.h\"\n\n"
+         f"const uint8_t {symbol}[{up}_SIZE] = {{\n{rows}\n}};\n")
+    return c, h
+
+
+def export_c(g: Graph, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``model_data.c`` and ``model_data.h`` into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c, h = model_data_sources(g)
+    (out_dir / "model_data.c").write_text(c)
+    (out_dir / "model_data.h").write_text(h)
+    return out_dir / "model_data.c", out_dir / "model_data.h"

@@ -1,0 +1,275 @@
+"""The ``.smpq`` blob format (docs/smpq-format.md): layouts, bit packing and a Python reader/validator.
+
+The C runtime (firmware_harness/runtime) is the format's consumer on devices; this module is its
+Python mirror — the struct layouts, the LSB-first weight packing and the error names — used by the
+writer (deploy/export_smpq.py), by tests and by tools that inspect a blob. It imports nothing from
+``deploy`` or ``search``.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from firmware_harness.errors import HarnessError
+
+MAGIC = b"SMPQ"
+VERSION = 1
+HEADER = struct.Struct("<4sHHIIHHHHII")  # magic version flags total_size crc32 n_tensors n_ops input output arena_size reserved
+TENSOR = struct.Struct("<BBbbb3x4HfI")   # rank bits zero_point qmin qmax pad dims[4] scale arena_offset
+OP_HEAD = struct.Struct("<BBbbHHHH8B")   # kind w_bits act_min act_max in0 in1 out reserved kh kw sh sw pt pl pb pr
+OP_WEIGHTED = struct.Struct("<III32x")   # data_offset scratch_offset scratch_size (union, 44 bytes)
+OP_PARAMS = struct.Struct("<7i16x")      # add: left_shift m1 s1 m2 s2 mo so; requantize: m s 0...
+HEADER_BYTES, TENSOR_BYTES = HEADER.size, TENSOR.size
+OP_BYTES = OP_HEAD.size + OP_WEIGHTED.size
+CHANNEL_BYTES = 9  # int32 bias + int32 multiplier + int8 shift per output channel
+DATA_ALIGN = 4
+NO_TENSOR = 0xFFFF
+MAX_DW_TAPS = 64
+CONV_TILE = 4  # output pixels per conv2d tile (SMPQ_TILE in kernels/kernels.h)
+MAX_K = 32768
+
+OP_KINDS = {"conv2d": 1, "depthwise_conv2d": 2, "fully_connected": 3, "add": 4, "avg_pool": 5,
+            "max_pool": 6, "reshape": 7, "requantize": 8}
+KIND_NAMES = {v: k for k, v in OP_KINDS.items()}
+WEIGHTED = ("conv2d", "depthwise_conv2d", "fully_connected")
+
+# The C runtime's status codes (include/smpq.h), by value.
+ERRORS = {0: "OK", -1: "E_NULL", -2: "E_TRUNCATED", -3: "E_MAGIC", -4: "E_VERSION", -5: "E_HEADER",
+          -6: "E_CRC", -7: "E_TABLE_RANGE", -8: "E_TENSOR", -9: "E_ARENA_RANGE", -10: "E_OP_KIND",
+          -11: "E_OP_INDEX", -12: "E_OP_SHAPE", -13: "E_OP_PARAM", -14: "E_DATA_RANGE",
+          -15: "E_ARENA_SMALL", -16: "E_ALIAS", -17: "E_NOT_LOADED", -18: "E_PLATFORM"}
+CODES = {v: k for k, v in ERRORS.items()}
+_REEXPORT = "re-export it with 'smpq-deploy export --formats smpq'"
+HINTS = {
+    "E_NULL": "a NULL pointer was passed to the runtime",
+    "E_TRUNCATED": f"the blob is shorter than its header says (truncated file): {_REEXPORT}",
+    "E_MAGIC": "the file is not an .smpq blob (magic is not 'SMPQ')",
+    "E_VERSION": f"the blob's format version is not the runtime's: {_REEXPORT} with this version",
+    "E_HEADER": f"the header is inconsistent: {_REEXPORT}",
+    "E_CRC": f"the payload's CRC32 does not match: the blob is corrupted, {_REEXPORT}",
+    "E_TABLE_RANGE": f"the tensor/op tables do not fit in the blob: {_REEXPORT}",
+    "E_TENSOR": f"a tensor record is invalid: {_REEXPORT}",
+    "E_ARENA_RANGE": f"a tensor or scratch region lies outside the arena: {_REEXPORT}",
+    "E_OP_KIND": "an op kind is unknown to this runtime: update the runtime or re-export",
+    "E_OP_INDEX": f"an op refers to a missing tensor: {_REEXPORT}",
+    "E_OP_SHAPE": f"an op's tensor shapes are inconsistent: {_REEXPORT}",
+    "E_OP_PARAM": f"an op parameter (bits, kernel, stride, padding, shift, clamp, scratch) is out of range: {_REEXPORT}",
+    "E_DATA_RANGE": f"layer data lies outside the data section: {_REEXPORT}",
+    "E_ARENA_SMALL": "the arena is smaller than the model needs (or not 4-byte aligned): give smpq_load a larger arena",
+    "E_ALIAS": f"an op's output overlaps its inputs or scratch: {_REEXPORT}",
+    "E_NOT_LOADED": "the model did not load: check smpq_load's status first",
+    "E_PLATFORM": "the runtime was built for a big-endian target; .smpq is little-endian only",
+}
+
+assert HEADER_BYTES == 32 and TENSOR_BYTES == 24 and OP_BYTES == 64 and OP_PARAMS.size == OP_WEIGHTED.size
+
+
+class SmpqFormatError(HarnessError):
+    """A malformed blob: `.code` is the C runtime's error name (e.g. 'E_CRC'), the message says what is wrong."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def align_up(n: int, a: int = DATA_ALIGN) -> int:
+    """`n` rounded up to a multiple of `a`."""
+    return -(-n // a) * a
+
+
+def scratch_bytes(kind: str, k: int, w_bits: int) -> int:
+    """Scratch the C kernels need during one op with K = kh·kw·cin (conv2d) or in_features (FC):
+    conv2d holds CONV_TILE int16 patches plus one decoded int16 weight row below 8 bits; FC one patch."""
+    if kind == "conv2d":
+        return 2 * k * (CONV_TILE + (1 if w_bits < 8 else 0))
+    if kind == "fully_connected":
+        return 2 * k
+    return 0
+
+
+def weight_bytes(codes: int, bits: int) -> int:
+    """Bytes of `codes` weights packed densely at `bits` (one layer's stream)."""
+    return (codes * bits + 7) // 8
+
+
+def layer_data_bytes(channels: int, codes: int, bits: int) -> int:
+    """Bytes of one weighted layer's data: per-channel bias/multiplier/shift, packed weights, padding."""
+    return align_up(CHANNEL_BYTES * channels + weight_bytes(codes, bits))
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> bytes:
+    """Pack integer weight codes (flattened in C order) LSB-first at `bits` each, densely.
+
+    Codes are two's complement b-bit for b ≥ 2; for b = 1 the code −1 is bit 0 and +1 is bit 1.
+    The last byte is zero-padded.
+    """
+    c = np.asarray(codes).astype(np.int64).ravel()
+    if not 1 <= bits <= 8:
+        raise ValueError(f"weight bits must be 1..8, got {bits}")
+    if bits == 1:
+        if np.any((c != 1) & (c != -1)):
+            raise ValueError("1-bit weight codes must be -1 or +1")
+        u = (c > 0).astype(np.uint8)
+    else:
+        hi = (1 << (bits - 1)) - 1
+        if c.size and (c.min() < -hi - 1 or c.max() > hi):
+            raise ValueError(f"weight codes outside the {bits}-bit range")
+        u = (c & ((1 << bits) - 1)).astype(np.uint8)
+    bitplane = ((u[:, None] >> np.arange(bits, dtype=np.uint8)) & 1).astype(np.uint8).ravel()
+    return np.packbits(bitplane, bitorder="little").tobytes()
+
+
+def unpack_codes(buf: bytes, n: int, bits: int, start: int = 0) -> np.ndarray:
+    """Codes `start`…`start+n−1` of a stream packed by :func:`pack_codes` (int8)."""
+    raw = np.unpackbits(np.frombuffer(bytes(buf), np.uint8), bitorder="little")
+    b = raw[start * bits:(start + n) * bits].reshape(n, bits).astype(np.int64)
+    u = (b << np.arange(bits)).sum(axis=1)
+    if bits == 1:
+        return (2 * u - 1).astype(np.int8)
+    half = 1 << (bits - 1)
+    return ((u ^ half) - half).astype(np.int8)
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    rank: int
+    bits: int
+    zero_point: int
+    qmin: int
+    qmax: int
+    dims: tuple[int, int, int, int]
+    scale: float
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.dims))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.dims[4 - self.rank:]
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    kind: str
+    w_bits: int
+    act_min: int
+    act_max: int
+    inputs: tuple[int, ...]
+    output: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    data_offset: int = 0
+    scratch_offset: int = 0
+    scratch_size: int = 0
+    params: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SmpqBlob:
+    """A parsed blob: header values, tables and the raw data section."""
+
+    version: int
+    total_size: int
+    crc32: int
+    arena_size: int
+    input: int
+    output: int
+    tensors: tuple[TensorRecord, ...]
+    ops: tuple[OpRecord, ...]
+    data: bytes
+
+    @property
+    def data_offset(self) -> int:
+        return HEADER_BYTES + TENSOR_BYTES * len(self.tensors) + OP_BYTES * len(self.ops)
+
+    def layer(self, op: OpRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
+        """(bias int32[C], multiplier int32[C], shift int8[C], packed weight bytes) of a weighted op."""
+        c = self.tensors[op.output].dims[3]
+        d = self.data[op.data_offset:]
+        bias = np.frombuffer(d[:4 * c], "<i4")
+        mult = np.frombuffer(d[4 * c:8 * c], "<i4")
+        shift = np.frombuffer(d[8 * c:9 * c], np.int8)
+        return bias, mult, shift, d[9 * c:9 * c + weight_bytes(self.codes(op), op.w_bits)]
+
+    def codes(self, op: OpRecord) -> int:
+        """Number of weight codes of a weighted op."""
+        ti, to = self.tensors[op.inputs[0]], self.tensors[op.output]
+        if op.kind == "conv2d":
+            return op.kernel[0] * op.kernel[1] * ti.dims[3] * to.dims[3]
+        if op.kind == "depthwise_conv2d":
+            return op.kernel[0] * op.kernel[1] * to.dims[3]
+        return ti.size * to.dims[3]
+
+
+def parse(blob: bytes) -> SmpqBlob:
+    """Parse and validate the framing of a blob (header, CRC, tables, ranges); raises SmpqFormatError.
+
+    The C loader's checks are the complete ones (op geometry, aliasing); this reader checks what
+    a tool needs to read the blob safely.
+    """
+    blob = bytes(blob)
+    if len(blob) < 4:
+        raise SmpqFormatError("E_TRUNCATED", f"blob has {len(blob)} bytes, fewer than the magic")
+    if blob[:4] != MAGIC:
+        raise SmpqFormatError("E_MAGIC", f"magic is {blob[:4]!r}, expected {MAGIC!r}: not an .smpq blob")
+    if len(blob) < HEADER_BYTES:
+        raise SmpqFormatError("E_TRUNCATED", f"blob has {len(blob)} bytes, fewer than the {HEADER_BYTES}-byte header")
+    _, version, flags, total, crc, n_t, n_o, inp, out, arena, reserved = HEADER.unpack_from(blob)
+    if version != VERSION:
+        raise SmpqFormatError("E_VERSION", f"format version {version} is not supported (expected {VERSION}); re-export the model")
+    if flags or reserved or total < HEADER_BYTES:
+        raise SmpqFormatError("E_HEADER", f"header flags={flags} reserved={reserved} total_size={total} are invalid")
+    if total > len(blob):
+        raise SmpqFormatError("E_TRUNCATED", f"header says {total} bytes but the blob has {len(blob)}: the file is truncated")
+    actual = zlib.crc32(blob[HEADER_BYTES:total])
+    if actual != crc:
+        raise SmpqFormatError("E_CRC", f"CRC32 {actual:#010x} of the payload does not match the header's {crc:#010x}: the blob is corrupted")
+    if not n_t or not n_o or inp >= n_t or out >= n_t:
+        raise SmpqFormatError("E_HEADER", f"counts/indices invalid: {n_t} tensors, {n_o} ops, input {inp}, output {out}")
+    data_off = HEADER_BYTES + TENSOR_BYTES * n_t + OP_BYTES * n_o
+    if data_off > total:
+        raise SmpqFormatError("E_TABLE_RANGE", f"tables end at byte {data_off}, past the blob's {total} bytes")
+    tensors = []
+    for i in range(n_t):
+        rank, bits, zp, qmin, qmax, *rest = TENSOR.unpack_from(blob, HEADER_BYTES + TENSOR_BYTES * i)
+        dims, scale, offset = tuple(rest[:4]), rest[4], rest[5]
+        t = TensorRecord(rank, bits, zp, qmin, qmax, dims, scale, offset)  # type: ignore[arg-type]
+        if not 1 <= rank <= 4 or not 1 <= bits <= 8 or qmin > qmax or 0 in dims or any(d != 1 for d in dims[:4 - rank]) or dims[0] != 1:
+            raise SmpqFormatError("E_TENSOR", f"tensor {i}: rank {rank}, bits {bits}, dims {dims}, clamp [{qmin}, {qmax}] invalid")
+        if offset + t.size > arena:
+            raise SmpqFormatError("E_ARENA_RANGE", f"tensor {i} at arena offset {offset} (+{t.size}) ends past the arena ({arena} bytes)")
+        tensors.append(t)
+    data = blob[data_off:total]
+    ops = []
+    for i in range(n_o):
+        base = HEADER_BYTES + TENSOR_BYTES * n_t + OP_BYTES * i
+        kind, w_bits, amin, amax, in0, in1, o, _res, kh, kw, sh, sw, pt, pl, pb, pr = OP_HEAD.unpack_from(blob, base)
+        if kind not in KIND_NAMES:
+            raise SmpqFormatError("E_OP_KIND", f"op {i} has unknown kind {kind}")
+        name = KIND_NAMES[kind]
+        ins = (in0, in1) if name == "add" else (in0,)
+        if any(t >= n_t for t in (*ins, o)):
+            raise SmpqFormatError("E_OP_INDEX", f"op {i} ({name}) refers to tensor {max(*ins, o)} of {n_t}")
+        geo = dict(kind=name, w_bits=w_bits, act_min=amin, act_max=amax, inputs=ins, output=o,
+                   kernel=(kh, kw), stride=(sh, sw), padding=(pt, pl, pb, pr))
+        if name in WEIGHTED:
+            d_off, s_off, s_size = OP_WEIGHTED.unpack_from(blob, base + OP_HEAD.size)
+            op = OpRecord(**geo, data_offset=d_off, scratch_offset=s_off, scratch_size=s_size)  # type: ignore[arg-type]
+            if not 1 <= w_bits <= 8:
+                raise SmpqFormatError("E_OP_PARAM", f"op {i} ({name}) has {w_bits}-bit weights (must be 1..8)")
+            tmp = SmpqBlob(version, total, crc, arena, inp, out, tuple(tensors), (), data)
+            need = layer_data_bytes(tensors[o].dims[3], tmp.codes(op), w_bits)
+            if d_off % DATA_ALIGN or d_off + need > len(data):
+                raise SmpqFormatError("E_DATA_RANGE", f"op {i} ({name}) layer data at {d_off} (+{need}) is outside the {len(data)}-byte data section")
+            if s_off + s_size > arena:
+                raise SmpqFormatError("E_ARENA_RANGE", f"op {i} ({name}) scratch at {s_off} (+{s_size}) ends past the arena")
+        else:
+            op = OpRecord(**geo, params=OP_PARAMS.unpack_from(blob, base + OP_HEAD.size))  # type: ignore[arg-type]
+        ops.append(op)
+    return SmpqBlob(version, total, crc, arena, inp, out, tuple(tensors), tuple(ops), data)
