@@ -17,6 +17,23 @@ TFLite Micro):
   rounding half away from zero; REQUANTIZE is TFLite's int8→int8 QUANTIZE.
 
 Saved as ``model.ir.json`` (graph, attributes, scalars) + ``model.ir.npz`` (arrays).
+
+Conventions fixed by the first lowering (deploy/lower.py, deploy/irbuild.py; field names unchanged):
+
+* Rounding is TFLite's default double rounding (SaturatingRoundingDoublingHighMul, then
+  RoundingDivideByPOT) for every op, FULLY_CONNECTED included — checked bit for bit against
+  TFLite Micro (PyPI) and LiteRT's reference kernels. Multipliers/shifts are derived from the float32
+  scales exactly as TFLite's Prepare does (deploy/fixedpoint.py: conv_multiplier, add_params,
+  requantize_multiplier), so an exporter may equally recompute them from the scales.
+* The model input tensor holds raw pixels as int8 codes pixel − 128 (scale 1/255, zero point −128).
+  The dataset normalisation is the first op: a 1×1 depthwise_conv2d named ``normalise``.
+* requantize also has act_min, act_max (the clamp of its output's a-bit range).
+* Scalar attributes: ints everywhere (padding/stride/kernel as lists); arrays keyed "<op name>.<key>".
+  Several ops may name the SAME arrays: a layer whose output feeds readers with different input
+  quantizers is emitted once per output grid ("<layer>", "<layer>#1", ...), and the instances share
+  weights/bias/w_scale (own multiplier/shift). Exporters should store a shared array once.
+* graph.meta: ``name``, ``mean``, ``std`` (normalisation), ``arena_bytes``, ``arena_offsets``
+  (per tensor index, greedy plan of search/planner.py, batch 1, int8) and ``arena_alignment``.
 """
 from __future__ import annotations
 
@@ -60,7 +77,7 @@ class Op:
                                  out_multiplier, out_shift, act_min, act_max
       avg_pool / max_pool:       kernel [kh, kw], stride [sh, sw], padding [t, l, b, r], act_min, act_max
       reshape:                   (none; output shape is the output tensor's)
-      requantize:                multiplier, shift (int8→int8, TFLite QUANTIZE)
+      requantize:                multiplier, shift (int8→int8, TFLite QUANTIZE), act_min, act_max
     arrays by kind (conv2d, depthwise_conv2d, fully_connected): weights (int8 codes), bias (int32),
       multiplier (int32 per channel), shift (int32 per channel), w_scale (float32 per channel).
     """

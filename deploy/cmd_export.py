@@ -1,0 +1,120 @@
+"""`smpq-deploy export`: QAT model of a run → integer IR → ONNX / TFLite (and the formats others add).
+
+    smpq-deploy export --run runs/<name> [--formats onnx,tflite] [--opset 21] [--calib-batches 4]
+
+Reads ``runs/<name>/qat.pt`` (search.qat.load_qat) and ``policy.json`` (must match the QAT model),
+lowers it (deploy.lower; a few training batches calibrate the tensors QAT leaves in float), writes
+``model.ir.json`` + ``model.ir.npz`` and one file per format. Extend :data:`FORMATS` to add a format.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+from deploy.errors import DeployError
+from deploy.ir import Graph
+
+HELP = "lower a run's QAT model to the integer IR and export it (ONNX, TFLite, ...)"
+
+
+def _onnx(g: Graph, out: Path, args: argparse.Namespace) -> Path:
+    from deploy.export_onnx import DEFAULT_OPSET, export_onnx
+
+    return export_onnx(g, out / "model.onnx", getattr(args, "opset", None) or DEFAULT_OPSET)
+
+
+def _tflite(g: Graph, out: Path, args: argparse.Namespace) -> Path:
+    from deploy.export_tflite import export_tflite
+
+    return export_tflite(g, out / "model.tflite")
+
+
+def _smpq(g: Graph, out: Path, args: argparse.Namespace) -> Path:
+    from deploy.export_smpq import export_smpq
+
+    return export_smpq(g, out / "model.smpq")
+
+
+def _c(g: Graph, out: Path, args: argparse.Namespace) -> Path:
+    from deploy.export_smpq import export_c
+
+    return export_c(g, out)[0]
+
+
+#: format name → exporter(graph, run folder, args) returning the written path.
+FORMATS: dict[str, Callable[[Graph, Path, argparse.Namespace], Path]] = {"onnx": _onnx, "tflite": _tflite,
+                                                                          "smpq": _smpq, "c": _c}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--formats", default="onnx,tflite", help=f"comma-separated formats ({', '.join(FORMATS)})")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 21; 25 stores 2-bit filters as INT2)")
+    parser.add_argument("--calib-batches", type=int, default=4, help="training batches that calibrate float tensors (default 4)")
+
+
+def parse_formats(text: str) -> list[str]:
+    names = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown or not names:
+        raise DeployError(f"unknown export format '{unknown[0] if unknown else text}': choose from {', '.join(FORMATS)}")
+    return names
+
+
+def lower_run(run_dir: Path, data_dir: str | None = None, calib_batches: int = 4, batch_size: int = 64) -> Graph:
+    """Load ``qat.pt`` (+ check ``policy.json``) of a run and lower it to the IR."""
+    import torch
+
+    from deploy.lower import lower
+    from search.data import BatchLoader, load_dataset
+    from search.errors import SearchError
+    from search.policy import Policy
+    from search.qat import QAT_FILE, load_qat
+    from search.qmodel import policy_of
+
+    model, meta = load_qat(run_dir / QAT_FILE)
+    pfile = run_dir / "policy.json"
+    if pfile.is_file():
+        policy = Policy.load(pfile)
+        mine = policy_of(model)
+        for name, bits in mine.items():
+            if name not in policy or tuple(policy[name]) != tuple(bits):
+                got = tuple(policy[name]) if name in policy else "missing"
+                raise SearchError(f"'{pfile}' does not match '{run_dir / QAT_FILE}': layer '{name}' is w{bits[0]}a{bits[1]} "
+                                  f"in the QAT model but {got} in the policy; rerun QAT for this policy")
+    if "mean" not in meta or "std" not in meta or "dataset" not in meta:
+        raise DeployError(f"'{run_dir / QAT_FILE}' lacks the dataset normalisation (meta mean/std/dataset): rerun QAT")
+    if calib_batches < 1:
+        raise DeployError(f"--calib-batches must be ≥ 1, got {calib_batches}")
+    ds = load_dataset(meta["dataset"], data_dir, seed=int(meta.get("seed", 0)))
+    loader = BatchLoader(ds.train.subset(calib_batches * batch_size), ds, batch_size)  # the train split is shuffled
+    batches: list[torch.Tensor] = []
+    for x, _ in loader:
+        batches.append(x)
+        if len(batches) >= calib_batches:
+            break
+    return lower(model, meta["mean"], meta["std"], batches, name=str(meta.get("model", "model")))
+
+
+def packed_weight_bytes(g: Graph) -> int:
+    """Σ params·bits/8 over weighted ops (weights at w_bits, int32 biases): the packed lower bound."""
+    total = 0.0
+    for op in g.ops:
+        if "weights" in op.arrays:
+            total += g.const(op, "weights").size * op.attrs["w_bits"] / 8 + g.const(op, "bias").size * 4
+    return int(round(total))
+
+
+def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "output", None):
+        raise DeployError("export needs the run folder: --run runs/<name>")
+    run_dir = Path(args.output)
+    formats = parse_formats(args.formats)
+    g = lower_run(run_dir, getattr(args, "data_dir", None), args.calib_batches)
+    jpath, _ = g.save(run_dir / "model")
+    print(f"export: IR → {jpath} ({len(g.ops)} ops, packed weights {packed_weight_bytes(g)} B, "
+          f"planned arena {g.meta.get('arena_bytes')} B)")
+    for f in formats:
+        path = FORMATS[f](g, run_dir, args)
+        print(f"export: {f} → {path} ({path.stat().st_size} B)")
+    return 0
