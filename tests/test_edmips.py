@@ -17,14 +17,6 @@ from search.supernet import Supernet
 CFG = dict(epochs=2, batch_size=64, subset=256, arch_lr=0.05, seed=1, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", seed=0)

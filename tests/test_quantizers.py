@@ -11,15 +11,6 @@ import torch
 from search.quantizers import (ActQuantizer, WeightQuantizer, act_range, init_step, round_codes, weight_range)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread while this module runs (OpenMP threads thrash on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _half_away(values: np.ndarray) -> np.ndarray:
     """Reference rounding with exact decimal arithmetic (ROUND_HALF_UP rounds ties away from zero)."""
     return np.array([float(Decimal(float(v)).quantize(Decimal(1), rounding=ROUND_HALF_UP)) for v in values])

@@ -18,8 +18,6 @@ from search.qat import QATConfig, load_qat
 from search.runner import SearchSettings, run_search, validate_policy_file
 from search.train import TrainConfig, evaluate, fit, load_checkpoint
 
-torch.set_num_threads(1)  # 2 shared cores: more threads only spin
-
 
 @pytest.fixture(scope="module")
 def fp(tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -80,7 +78,6 @@ def test_smpq_search_meets_a_binding_budget_and_reloads_identically(fp: dict, tm
 
 def test_edmips_search_meets_budget_reports_cd_and_resumes_trials(fp: dict, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("search.edmips")
     import search.runner as runner
 
     budget = Budget(bops=fp["w4a4"].bops)

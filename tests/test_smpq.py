@@ -52,14 +52,6 @@ def fp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "fp.pt"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same kernels as the driver subprocess: bit-identical results
-    yield
-    torch.set_num_threads(n)
-
-
 def _supernet(fp: Path, **kwargs) -> Supernet:
     model, _ = load_checkpoint(fp)
     return Supernet(model, seed=0, **kwargs)

@@ -16,15 +16,6 @@ SHAPE = (3, 32, 32)
 W_BITS, A_BITS = (1, 2, 4, 8), (2, 4, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread while this module runs (OpenMP threads thrash on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _trained_ish(name: str, seed: int) -> nn.Module:
     """A zoo model with non-trivial BN statistics (so BN and its folding matter in the comparisons)."""
     torch.manual_seed(seed)
