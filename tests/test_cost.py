@@ -302,7 +302,6 @@ def test_omega_equals_the_exported_blob(make, shape) -> None:
     assert _blob_figures(model, shape, policy) == (o.flash_bytes, o.sram_bytes)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet8", "mbv2"])
 def test_omega_equals_the_exported_blob_zoo(name: str) -> None:
     torch.manual_seed(0)

@@ -69,7 +69,6 @@ def test_models_are_bit_exact_with_the_reference(model, policy, n):
     _bit_exact(model, policy, n)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model, policy, n", SLOW_CASES)
 def test_more_policies_are_bit_exact_with_the_reference(model, policy, n):
     _bit_exact(model, policy, n)
