@@ -36,8 +36,15 @@ class Split:
         return len(self.y)
 
     def subset(self, n: int | None) -> "Split":
-        """The first `n` samples (all when n is None)."""
-        return self if n is None else Split(self.x[:n], self.y[:n])
+        """`n` samples spread evenly over the split, in order (all when n is None or ≥ its size).
+
+        Evenly spread, not the first n: val and test splits are stored in class order (CIFAR-10's
+        test.npz is), so their first n would be one class; the train split is shuffled either way.
+        """
+        if n is None or n >= len(self.y):
+            return self
+        idx = (np.arange(n) * len(self.y)) // n
+        return Split(self.x[idx], self.y[idx])
 
 
 @dataclass
