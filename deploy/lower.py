@@ -13,7 +13,10 @@ Decisions (each keeps the integer model faithful to the fake-quant PyTorch model
 * BatchNorm (eval statistics) is folded into the per-output-channel weight SCALE, codes unchanged:
   weight quantisation is per output channel, BN is per output channel, so k_o·(codes·s_o) =
   codes·(k_o·s_o) exactly (a negative k_o negates the channel's codes); BN's shift and the layer's
-  bias go into the int32 bias (scale input_scale·w_scale).
+  bias go into the int32 bias (scale input_scale·w_scale). Both steps are search.qmodel's
+  :func:`fold_layer` and :func:`bias_codes`, which :func:`search.qmodel.fold_batchnorm` also uses: that
+  deploy-faithful fake-quant model is what the integer model is compared with (rounding the bias to the
+  int32 grid costs up to ~0.4 output LSB at 2–5-bit inputs, so the unfolded QAT model is not the reference).
 * Activation tensors: the QAT model quantizes a value only where a layer reads it (its ``a_quant``).
   A conv/FC/add is therefore emitted once per distinct input quantizer of its readers, each instance
   writing directly in that quantizer's a-bit grid (single rounding from the accumulator, exactly as
@@ -30,6 +33,11 @@ Decisions (each keeps the integer model faithful to the fake-quant PyTorch model
   BatchNorm2d after a layer, ReLU/ReLU6 after a layer or an add, add of two tensors, AvgPool2d /
   MaxPool2d / global average pooling (AdaptiveAvgPool2d(1), adaptive_avg_pool2d(·, 1), spatial mean),
   flatten/reshape to (N, C) of a 1×1 map, Identity/Dropout. Anything else is a one-line IRError.
+* Fidelity: :func:`faithful_model` is the fake-quant PyTorch model of what is deployed (folded BN, int32
+  biases, TFLite's double-rounding requantisation, the normalise op and the calibrated 8-bit tensors);
+  it reproduces the integer reference's codes (measured bit-exact on trained resnet8 and random mbv2).
+  The unfolded QAT model agrees only ~95 % top-1 at 2–5 bits, mostly because TFLite's
+  MultiplyByQuantizedMultiplier rounds twice (up to 0.25 LSB off when s_in·s_w/s_out < 1/2).
 * Tensor arena offsets from search/planner.py's greedy planner are recorded in graph.meta
   (``arena_bytes``, ``arena_offsets`` per tensor index).
 """
@@ -46,9 +54,11 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
+from deploy import reference
 from deploy.ir import Graph, IRError, TensorSpec
 from deploy.irbuild import IRBuilder, f32
-from search.qmodel import QuantConv2d, QuantLayer, QuantLinear
+from deploy.fixedpoint import conv_multiplier
+from search.qmodel import QuantConv2d, QuantLayer, QuantLinear, bias_codes, fold_batchnorm, fold_layer
 
 _LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.Flatten,
            nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
@@ -227,21 +237,154 @@ def _nhwc(shape: tuple[int, ...]) -> list[int]:
 
 
 def _fold(layer: QuantLayer, bn: nn.BatchNorm2d | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(codes in TFLite layout, folded float32 per-channel scale, folded real bias) of a layer."""
-    codes, scale = layer.w_quant.codes(layer.weight.detach())
-    codes = codes.numpy().astype(np.int64)
-    scale = scale.numpy().astype(np.float64)
-    bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(len(scale))
-    if bn is not None:
-        k = (bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
-        bias = k * (bias - bn.running_mean.double().numpy()) + bn.bias.detach().double().numpy()
-        scale = scale * k
-    neg = scale < 0
-    codes[neg] = -codes[neg]
-    scale = np.abs(scale)
+    """(codes in TFLite layout, folded float32 per-channel scale, folded real bias) of a layer
+    (search.qmodel.fold_layer, the same folding the deploy-faithful fake-quant model uses)."""
+    codes, scale, bias = fold_layer(layer, bn)
     if isinstance(layer, nn.Conv2d):
         codes = codes.transpose(1, 2, 3, 0) if layer.groups != 1 else codes.transpose(0, 2, 3, 1)  # 1HWC / OHWI
-    return codes.astype(np.int8), scale.astype(np.float32), bias
+    return codes.astype(np.int8), scale, bias
+
+
+def tflite_requantize(acc: np.ndarray, in_scale: float, w_scale: np.ndarray, out_scale: float) -> np.ndarray:
+    """Per-channel (axis 1) requantisation of int32 accumulators exactly as the IR's conv/FC ops do it
+    (TFLite multipliers from float32 scales, MultiplyByQuantizedMultiplier); zero point and clamp not applied.
+    The requantizer of :func:`search.qmodel.fold_batchnorm` (see :func:`faithful_model`)."""
+    from deploy.fixedpoint import multiply_by_quantized_multiplier
+
+    ms = np.array([conv_multiplier(in_scale, s, out_scale) for s in np.asarray(w_scale)], np.int64)
+    view = (1, -1, *([1] * (acc.ndim - 2)))
+    return multiply_by_quantized_multiplier(acc.astype(np.int64), ms[:, 0].reshape(view), ms[:, 1].reshape(view))
+
+
+def faithful_model(model: nn.Module, graph: Graph) -> nn.Module:
+    """The fake-quant PyTorch model that computes what `graph` (:func:`lower` of `model`) deploys, for
+    evaluation: :func:`search.qmodel.fold_batchnorm` with TFLite requantisation between directly connected
+    layers, plus the tensors the QAT model leaves in float, in the graph's own grids — the first layer's
+    input is the normalise op's output code of each pixel value (a table of 256 per channel), and each
+    residual ADD reads its inputs in the calibrated 8-bit grids of the graph (requantised from the producing
+    layer's accumulator). Remaining differences are ties of the ADD/pool/requantize roundings.
+    Takes the normalised float batches the QAT model takes."""
+    folded = fold_batchnorm(model, tflite_requantize)
+    fx_graph = _Tracer().trace(folded)
+    gm = fx.GraphModule(folded, fx_graph)
+    modules = dict(gm.named_modules())
+    ops = {op.name: op for op in graph.ops}
+    mean, std = (torch.tensor(graph.meta[k], dtype=torch.float64).view(1, -1, 1, 1) for k in ("mean", "std"))
+    norm = ops["normalise"]
+    pixels = (np.arange(256, dtype=np.int64) - 128).astype(np.int8).reshape(256, 1, 1, 1)
+    out_t = graph.tensors[norm.outputs[0]]
+    codes = reference.KERNELS[norm.kind](graph, norm, np.repeat(pixels, len(graph.meta["mean"]), axis=3))
+    table = torch.from_numpy(codes[:, 0, 0, :].astype(np.float64) - out_t.zero_point)  # (256, C)
+    count = 0
+
+    def insert(before: fx.Node, mod: nn.Module, arg: fx.Node) -> fx.Node:
+        nonlocal count
+        count += 1
+        gm.add_submodule(f"faithful_{count}", mod)
+        with fx_graph.inserting_before(before):
+            return fx_graph.call_module(f"faithful_{count}", (arg,))
+
+    def grid(before: fx.Node, tensor: int, arg: fx.Node) -> fx.Node:
+        t = graph.tensors[tensor]
+        layer, act = _producer(arg, modules)
+        hi = min(t.qmax, t.zero_point + int(np.floor(6.0 / t.scale + 0.5))) if act == "relu6" else t.qmax
+        return insert(before, _ToGrid(float(np.float32(t.scale)), t.zero_point, max(t.qmin, t.zero_point) if act
+                                      else t.qmin, hi, modules[layer] if layer else None, act == "relu6"), arg)
+
+    for n in list(fx_graph.nodes):
+        if n.op == "placeholder":
+            for user in list(n.users):
+                if user.op == "call_module" and isinstance(modules[str(user.target)], QuantLayer):
+                    user.replace_input_with(n, insert(user, _PixelCodes(mean, std, table, float(np.float32(out_t.scale))), n))
+        elif n.op == "call_function" and n.target in (operator.add, torch.add) and n.name in ops:
+            n.args = tuple(grid(n, ti, a) for a, ti in zip(n.args, ops[n.name].inputs))
+        elif n.op in ("call_module", "call_function", "call_method") and \
+                ops.get(str(n.target) if n.op == "call_module" else n.name, _NO_OP).kind in ("avg_pool", "max_pool"):
+            op = ops[str(n.target) if n.op == "call_module" else n.name]
+            n.replace_input_with(n.args[0], grid(n, op.inputs[0], n.args[0]))
+            after = n.next
+            out = grid(after, op.outputs[0], n)
+            for user in [u for u in n.users if u is not out]:
+                user.replace_input_with(n, out)
+        elif n.op == "call_module" and isinstance(modules[str(n.target)], QuantLayer):
+            src = next((op for op in graph.ops if ops[str(n.target)].inputs[0] in op.outputs), None)
+            if src is not None and src.kind == "requantize":
+                ti, to = graph.tensors[src.inputs[0]], graph.tensors[src.outputs[0]]
+                n.replace_input_with(n.args[0], insert(n, _Requantize(ti, to, src.attrs), n.args[0]))
+        elif n.op == "output":
+            n.replace_input_with(n.args[0], grid(n, graph.outputs[0], n.args[0]))
+    gm.recompile()
+    return gm.eval()
+
+
+_NO_OP = type("_NoOp", (), {"kind": None})()
+
+
+def _producer(n: fx.Node, modules: dict[str, nn.Module]) -> tuple[str | None, str | None]:
+    """(the quantized layer whose output node `n` is, through Identity/ReLU/ReLU6 only, or None; the activation on the way)."""
+    act = None
+    while n.op == "call_module" and not isinstance(modules[str(n.target)], QuantLayer):
+        m = modules[str(n.target)]
+        if isinstance(m, (nn.ReLU, nn.ReLU6)):
+            act = act or ("relu6" if isinstance(m, nn.ReLU6) else "relu")
+        elif not isinstance(m, nn.Identity):
+            return None, act
+        n = n.args[0]
+    return (str(n.target) if n.op == "call_module" else None), act
+
+
+class _PixelCodes(nn.Module):
+    """The normalise op's output (real values) for a normalised image: pixels recovered, looked up per channel."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, table: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.mean, self.std, self.table, self.scale = mean, std, table, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.round((x.double() * self.std + self.mean) * 255).long().clamp(0, 255)
+        return self.table[p, torch.arange(p.shape[1]).view(1, -1, 1, 1)] * self.scale
+
+
+class _Requantize(nn.Module):
+    """The IR's REQUANTIZE (TFLite int8 QUANTIZE) of an on-grid real value from tensor `ti`'s grid to `to`'s."""
+
+    def __init__(self, ti: TensorSpec, to: TensorSpec, attrs: dict[str, Any]) -> None:
+        super().__init__()
+        self.ti, self.to, self.attrs = ti, to, attrs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from deploy.fixedpoint import requantize_int8
+
+        codes = torch.round(x.double() / np.float32(self.ti.scale)).long().cpu().numpy() + self.ti.zero_point
+        a = self.attrs
+        out = requantize_int8(codes, self.ti.zero_point, self.to.zero_point, a["multiplier"], a["shift"],
+                              a.get("act_min", -128), a.get("act_max", 127))
+        return torch.from_numpy((out.astype(np.float64) - self.to.zero_point) * np.float32(self.to.scale)).to(x.device)
+
+
+class _ToGrid(nn.Module):
+    """A value in an IR tensor's grid: requantised from `layer`'s accumulator as its integer op does, else rounded."""
+
+    def __init__(self, scale: float, zp: int, lo: int, hi: int, layer: QuantLayer | None, relu6: bool = False) -> None:
+        super().__init__()
+        self.scale, self.zp, self.lo, self.hi, self.relu6 = scale, zp, lo, hi, relu6
+        self.layer = [layer]  # not a submodule: the layer stays where it is in the model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer[0]
+        if layer is not None:
+            acc_scale = layer.deployed_acc_scale.view(1, -1, *([1] * (x.dim() - 2)))
+            acc = torch.round(x.double() / acc_scale).long()
+            s_in = float(np.float32(layer.a_quant.scale()))
+            w_scale = (layer.deployed_acc_scale.cpu().numpy() / s_in).astype(np.float32)
+            codes = torch.from_numpy(tflite_requantize(acc.cpu().numpy(), s_in, w_scale, self.scale)).to(x.device)
+        else:
+            v = x.double() / self.scale + self.zp  # averages of codes (pooling) hit exact halves: like the IR,
+            codes = torch.sign(v) * torch.floor(torch.abs(v) + 0.5 + 1e-9) - self.zp  # round stored codes away from 0
+        codes = (codes + self.zp).clamp(self.lo, self.hi)
+        if self.relu6:  # ReLU6 hid the accumulator of saturated values: the integer op clamps them to hi
+            codes = torch.where(x >= 6.0, self.hi, codes)
+        return (codes - self.zp).double() * self.scale
 
 
 def lower(model: nn.Module, mean: Iterable[float], std: Iterable[float], calib: Iterable[torch.Tensor] | torch.Tensor,
@@ -417,7 +560,7 @@ def _emit_layer(b: IRBuilder, g: _Group, name: str, x: int, out: int, act_min: i
     layer = g.module
     codes, w_scale, bias_real = _fold(layer, g.bn)
     s_in = b.g.tensors[x].scale
-    bias = np.round(bias_real / (np.float64(s_in) * w_scale.astype(np.float64)))
+    bias = bias_codes(bias_real, s_in, w_scale)
     if np.abs(bias).max(initial=0) >= 2**31:
         raise IRError(f"layer '{g.name}': folded bias overflows int32 (a BatchNorm with a tiny variance?)")
     if isinstance(layer, nn.Linear):

@@ -14,6 +14,15 @@ provisionally from one seeded random N(0,1) batch; :func:`calibrate` re-decides 
 Calibration forwards run the FP network (quantizers bypassed) in eval mode, so BN statistics are
 untouched.
 
+Deploy-faithful evaluation: :func:`fold_batchnorm` returns an eval-only copy computing what the integer
+model (deploy/lower.py) computes: every BN is folded into its layer's per-channel weight SCALE (codes
+unchanged, :func:`fold_layer`), the folded bias is rounded to the int32 grid of step s_in·s_w
+(:func:`bias_codes`) — lower.py uses the same two functions, so the two cannot drift — and layers
+compute exact integer accumulators. Given the integer runtime's requantizer, directly connected layers
+also reproduce its (TFLite double-rounding) requantisation; ``deploy.lower.faithful_model`` adds the grids
+only the lowered graph knows (normalise op, calibrated residual/pool/logit tensors) and is bit-exact with
+the integer reference. QAT itself trains the unfolded form (BN batch statistics, float bias).
+
 For lowering: every quantized layer exposes ``w_quant.bits``, ``w_quant.scale()`` (per channel),
 ``w_quant.codes(weight)``, ``a_quant.bits``, ``a_quant.scale()``, ``a_quant.signed``,
 ``a_quant.qmin/qmax``; :func:`layer_quant_params` collects them per layer in execution order.
@@ -21,7 +30,7 @@ For lowering: every quantized layer exposes ``w_quant.bits``, ``w_quant.scale()`
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -62,16 +71,39 @@ class QuantLayer:
     def act_quantizers(self) -> list[ActQuantizer]:
         raise NotImplementedError
 
-    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+    def _op(self, x: Tensor, w: Tensor, bias: Tensor | None = None, deployed: bool = False) -> Tensor:
+        b = bias if deployed else self.bias
         if isinstance(self, nn.Conv2d):
-            return self._conv_forward(x, w, self.bias)
-        return F.linear(x, w, self.bias)
+            return self._conv_forward(x, w, b)
+        return F.linear(x, w, b)
 
     def forward(self, x: Tensor) -> Tensor:
         if self._observer is not None:
             self._observer.update(x)
             return self._op(x, self.weight)
+        if getattr(self, "deployed_codes", None) is not None:
+            return self._deployed_forward(x)
         return self._op(self.quant_input(x), self.quant_weight())
+
+    @torch.no_grad()
+    def _deployed_forward(self, x: Tensor) -> Tensor:
+        """Deploy-faithful mode (:func:`fold_batchnorm`): the exact integer accumulator Σ codes·codes + int32
+        bias, returned as a float64 real value acc·s_in·s_w[c]. The input codes are either the requantised
+        accumulator of the producing layer (when a requantizer was given) or the input quantizer's codes."""
+        src = getattr(self, "deployed_src", None)
+        if src is not None:
+            codes = self._requantize_input(x, src)
+        else:
+            codes = self.a_quant.codes(x)[0]
+        acc = self._op(codes.double(), self.deployed_codes, self.deployed_bias, deployed=True)
+        return acc * self.deployed_acc_scale.view(-1, *([1] * (acc.dim() - 2)))
+
+    def _requantize_input(self, x: Tensor, src: "_Requant") -> Tensor:
+        p = src.acc_scale.view(-1, *([1] * (x.dim() - 2)))
+        acc = torch.round(x.double() / p).to(torch.int64)  # exact: x = acc·p of a layer in deploy-faithful mode
+        codes = torch.from_numpy(src.requantize(acc.cpu().numpy(), src.in_scale, src.w_scale, src.out_scale))
+        codes = codes.to(x.device).clamp(src.lo, src.hi)
+        return torch.where(x >= 6.0, src.hi, codes) if src.relu6 else codes  # ReLU6 hid the accumulator
 
     @torch.no_grad()
     def init_steps(self, observer: ActObserver | None, method: InitMethod = "mse") -> None:
@@ -236,6 +268,155 @@ def policy_of(model: nn.Module) -> Policy:
             raise SearchError(f"layer '{name}' is not a fixed-policy quantized layer: quantize the model first")
         out.append((name, (layer.w_quant.bits, layer.a_quant.bits)))
     return Policy(out)
+
+
+def fold_layer(layer: QuantLayer, bn: nn.BatchNorm2d | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(int64 weight codes in torch layout, folded float32 per-channel scale > 0, folded float64 real bias)
+    of a fixed-policy layer followed by `bn` (eval statistics) or None.
+
+    BN is per output channel like the weight step, so k·(codes·s) = codes·(k·s): the codes are kept and
+    the scale absorbs k = γ/σ (a negative k negates the channel's codes); the bias becomes k·(b − μ) + β."""
+    codes, scale = layer.w_quant.codes(layer.weight.detach())
+    codes = codes.cpu().numpy().astype(np.int64)
+    scale = scale.cpu().numpy().astype(np.float64)
+    bias = layer.bias.detach().cpu().double().numpy() if layer.bias is not None else np.zeros(len(scale))
+    if bn is not None:
+        k = (bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)).cpu().numpy()
+        bias = k * (bias - bn.running_mean.detach().cpu().double().numpy()) + bn.bias.detach().cpu().double().numpy()
+        scale = scale * k
+    neg = scale < 0
+    codes[neg] = -codes[neg]
+    return codes, np.abs(scale).astype(np.float32), bias
+
+
+def bias_codes(bias: np.ndarray, in_scale: float, w_scale: np.ndarray) -> np.ndarray:
+    """The int32-grid codes (int64, unclipped) of a real per-channel bias whose step is in_scale·w_scale[c]
+    (in_scale and w_scale as float32, the precision the IR stores them in)."""
+    step = np.float64(np.float32(in_scale)) * np.asarray(w_scale, np.float32).astype(np.float64)
+    return np.round(np.asarray(bias, np.float64) / step).astype(np.int64)
+
+
+Requantizer = Callable[[np.ndarray, float, np.ndarray, float], np.ndarray]
+"""(int64 accumulators (N, C, ...), input scale, per-channel weight scale (C,), output scale) → int64
+output codes before zero point and clamp, e.g. TFLite's per-channel MultiplyByQuantizedMultiplier."""
+
+
+@dataclass
+class _Requant:
+    """How a deploy-faithful layer turns its producer's accumulator into its own input codes."""
+
+    requantize: Requantizer
+    acc_scale: Tensor   # float64 (C,): s_in·s_w[c] of the producer
+    in_scale: float
+    w_scale: np.ndarray
+    out_scale: float
+    lo: int
+    hi: int
+    relu6: bool = False
+
+
+_PASS = (nn.Identity, nn.Dropout)
+
+
+def _trace(model: nn.Module) -> Any:
+    from torch import fx
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, QuantLayer) or super().is_leaf_module(m, qualname)
+
+    try:
+        return _Tracer().trace(model)
+    except Exception as e:  # noqa: BLE001 - fx raises many types
+        raise SearchError(f"cannot trace {type(model).__name__} with torch.fx to fold BatchNorm: {str(e).splitlines()[0]}") from None
+
+
+def _act_of(n: Any, modules: dict[str, nn.Module]) -> str | None:
+    m = modules.get(str(n.target)) if n.op == "call_module" else None
+    if isinstance(m, nn.ReLU6) or (n.op == "call_function" and n.target in (F.relu6,)):
+        return "relu6"
+    if n.op == "call_function" and n.target is F.hardtanh and tuple(n.args[1:3]) == (0.0, 6.0):
+        return "relu6"
+    if isinstance(m, nn.ReLU) or (n.op != "call_module" and (n.target in (F.relu, torch.relu) or n.target == "relu")):
+        return "relu"
+    return None
+
+
+def _graph_links(model: nn.Module) -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
+    """(layer → the BatchNorm2d that directly and only reads it, reader layer → (producer layer, activation)
+    for every quantized layer whose input is another quantized layer's output through only BN/ReLU/ReLU6)."""
+    from torch import fx
+
+    graph = _trace(model)
+    modules = dict(model.named_modules())
+    layer_of = lambda n: str(n.target) if isinstance(n, fx.Node) and n.op == "call_module" \
+        and isinstance(modules.get(str(n.target)), QuantLayer) else None  # noqa: E731
+    bns, sources = {}, {}
+    for n in graph.nodes:
+        if n.op == "call_module" and isinstance(modules.get(str(n.target)), nn.BatchNorm2d):
+            src = n.args[0]
+            if layer_of(src) and len(src.users) == 1 and isinstance(modules[str(src.target)], nn.Conv2d):
+                bns[str(src.target)] = str(n.target)
+    for n in graph.nodes:
+        if not layer_of(n):
+            continue
+        a, act, first = n.args[0], None, True
+        while isinstance(a, fx.Node) and not layer_of(a):
+            m = modules.get(str(a.target)) if a.op == "call_module" else None
+            kind = _act_of(a, modules)
+            if kind and act is None:
+                act = kind
+            elif not (isinstance(m, _PASS) or (isinstance(m, nn.BatchNorm2d) and layer_of(a.args[0]) in bns)):
+                break
+            if not first and len(a.users) != 1:
+                break
+            a, first = a.args[0], False
+        else:
+            if layer_of(a) and (first or len(a.users) == 1):
+                sources[str(n.target)] = (layer_of(a), act)
+    return bns, sources
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, requantize: Requantizer | None = None) -> nn.Module:
+    """An eval-mode, deploy-faithful copy of a fixed-policy QAT model (evaluation only; `model` is unchanged).
+
+    Each BatchNorm2d that directly follows a quantized conv is folded into it (and replaced by Identity);
+    every layer computes its exact integer accumulator with the bias rounded to the int32 grid, as
+    deploy/lower.py stores it. With `requantize` (the integer runtime's requantisation, e.g.
+    ``deploy.lower.tflite_requantize``), a layer fed directly by another layer (through BN/ReLU/ReLU6 only)
+    gets its input codes by requantising that accumulator, exactly as the integer op does — TFLite's
+    double rounding differs from rounding the real value by up to 0.25 LSB when s_in·s_w/s_out < 1/2.
+    Inputs reached through adds or pooling are quantized by the layer's ``a_quant`` as in QAT."""
+    model = copy.deepcopy(model).eval()
+    bns, sources = _graph_links(model)
+    layers = dict(quantizable_layers(model))
+    folded = {}
+    for name, layer in layers.items():
+        if not isinstance(layer, _FixedLayer):
+            raise SearchError(f"layer '{name}' is not a fixed-policy quantized layer: quantize the model first")
+        bn = model.get_submodule(bns[name]) if name in bns else None
+        codes, scale, bias = fold_layer(layer, bn)
+        s_in = float(np.float32(layer.a_quant.scale()))
+        folded[name] = (s_in, scale)
+        dev = layer.weight.device
+        layer.register_buffer("deployed_codes", torch.from_numpy(codes.astype(np.float64)).to(dev), persistent=False)
+        layer.register_buffer("deployed_bias", torch.from_numpy(bias_codes(bias, s_in, scale).astype(np.float64)).to(dev),
+                              persistent=False)
+        layer.register_buffer("deployed_acc_scale", torch.from_numpy(s_in * scale.astype(np.float64)).to(dev),
+                              persistent=False)
+    for name in bns.values():
+        swap_module(model, name, nn.Identity())
+    if requantize is not None:
+        for name, (src, act) in sources.items():
+            a = layers[name].a_quant
+            s_in, w_scale = folded[src]
+            out = float(np.float32(a.scale()))
+            lo = max(a.qmin, 0) if act else a.qmin
+            hi = min(a.qmax, int(np.floor(6.0 / out + 0.5))) if act == "relu6" else a.qmax
+            layers[name].deployed_src = _Requant(requantize, layers[src].deployed_acc_scale, s_in, w_scale, out, lo, hi,
+                                                 act == "relu6")
+    return model
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from torch import nn
 
 from deploy import reference
 from deploy.ir import IRError
-from deploy.lower import lower
+from deploy.lower import faithful_model, lower
 from search.errors import SearchError
 from search.models import build_model, quantizable_layers
 from search.policy import Policy
@@ -66,6 +66,43 @@ def test_resnet8_integer_matches_fake_quant(resnet8_lowered):
     assert (deq.argmax(1) == fq.argmax(1)).mean() >= 0.95
     spread = fq.max() - fq.min()
     assert np.abs(deq - fq).mean() < 0.05 * spread
+
+
+def _faithful_codes(f: nn.Module, g, pixels: np.ndarray) -> np.ndarray:
+    """The deploy-faithful fake-quant model's output, as codes of the IR's output tensor."""
+    t = g.tensors[g.outputs[0]]
+    with torch.no_grad():
+        out = f(normalise(pixels)).numpy()
+    return np.round(out / np.float32(t.scale)).astype(np.int64) + t.zero_point
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mbv2"])
+def test_faithful_fake_quant_equals_integer_reference(name, resnet8_lowered):
+    """BN folded, int32 biases, TFLite requantisation and the graph's calibrated grids: the fake-quant model
+    reproduces the integer reference's output codes (the unfolded QAT model does not, at 2–5 bits)."""
+    if name == "resnet8":
+        q, g = resnet8_lowered
+    else:
+        q = random_bn_qat(name)
+        g = lower(q, MEAN, STD, normalise(np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3)).astype(np.uint8)))
+    pixels = np.random.default_rng(11).integers(0, 256, (24, 32, 32, 3)).astype(np.uint8)
+    codes = reference.run(g, reference.to_int8_input(pixels)).astype(np.int64)
+    mine = _faithful_codes(faithful_model(q, g), g, pixels)
+    assert (mine == codes).mean() >= 0.99 and np.abs(mine - codes).max() <= 1
+    assert (mine.argmax(1) == codes.argmax(1)).all()
+    with torch.no_grad():  # the original model is left as it was (BN modules and all)
+        assert any(isinstance(m, nn.BatchNorm2d) for m in q.modules())
+
+
+def test_faithful_model_uses_lowering_bias_codes(resnet8_lowered):
+    """One implementation: the IR's int32 biases are exactly the deploy-faithful layers' bias codes."""
+    from search.qmodel import quant_layers
+
+    q, g = resnet8_lowered
+    f = faithful_model(q, g)
+    ops = {op.name: op for op in g.ops}
+    for name, layer in quant_layers(f):
+        np.testing.assert_array_equal(g.const(ops[name], "bias").astype(np.float64), layer.deployed_bias.numpy())
 
 
 def test_resnet8_ir_contents(resnet8_lowered):
@@ -288,17 +325,16 @@ def test_trained_model_runtimes_bit_exact(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "the QAT model keeps BatchNorm's shift in float; TFLite-style integer layers hold it as an int32 bias in "
-    "units of s_in·s_w, which at 2–5-bit inputs is up to ~0.4 output LSB and flips codes at near-ties "
-    "(measured 95–96 % top-1 agreement on briefly trained resnet8); needs bias-aware fake quantization in "
-    "search/qmodel.py"))
 def test_trained_model_integer_fidelity(trained):
+    """Integer reference vs the deploy-faithful fake-quant model (deploy.lower.faithful_model) on 1000 test
+    images: ≥ 99 % top-1 agreement, accuracies within 0.3 pp. (The unfolded QAT model agrees only ~95 %:
+    TFLite's double-rounding requantisation, int32 biases and the calibrated 8-bit residual/pool/logit grids.)"""
     from search.data import BatchLoader
 
     q, ds, g, test, codes = trained
+    f = faithful_model(q, g)
     with torch.no_grad():
-        fq = torch.cat([q(x) for x, _ in BatchLoader(test, ds, 250)]).numpy()
+        fq = torch.cat([f(x) for x, _ in BatchLoader(test, ds, 250)]).numpy()
     pred_int, pred_fq = codes.argmax(1), fq.argmax(1)
     acc_int, acc_fq = (pred_int == test.y).mean(), (pred_fq == test.y).mean()
     assert acc_fq > 0.3, "the briefly trained model should beat chance clearly"

@@ -171,3 +171,32 @@ def test_qat_gradients_reach_weights_and_steps(fp_models):
     for n, m in quantizable_layers(q):
         assert m.weight.grad is not None and m.weight.grad.abs().sum() > 0, n
         assert m.w_quant.step.grad is not None and m.a_quant.step.grad is not None, n
+
+
+def test_fold_batchnorm_is_deploy_faithful_copy():
+    """BN folded into the weight scale and the bias rounded to the int32 grid: BN modules become Identity,
+    the original model is untouched, and outputs move only by the bias rounding (no requantizer given)."""
+    from search.qmodel import bias_codes, fold_batchnorm, fold_layer
+
+    torch.manual_seed(3)
+    model = build_model("resnet8", SHAPE, 10)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(-1.5, 1.5)
+    q = quantize_model(model, Policy([(n, (4, 8)) for n, _ in quantizable_layers(model)])).eval()
+    f = fold_batchnorm(q)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in f.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in q.modules())
+    assert set(f.state_dict()) <= set(q.state_dict())  # the folded buffers are not persistent
+    x = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = q(x), f(x).float()
+    assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.75
+    assert (a - b).abs().mean() < 0.1 * (a.max() - a.min())
+    codes, scale, bias = fold_layer(q.conv1, q.bn1)
+    assert (scale > 0).all() and np.abs(codes).max() <= 7
+    step = np.float64(np.float32(q.conv1.a_quant.scale())) * scale.astype(np.float64)
+    np.testing.assert_array_equal(f.conv1.deployed_bias.numpy(), bias_codes(bias, q.conv1.a_quant.scale(), scale))
+    assert np.abs(bias_codes(bias, q.conv1.a_quant.scale(), scale) * step - bias).max() <= step.max() / 2 + 1e-12
