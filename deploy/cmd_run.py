@@ -31,7 +31,7 @@ FORMAT_FILES = {"onnx": ["model.onnx"], "tflite": ["model.tflite"], "smpq": ["mo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Pipeline options; everything else comes from the config file and the common options."""
     parser.add_argument("--subset", type=int, default=None,
-                        help="train and search on the first N training images (quick runs)")
+                        help="train and search on N training images (evenly spread over the split; quick runs)")
     parser.add_argument("--force", action="store_true", help="rerun every stage even if its artifacts exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--w-bits", type=_bits, default=None, help="weight bit candidates, e.g. 2,4,8")
     parser.add_argument("--a-bits", type=_bits, default=None, help="activation bit candidates, e.g. 4,8")
     parser.add_argument("--uniform", default=None, metavar="WxAy", help="policy of --method uniform, e.g. w4a4")
-    parser.add_argument("--subset", type=int, default=None, help="search and QAT on the first N training images")
+    parser.add_argument("--subset", type=int, default=None, help="search and QAT on N training images (evenly spread over the split)")
     parser.add_argument("--epochs", type=int, default=None, help="supernet training epochs (search.epochs)")
     parser.add_argument("--warmup-epochs", type=int, default=None, help="epochs before the first Shapley round / α update")
     parser.add_argument("--qat-epochs", type=int, default=None, help="QAT epochs (qat.epochs; 0: no training, qat.pt holds the calibrated model)")
