@@ -17,15 +17,6 @@ from search.qmodel import (QuantConv2d, QuantLayer, QuantLinear, calibrate, laye
 SHAPE = (3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread while this module runs (OpenMP threads thrash on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _random_policy(names: list[str], seed: int) -> Policy:
     g = torch.Generator().manual_seed(seed)
     w = torch.randint(1, 9, (len(names),), generator=g).tolist()
