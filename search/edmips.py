@@ -27,9 +27,9 @@ from search.cost import MixtureCost
 from search.data import Dataset
 from search.errors import SearchError
 from search.graph import extract_graph
-from search.search_state import STATE_FILE, SearchResult, SupernetSearch, deterministic_mode
+from search.search_state import STATE_FILE, SearchResult, SupernetSearch
 from search.supernet import Supernet
-from search.train import resolve_device
+from search.train import deterministic_mode, resolve_device
 
 LOG_FILE = "edmips_log.jsonl"
 

@@ -39,7 +39,7 @@ from search.graph import ExecGraph, extract_graph
 from search.knapsack import Option, Selection, layer_scores, select_policy, softmax_scores
 from search.policy import Policy
 from search.qat import QAT_FILE, QATConfig, finetune
-from search.search_state import STATE_FILE, args_signature, atomic_save
+from search.search_state import STATE_FILE, args_signature, atomic_save, tensors_digest
 from search.train import load_checkpoint, resolve_device
 
 if TYPE_CHECKING:
@@ -322,7 +322,7 @@ def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Datase
     limit = settings.budget.bops
     state_path = out / STATE_FILE
     fields = {k: v for k, v in settings.signature_fields().items() if k != "edmips_trials"}  # more trials may follow
-    signature = args_signature({"method": "edmips", **_jsonable(fields), "fp_digest": _digest(fp_model)})
+    signature = args_signature({"method": "edmips", **_jsonable(fields), "fp_digest": tensors_digest(fp_model.state_dict())})
     trials: list[dict[str, Any]] = []
     if state_path.is_file():
         saved = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -369,16 +369,6 @@ def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Datase
                "trials": [{"cd": t["cd"], "bops": t["bops"], "fits": t["fits"]} for t in trials],
                "argmax_policy": best["policy"]}
     return MethodResult(best["scores"], 0, details)
-
-
-def _digest(model: torch.nn.Module) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _run_method(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, graph: ExecGraph,

@@ -46,11 +46,11 @@ from search.cost import MixtureCost
 from search.data import BatchLoader, Dataset
 from search.edmips import mixture_cost_for, mixture_probs
 from search.errors import SearchError
-from search.search_state import (STATE_FILE, SearchResult, SupernetSearch, deterministic_mode, generator_state,
+from search.search_state import (STATE_FILE, SearchResult, SupernetSearch, generator_state,
                                  restore_generator)
 from search.shapley import estimate_shapley, update_alpha
 from search.supernet import Supernet
-from search.train import resolve_device
+from search.train import deterministic_mode, resolve_device
 
 LOG_FILE = "smpq_log.jsonl"
 VALUES = ("accuracy", "tradeoff")

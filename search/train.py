@@ -14,6 +14,8 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -167,6 +169,20 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def deterministic_mode(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels (warn-only) for the duration of a training run or search; the previous setting is restored."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then os.replace (never a half-written file)."""
     path = Path(path)
@@ -256,15 +272,8 @@ def fit(
     dev = resolve_device(device)
     if len(dataset.train) == 0:
         raise SearchError(f"dataset '{dataset.name}' has an empty train split")
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    if dev.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-    try:
+    with deterministic_mode(dev):
         return _fit(model, dataset, cfg, out, dev, model_name, model_kwargs, final_name, state_name, resume, extra_meta)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
 
 
 def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out: Path, dev: torch.device,
