@@ -1,10 +1,11 @@
 """`smpq-deploy export`: QAT model of a run → integer IR → ONNX / TFLite (and the formats others add).
 
-    smpq-deploy export --run runs/<name> [--formats onnx,tflite] [--opset 21] [--calib-batches 4]
+    smpq-deploy export --run runs/<name> [--formats onnx,onnx-int,tflite] [--opset 21] [--calib-batches 4]
 
 Reads ``runs/<name>/qat.pt`` (search.qat.load_qat) and ``policy.json`` (must match the QAT model),
 lowers it (deploy.lower; a few training batches calibrate the tensors QAT leaves in float), writes
-``model.ir.json`` + ``model.ir.npz`` and one file per format. Extend :data:`FORMATS` to add a format.
+``model.ir.json`` + ``model.ir.npz`` and one file per format (onnx: QDQ ``model.onnx``; onnx-int: the
+bit-exact integer ``model.int.onnx``; tflite; smpq; c). Extend :data:`FORMATS` to add a format.
 """
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ from deploy.ir import Graph
 HELP = "lower a run's QAT model to the integer IR and export it (ONNX, TFLite, ...)"
 
 
-def _onnx(g: Graph, out: Path, args: argparse.Namespace) -> Path:
-    from deploy.export_onnx import DEFAULT_OPSET, export_onnx
+def _onnx(style: str) -> Callable[[Graph, Path, argparse.Namespace], Path]:
+    def write(g: Graph, out: Path, args: argparse.Namespace) -> Path:
+        from deploy.export_onnx import DEFAULT_OPSET, FILE_NAMES, export_onnx
 
-    return export_onnx(g, out / "model.onnx", getattr(args, "opset", None) or DEFAULT_OPSET)
+        return export_onnx(g, out / FILE_NAMES[style], getattr(args, "opset", None) or DEFAULT_OPSET, style)
+
+    return write
 
 
 def _tflite(g: Graph, out: Path, args: argparse.Namespace) -> Path:
@@ -43,12 +47,12 @@ def _c(g: Graph, out: Path, args: argparse.Namespace) -> Path:
 
 
 #: format name → exporter(graph, run folder, args) returning the written path.
-FORMATS: dict[str, Callable[[Graph, Path, argparse.Namespace], Path]] = {"onnx": _onnx, "tflite": _tflite,
-                                                                          "smpq": _smpq, "c": _c}
+FORMATS: dict[str, Callable[[Graph, Path, argparse.Namespace], Path]] = {
+    "onnx": _onnx("qdq"), "onnx-int": _onnx("integer"), "tflite": _tflite, "smpq": _smpq, "c": _c}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--formats", default="onnx,tflite", help=f"comma-separated formats ({', '.join(FORMATS)})")
+    parser.add_argument("--formats", default="onnx,onnx-int,tflite", help=f"comma-separated formats ({', '.join(FORMATS)})")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 21; 25 stores 2-bit filters as INT2)")
     parser.add_argument("--calib-batches", type=int, default=4, help="training batches that calibrate float tensors (default 4)")
 

@@ -6,7 +6,7 @@ Stages, each writing to the run folder and each skipped when its artifacts are a
 a killed pipeline resumes where it stopped; the training and search stages also resume inside
 themselves): FP training (``fp.pt``) → search + QAT (``policy.json``, ``qat.pt``) → export
 (IR + the configured formats) → host verification (integer reference vs the C runtime on the test
-split, and vs TFLite Micro when the TFLite file exists) → ``report.json``. Each stage is the
+split, and vs ONNX Runtime and TFLite Micro for the files that exist) → ``report.json``. Each stage is the
 subcommand of the same name, called with the same common options: one implementation of each step.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from deploy.errors import DeployError
 
 HELP = "run the whole pipeline: FP training -> search + QAT -> export -> host verification -> report (the default command)"
 
-FORMAT_FILES = {"onnx": ["model.onnx"], "tflite": ["model.tflite"], "smpq": ["model.smpq"],
-                "c": ["model_data.c", "model_data.h"]}
+FORMAT_FILES = {"onnx": ["model.onnx"], "onnx-int": ["model.int.onnx"], "tflite": ["model.tflite"],
+                "smpq": ["model.smpq"], "c": ["model_data.c", "model_data.h"]}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def _fresh(out: Path, files: list[str], newer_than: Path | None = None) -> bool:
 
 
 def verify_on_host(out: Path, dataset: str, data_dir: str | None, samples: int | None, seed: int) -> dict[str, Any]:
-    """Integer reference vs the C runtime (and TFLite Micro) on test images: agreement and accuracy."""
+    """Integer reference vs the C runtime, ONNX Runtime (both styles) and TFLite Micro on test images."""
     import numpy as np
 
     from deploy import reference
@@ -92,6 +92,17 @@ def verify_on_host(out: Path, dataset: str, data_dir: str | None, samples: int |
         got = HostRuntime((out / "model.smpq").read_bytes()).run(x)
         result["c_runtime_bit_exact"] = bool(np.array_equal(got.reshape(ref.shape), ref))
         result["c_runtime_accuracy"] = float((got.reshape(len(x), -1).argmax(1) == test.y).mean())
+    if (out / "model.int.onnx").is_file():
+        from deploy.export_onnx import run_onnxruntime
+
+        got = run_onnxruntime(out / "model.int.onnx", x)
+        result["onnx_int_bit_exact"] = bool(np.array_equal(got, ref))
+    if (out / "model.onnx").is_file():  # QDQ: float rounding, so agreement figures rather than bit-exactness
+        from deploy.export_onnx import run_onnxruntime
+
+        got = run_onnxruntime(out / "model.onnx", x).astype(np.int64)
+        result["onnx_qdq_top1_agreement"] = float((got.reshape(len(x), -1).argmax(1) == ref_top1).mean())
+        result["onnx_qdq_within_1lsb"] = float((np.abs(got - ref) <= 1).mean())
     if (out / "model.tflite").is_file():
         from deploy.tflm import run_tflm, tflm_arena_bytes
 
@@ -120,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         timings["search"] = _stage(console, "search + QAT", ["search", *common, "--fp", str(fp), *extra])
     files = ["model.ir.json", "model.ir.npz"] + [f for fmt in cfg.deploy.formats for f in FORMAT_FILES.get(fmt, [])]
     if args.force or not _fresh(out, files, out / "qat.pt"):
-        timings["export"] = _stage(console, "export", ["export", *common, "--formats", ",".join(cfg.deploy.formats)])
+        timings["export"] = _stage(console, "export", ["export", *common, "--formats", ",".join(cfg.deploy.formats),
+                                                       "--opset", str(cfg.deploy.onnx_opset)])
     console.rule("[bold]host verification")
     t0 = time.perf_counter()
     verification = verify_on_host(out, cfg.dataset.name, cfg.dataset.data_dir and str(cfg.dataset.data_dir),

@@ -33,7 +33,7 @@ FLAG_KEYS = {"device": "device", "model": "model.name", "dataset": "dataset.name
              "seed": "seed", "output": "output"}
 #: Sections that may be written as a bare name (``model: mbv2``) and the key that name sets.
 SHORTHANDS = {"model": "name", "dataset": "name"}
-FORMATS = ("onnx", "tflite", "smpq", "c")
+FORMATS = ("onnx", "onnx-int", "tflite", "smpq", "c")
 
 
 def _auto_or(parse):
@@ -175,8 +175,8 @@ class QatConfig(Section):
 
 
 class DeployConfig(Section):
-    formats: list[Literal["onnx", "tflite", "smpq", "c"]] = Field(default_factory=lambda: list(FORMATS))
-    onnx_opset: int = Field(default=21, ge=13)
+    formats: list[Literal["onnx", "onnx-int", "tflite", "smpq", "c"]] = Field(default_factory=lambda: list(FORMATS))
+    onnx_opset: int = Field(default=21, ge=21, le=25)  # ONNX Runtime 1.32 runs 21..25
 
     @field_validator("formats", mode="before")
     @classmethod

@@ -36,7 +36,7 @@ def test_shipped_pipeline_yaml_is_valid_and_documents_the_schema_defaults() -> N
     assert shipped.device == "stm32h7" and shipped.model.name == "mbv2" and shipped.dataset.name == "cifar10"
     assert shipped.budgets.flash_bytes == "auto" and shipped.budgets.sram_bytes == "auto"
     assert shipped.harness.board == "qemu-mps2-an500" and shipped.seed == 0
-    assert set(shipped.deploy.formats) == {"onnx", "tflite", "smpq", "c"}
+    assert set(shipped.deploy.formats) == {"onnx", "onnx-int", "tflite", "smpq", "c"}
 
 
 def test_partial_file_takes_defaults_for_the_rest(tmp_path: Path) -> None:
@@ -85,8 +85,9 @@ def test_wrong_type_names_key_value_and_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("override, expected", [
     ({"search.method": "foo"}, "'search.method' must be 'smpq', 'edmips', 'uniform' or 'hawq', got 'foo'"),
     ({"search.w_bits": "[2, 9]"}, "'search.w_bits' must be a non-empty list of bit widths in 1..8"),
-    ({"deploy.formats": "onnx,tfl"}, "'deploy.formats[1]' must be 'onnx', 'tflite', 'smpq' or 'c', got 'tfl'"),
+    ({"deploy.formats": "onnx,tfl"}, "'deploy.formats[1]' must be 'onnx', 'onnx-int', 'tflite', 'smpq' or 'c', got 'tfl'"),
     ({"train.epochs": "0"}, "'train.epochs' must be greater than or equal to 1, got 0"),
+    ({"deploy.onnx_opset": "13"}, "'deploy.onnx_opset' must be greater than or equal to 21, got 13"),
     ({"search.shapley.lambda": "0.3"}, "'search.shapley': beta + lambda must be 1"),
     ({"dataset.val_fraction": "1.5"}, "'dataset.val_fraction' must be less than 1"),
     ({"model.name": "resnet9"}, "'model.name' is 'resnet9', not a zoo model; known models:"),

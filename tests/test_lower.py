@@ -236,9 +236,10 @@ def test_cmd_export_writes_all_formats(tmp_path):
 
     q = random_bn_qat("resnet8")
     _write_run(tmp_path, q, q.qpolicy)
-    args = argparse.Namespace(output=str(tmp_path), formats="onnx,tflite", opset=None, calib_batches=1, data_dir=None)
+    args = argparse.Namespace(output=str(tmp_path), formats="onnx,onnx-int,tflite", opset=None, calib_batches=1,
+                              data_dir=None)
     assert cmd_export.run(args) == 0
-    for f in ("model.ir.json", "model.ir.npz", "model.onnx", "model.tflite"):
+    for f in ("model.ir.json", "model.ir.npz", "model.onnx", "model.int.onnx", "model.tflite"):
         assert (tmp_path / f).stat().st_size > 0
     # the packed lower bound is below both files (they hold int8 / int4 containers and graph metadata)
     from deploy.ir import Graph
@@ -247,6 +248,7 @@ def test_cmd_export_writes_all_formats(tmp_path):
     bound = cmd_export.packed_weight_bytes(g)
     assert bound < (tmp_path / "model.tflite").stat().st_size
     assert bound < (tmp_path / "model.onnx").stat().st_size
+    assert bound < (tmp_path / "model.int.onnx").stat().st_size
 
 
 def test_cmd_export_bad_inputs(tmp_path):
@@ -314,6 +316,8 @@ def trained(request):
 
 @pytest.mark.slow
 def test_trained_model_runtimes_bit_exact(trained):
+    """TFLite Micro, LiteRT (200 images) and ONNX Runtime on the integer-style ONNX (1000 images) = the reference."""
+    from deploy.export_onnx import run_onnxruntime, to_onnx
     from deploy.export_tflite import to_tflite
     from deploy.tflm import run_litert, run_tflm
 
@@ -322,6 +326,21 @@ def test_trained_model_runtimes_bit_exact(trained):
     model = to_tflite(g)
     np.testing.assert_array_equal(run_tflm(model, x), codes[:200])
     np.testing.assert_array_equal(run_litert(model, x), codes[:200])
+    np.testing.assert_array_equal(run_onnxruntime(to_onnx(g, 21, "integer"), reference.to_int8_input(test.x)), codes)
+
+
+@pytest.mark.slow
+def test_trained_model_onnx_qdq_agreement(trained):
+    """The QDQ ONNX (float rounding) in ONNX Runtime vs the reference on 1000 test images: the figures are
+    printed; the floors guard against regressions (they are not the bit-exact integer style's 100 %)."""
+    from deploy.export_onnx import run_onnxruntime, to_onnx
+
+    _, _, g, test, codes = trained
+    out = run_onnxruntime(to_onnx(g, 21, "qdq"), reference.to_int8_input(test.x)).astype(np.int64)
+    top1 = (out.argmax(1) == codes.argmax(1)).mean()
+    within = (np.abs(out - codes) <= 1).mean()
+    print(f"{g.meta.get('name')}: QDQ top-1 agreement {top1:.4f}, outputs within 1 LSB {within:.4f}")
+    assert top1 >= 0.9 and within >= 0.6
 
 
 @pytest.mark.slow
