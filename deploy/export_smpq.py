@@ -57,8 +57,8 @@ def _kernel(g: Graph, op: Op) -> tuple[int, int]:
     return 1, 1
 
 
-def plan_arena(g: Graph, ops: list[Op], tensors: list[int], alias: dict[int, int]) -> ArenaPlan:
-    """Lifetimes of the blob's tensors and scratch buffers over `ops`, placed by the greedy planner."""
+def plan_blob_arena(g: Graph, ops: list[Op], tensors: list[int], alias: dict[int, int]) -> ArenaPlan:
+    """The .smpq runtime's own arena (= Ω's SRAM): blob tensors (reshapes aliased) + C-kernel scratch, output live past the last op."""
     index = {t: i for i, t in enumerate(tensors)}
     first = {index[alias.get(g.inputs[0], g.inputs[0])]: 0}
     last = dict(first)
@@ -109,7 +109,7 @@ def build_smpq(g: Graph) -> bytes:
     ref = lambda t: index[alias.get(t, t)]  # noqa: E731
     if len(tensors) > 0xFFFE or len(ops) > 0xFFFF:
         raise DeployError(f"the graph has {len(tensors)} tensors and {len(ops)} ops; .smpq holds at most 65534 / 65535")
-    plan = plan_arena(g, ops, tensors, alias)
+    plan = plan_blob_arena(g, ops, tensors, alias)
     table = bytearray()
     for i, t in zip(range(len(tensors)), tensors):
         s = g.tensors[t]

@@ -550,7 +550,7 @@ def _emit(groups: list[_Group], mean: np.ndarray, std: np.ndarray, shape: tuple[
     if len(outputs) != 1:
         raise IRError(f"the model has {len(outputs)} outputs; exactly one is supported")
     graph = b.finish([x_in], [tensor_of[id(outputs[0])]], name=name, mean=mean.tolist(), std=std.tolist())
-    plan_arena(graph)
+    plan_ir_arena(graph)
     return graph
 
 
@@ -573,8 +573,8 @@ def _emit_layer(b: IRBuilder, g: _Group, name: str, x: int, out: int, act_min: i
                       act_min, act_max, share)
 
 
-def plan_arena(g: Graph) -> None:
-    """Place every activation tensor in one arena with search/planner.py; offsets go to g.meta."""
+def plan_ir_arena(g: Graph) -> None:
+    """Record the format-independent IR arena in g.meta: every IR tensor (reshapes too), no scratch, output live to the last op."""
     from search.planner import Buffer, plan_greedy
 
     first = {i: 0 for i in g.inputs}

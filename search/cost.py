@@ -57,7 +57,7 @@ import torch
 
 from search.budget import Budget, LatencyModel
 from search.errors import SearchError
-from search.graph import QUANTIZABLE, ExecGraph, Node
+from search.graph import QUANTIZABLE, ExecGraph, LiveTensor, Node
 from search.planner import DEFAULT_ALIGNMENT, Buffer, MemoryPlan, align_up, plan_greedy
 from search.policy import Policy
 from search.quantizers import ACT_BITS, WEIGHT_BITS
@@ -80,23 +80,15 @@ KEYS = ("bops", "flash_bytes", "sram_bytes", "latency_s")
 
 # ---------------------------------------------------------------------------- runtime schedule
 @dataclass(frozen=True)
-class RuntimeTensor:
-    """A tensor in the device's arena: its shape, the graph tensor whose value it holds, its lifetime.
+class RuntimeTensor(LiveTensor):
+    """A tensor in the device's arena: its shape and lifetime (in runtime op steps), the graph tensor whose value it holds.
 
     `grid_of` names the quantized layer whose input grid the tensor is in (its a_bits apply when
     activations are packed); None for int8 tensors (input, residual paths, add/pool outputs, logits).
     """
 
-    id: int
-    shape: tuple[int, ...]
     source: int
     grid_of: str | None
-    first_use: int
-    last_use: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -183,8 +175,8 @@ def runtime_schedule(graph: ExecGraph) -> Schedule:
         last[out] = max(last.get(out, step), step)
     for t in graph.outputs:
         last[value[t]] = len(ops)
-    tensors = tuple(RuntimeTensor(i, shapes[i], sources[i], grids[i], first.get(i, 0), last.get(i, first.get(i, 0)))
-                    for i in range(len(shapes)))
+    tensors = tuple(RuntimeTensor(id=i, shape=shapes[i], first_use=first.get(i, 0), last_use=last.get(i, first.get(i, 0)),
+                                  source=sources[i], grid_of=grids[i]) for i in range(len(shapes)))
     return Schedule(tuple(RuntimeOp(i, *op) for i, op in enumerate(ops)), tensors)
 
 

@@ -73,19 +73,29 @@ class Node:
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    """An activation tensor: shape (no batch), producer step (-1: graph input), consumers, lifetime."""
+class LiveTensor:
+    """A tensor with a shape (no batch) and an inclusive lifetime [first_use, last_use] in op steps.
+
+    The base of the graph's :class:`TensorInfo` and the device's :class:`search.cost.RuntimeTensor`.
+    """
 
     id: int
     shape: tuple[int, ...]
-    producer: int
-    consumers: tuple[int, ...]
     first_use: int
     last_use: int
 
     @property
     def numel(self) -> int:
+        """Number of elements."""
         return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class TensorInfo(LiveTensor):
+    """An activation tensor of the graph: its producer step (-1: graph input) and consumer steps."""
+
+    producer: int
+    consumers: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -331,5 +341,6 @@ def _lifetimes(nodes: list[Node], shapes: list[tuple[int, ...]], producers: list
     for t, s in enumerate(shapes):
         first = max(producers[t], 0)
         end = last if t in outputs else max(readers[t], default=first)
-        infos.append(TensorInfo(t, s, producers[t], tuple(sorted(readers[t])), first, end))
+        infos.append(TensorInfo(id=t, shape=s, first_use=first, last_use=end, producer=producers[t],
+                                consumers=tuple(sorted(readers[t]))))
     return tuple(infos)

@@ -27,7 +27,7 @@ from search.errors import SearchError
 from search.models import build_model
 from search.policy import Policy
 from search.qmodel import calibrate, quantize_model
-from search.train import TrainConfig, TrainResult, _load, atomic_save, evaluate, fit
+from search.train import TrainConfig, TrainResult, atomic_save, evaluate, fit, read_checkpoint
 
 QAT_FILE = "qat.pt"
 
@@ -105,7 +105,7 @@ def _calibrated_only(model: nn.Module, dataset: Dataset, cfg: QATConfig, out: Pa
 def load_qat(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the quantized model saved by :func:`finetune` (CPU, eval mode); returns (model, meta)."""
     path = Path(path)
-    ckpt = _load(path, "QAT checkpoint", weights_only=True)
+    ckpt = read_checkpoint(path, "QAT checkpoint", weights_only=True)
     meta = ckpt.get("meta")
     if not isinstance(meta, dict) or "policy" not in meta or "state_dict" not in ckpt:
         raise SearchError(f"'{path}' is not a QAT checkpoint (no policy in its meta): run `smpq-deploy search` to write qat.pt")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,8 +27,8 @@ from search.data import BatchLoader, Dataset
 from search.errors import SearchError
 from search.policy import Policy
 from search.supernet import Supernet
-from search.train import _param_groups, _Schedule
-from search.train import atomic_save  # the one atomic checkpoint writer (re-exported for the searches)
+# atomic_save and the RNG capture are the training's own (one implementation; re-exported for the searches)
+from search.train import LRSchedule, atomic_save, capture_rng_states, param_groups, restore_rng_states
 
 STATE_FILE = "search_state.pt"
 SUPERNET_FILE = "supernet.pt"
@@ -53,31 +52,6 @@ def restore_generator(state: dict[str, Any]) -> np.random.Generator:
     bit_gen = getattr(np.random, state["bit_generator"])()
     bit_gen.state = state
     return np.random.Generator(bit_gen)
-
-
-def capture_rng_states() -> dict[str, Any]:
-    """The global RNG states of python, numpy, torch (CPU and every CUDA device)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states: dict[str, Any] = {
-        "python": [list(s) if isinstance(s, tuple) else s for s in random.getstate()],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    """Restore the states captured by :func:`capture_rng_states`."""
-    py = states["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = states["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def save_state(path: str | Path, signature: str, state: dict[str, Any]) -> None:
@@ -216,9 +190,9 @@ class SupernetTrainer:
         self.supernet, self.device = supernet, device
         needs_grad = supernet.alpha.requires_grad
         supernet.alpha.requires_grad_(False)  # so the parameter groups leave α out
-        self.optimizer = torch.optim.SGD(_param_groups(supernet, weight_decay), lr=lr, momentum=momentum)
+        self.optimizer = torch.optim.SGD(param_groups(supernet, weight_decay), lr=lr, momentum=momentum)
         supernet.alpha.requires_grad_(needs_grad)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _Schedule(max(total_steps, 1), 0))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, LRSchedule(max(total_steps, 1), 0))
         self.stream = TrainStream(loader)
         self.criterion = nn.CrossEntropyLoss()
 

@@ -131,8 +131,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + float(np.cos(np.pi * min(1.0, progress))))
 
 
-class _Schedule:
-    """Picklable LR lambda (so the scheduler's state_dict round-trips)."""
+class LRSchedule:
+    """The LR factor of :func:`lr_factor` as a picklable ``LambdaLR`` callable (its state_dict round-trips)."""
 
     def __init__(self, total_steps: int, warmup_steps: int) -> None:
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
@@ -141,26 +141,43 @@ class _Schedule:
         return lr_factor(step, self.total_steps, self.warmup_steps)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices / kernels only, not on 1-D parameters (BN, biases, step sizes)."""
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """SGD parameter groups: `weight_decay` on trainable weight matrices / kernels, none on 1-D
+    parameters (BN, biases, quantizer step sizes)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def capture_rng_states() -> dict[str, Any]:
+    """The global RNG states of python, numpy, torch (CPU and every CUDA device).
+
+    Only tensors and plain containers, so a checkpoint holding them loads with ``weights_only=True``.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": [list(s) if isinstance(s, tuple) else s for s in random.getstate()],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Restore the states captured by :func:`capture_rng_states`."""
+    py = states["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = states["numpy"]
+    if isinstance(n, tuple):  # a train_state.pt written before the states were plain containers
+        np.random.set_state(n)
+    else:
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _seed_everything(seed: int) -> None:
@@ -198,8 +215,9 @@ def atomic_save(obj: Any, path: Path) -> None:
             tmp.unlink()
 
 
-def _load(path: Path, what: str, weights_only: bool) -> dict[str, Any]:
-    """torch.load with one-line SearchErrors for a missing or unreadable file."""
+def read_checkpoint(path: Path, what: str, weights_only: bool) -> dict[str, Any]:
+    """The dict saved at `path` (torch.load on the CPU); one-line SearchErrors, naming it `what`, when the
+    file is missing, unreadable or not a dict."""
     if not path.is_file():
         raise SearchError(f"{what} '{path}' not found: train first (smpq-deploy train --output {path.parent}) or pass the right path")
     try:
@@ -214,7 +232,7 @@ def _load(path: Path, what: str, weights_only: bool) -> dict[str, Any]:
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the zoo model saved in `path` (an fp.pt / qat.pt written by :func:`fit`); returns (model, meta)."""
     path = Path(path)
-    ckpt = _load(path, "checkpoint", weights_only=True)
+    ckpt = read_checkpoint(path, "checkpoint", weights_only=True)
     meta = ckpt.get("meta")
     if "state_dict" not in ckpt or not isinstance(meta, dict) or not {"model", "input_shape", "classes"} <= meta.keys():
         raise SearchError(f"checkpoint '{path}' lacks 'state_dict' or meta (model, input_shape, classes): write it with search.train.fit")
@@ -284,16 +302,16 @@ def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out: Path, dev: t
     steps_per_epoch = len(train_loader)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(dev, memory_format=fmt)
-    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov)
-    schedule = _Schedule(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch))
+    schedule = LRSchedule(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history: list[dict[str, float]] = []
     start_epoch = 0
     state_path = out / state_name
     if resume and state_path.is_file():
-        state = _load(state_path, "training state", weights_only=False)
+        state = read_checkpoint(state_path, "training state", weights_only=False)
         saved = state.get("config", {})
         diff = [f"{k}: saved {saved.get(k)!r} vs now {getattr(cfg, k)!r}" for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
         if diff:
@@ -305,7 +323,7 @@ def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out: Path, dev: t
             scheduler.load_state_dict(state["scheduler"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise SearchError(f"'{state_path}' does not fit this model ({type(exc).__name__}): use another --output folder or delete it") from None
-        _set_rng_state(state["rng"])
+        restore_rng_states(state["rng"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
         print(f"train: resuming from '{state_path}' after epoch {start_epoch}/{cfg.epochs}", file=sys.stderr)
 
@@ -345,7 +363,7 @@ def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out: Path, dev: t
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} "
                   f"val_loss {val.loss:.4f} val_acc {val.accuracy:.4f} ({record['seconds']:.1f} s)", file=sys.stderr, flush=True)
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "epoch": epoch + 1, "rng": _rng_state(), "history": history, "config": asdict(cfg)}, state_path)
+                     "epoch": epoch + 1, "rng": capture_rng_states(), "history": history, "config": asdict(cfg)}, state_path)
 
     val = evaluate(model, val_loader, dev) if len(val_loader.y) else Evaluation(float("nan"), float("nan"))
     test = evaluate(model, test_loader, dev)

@@ -3,17 +3,16 @@
  * so every window has at least one in-bounds tap. */
 #include "fixedpoint.h"
 #include "kernels.h"
+#include "window.h"
 
 void smpq_avg_pool(const smpq_op_args *a) {
     const int32_t c_n = a->in_c;
     for (int32_t oy = 0; oy < a->out_h; ++oy) {
-        const int32_t iy0 = oy * a->sh - a->pad_t;
-        const int32_t ky0 = iy0 < 0 ? -iy0 : 0;
-        const int32_t ky1 = a->in_h - iy0 < a->kh ? a->in_h - iy0 : a->kh;
+        int32_t ky0, ky1;
+        const int32_t iy0 = smpq_window(oy, a->sh, a->pad_t, a->kh, a->in_h, &ky0, &ky1);
         for (int32_t ox = 0; ox < a->out_w; ++ox) {
-            const int32_t ix0 = ox * a->sw - a->pad_l;
-            const int32_t kx0 = ix0 < 0 ? -ix0 : 0;
-            const int32_t kx1 = a->in_w - ix0 < a->kw ? a->in_w - ix0 : a->kw;
+            int32_t kx0, kx1;
+            const int32_t ix0 = smpq_window(ox, a->sw, a->pad_l, a->kw, a->in_w, &kx0, &kx1);
             const int32_t count = (ky1 - ky0) * (kx1 - kx0);
             int8_t *out = a->out + (oy * a->out_w + ox) * c_n;
             for (int32_t c = 0; c < c_n; ++c) {

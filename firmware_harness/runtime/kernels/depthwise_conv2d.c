@@ -4,6 +4,7 @@
  * loads over the block's channels (NHWC), accumulators in registers. */
 #include "fixedpoint.h"
 #include "kernels.h"
+#include "window.h"
 #include "packed.h"
 #include "../src/smpq_format.h"
 
@@ -26,13 +27,11 @@ void smpq_depthwise_conv2d(const smpq_op_args *a) {
             shift[j] = a->shift[c0 + j];
         }
         for (int32_t oy = 0; oy < a->out_h; ++oy) {
-            const int32_t iy0 = oy * a->sh - a->pad_t;
-            const int32_t ky0 = iy0 < 0 ? -iy0 : 0;
-            const int32_t ky1 = a->in_h - iy0 < kh ? a->in_h - iy0 : kh;
+            int32_t ky0, ky1;
+            const int32_t iy0 = smpq_window(oy, a->sh, a->pad_t, kh, a->in_h, &ky0, &ky1);
             for (int32_t ox = 0; ox < a->out_w; ++ox) {
-                const int32_t ix0 = ox * a->sw - a->pad_l;
-                const int32_t kx0 = ix0 < 0 ? -ix0 : 0;
-                const int32_t kx1 = a->in_w - ix0 < kw ? a->in_w - ix0 : kw;
+                int32_t kx0, kx1;
+                const int32_t ix0 = smpq_window(ox, a->sw, a->pad_l, kw, a->in_w, &kx0, &kx1);
                 for (int32_t j = 0; j < SMPQ_DW_BLOCK; ++j) acc[j] = 0;
                 for (int32_t ky = ky0; ky < ky1; ++ky) {
                     for (int32_t kx = kx0; kx < kx1; ++kx) {
