@@ -11,9 +11,10 @@
 * ``integer`` (``model.int.onnx``): TFLite's integer arithmetic written with standard ONNX ops, so
   ONNX Runtime reproduces the integer reference bit for bit: ConvInteger / MatMulInteger on the int8
   codes (int32 accumulators, padding with the input zero point), the int32 bias, and
-  MultiplyByQuantizedMultiplier (SaturatingRoundingDoublingHighMul + RoundingDivideByPOT) spelt in
-  int64 Mul / Mod / Div with exact divisions; ADD, AVG_POOL (window sums by ConvInteger with
-  ones, rounding division by the in-bounds count) and QUANTIZE likewise.
+  MultiplyByQuantizedMultiplier (SaturatingRoundingDoublingHighMul + RoundingDivideByPOT) as a
+  model-local function (domain "smpq") of int64 Mul / Mod / Div with exact divisions; ADD, AVG_POOL
+  (window sums by ConvInteger with ones, rounding division by the in-bounds count) and QUANTIZE
+  likewise. Bit-exact in ONNX Runtime and in onnx.reference (tests).
 
 Both styles: layout NCHW inside; the model input is the IR input (int8 codes, NHWC, batch "N") and
 the output is the IR output's int8 codes. Filters are stored as INT4 when w_bits ≤ 4 (opset ≥ 21),
@@ -72,8 +73,14 @@ class _Builder:
         return name
 
     def i64(self, value: int | np.ndarray, name: str | None = None) -> str:
-        """An int64 constant; scalars get a shared name."""
-        return self.const(name or f"i64[{int(value)}]", np.asarray(value, np.int64))
+        """An int64 value; scalars are shared constants, arrays that fit are stored as int32 and Cast."""
+        arr = np.asarray(value, np.int64)
+        if name is None:
+            return self.const(f"i64[{int(arr)}]", arr)
+        if arr.size > 1 and np.abs(arr).max() < (1 << 31):
+            return self.node("Cast", [self.const(f"{name}.i32", arr.astype(np.int32))], name, shared=True,
+                             to=TensorProto.INT64)
+        return self.const(name, arr)
 
     def node(self, op: str, inputs: list[str], output: str, shared: bool = False, **attrs) -> str:
         """Append a node named after its one output; a `shared` node (dequantised constants of a layer
@@ -170,33 +177,51 @@ def _qdq_requantize(b: _Builder, op: Op) -> None:
 # integer style
 
 
+FUNCTION_DOMAIN = "smpq"
+MBQM = "MultiplyByQuantizedMultiplier"
+
+
+def _mbqm_function(opset: int) -> onnx.FunctionProto:
+    """TFLite MultiplyByQuantizedMultiplier as a model-local ONNX function on int64 tensors, equal to
+    deploy.fixedpoint.multiply_by_quantized_multiplier: y = RDBP(SRDHM(x · 2^left, m), right), with
+    pow_left = 2^left and pow_right = 2^right broadcast against x. Inputs are accumulators well inside
+    int32, so the int32 wrap of ``x << left`` never happens."""
+    def const(name: str, value: int) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [], [value]))
+
+    def n(op: str, inputs: list[str], output: str, **attrs) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [output], **attrs)
+
+    i64 = TensorProto.INT64
+    body = [
+        const("zero", 0), const("one", 1), const("two", 2), const("p31", 1 << 31),
+        const("nudge_pos", 1 << 30), const("nudge_neg", 1 - (1 << 30)),
+        # SaturatingRoundingDoublingHighMul: (x·m + nudge) / 2^31 truncated toward zero (an exact division
+        # after subtracting the C-style remainder: Mod with fmod=1 keeps the dividend's sign)
+        n("Mul", ["x", "pow_left"], "shifted"), n("Mul", ["shifted", "multiplier"], "ab"),
+        n("Less", ["ab", "zero"], "ab_neg"), n("Where", ["ab_neg", "nudge_neg", "nudge_pos"], "nudge"),
+        n("Add", ["ab", "nudge"], "nudged"), n("Mod", ["nudged", "p31"], "rem31", fmod=1),
+        n("Sub", ["nudged", "rem31"], "exact31"), n("Div", ["exact31", "p31"], "high"),
+        # RoundingDivideByPOT: floor(high / 2^e) + (remainder > (2^e − 1)/2 + [high < 0])
+        n("Mod", ["high", "pow_right"], "rem"), n("Sub", ["high", "rem"], "exact"), n("Div", ["exact", "pow_right"], "floor"),
+        n("Less", ["high", "zero"], "neg_b"), n("Cast", ["neg_b"], "neg", to=i64),
+        n("Sub", ["pow_right", "one"], "mask"), n("Div", ["mask", "two"], "half"), n("Add", ["half", "neg"], "threshold"),
+        n("Greater", ["rem", "threshold"], "up_b"), n("Cast", ["up_b"], "up", to=i64), n("Add", ["floor", "up"], "y"),
+    ]
+    return helper.make_function(FUNCTION_DOMAIN, MBQM, ["x", "multiplier", "pow_left", "pow_right"], ["y"], body,
+                                [helper.make_opsetid("", opset)])
+
+
 def _multiply_by_quantized_multiplier(b: _Builder, x: str, multiplier: np.ndarray | int, shift: np.ndarray | int,
                                       name: str) -> str:
-    """TFLite MultiplyByQuantizedMultiplier of an int64 tensor in ONNX integer ops, equal to
-    deploy.fixedpoint.multiply_by_quantized_multiplier (multiplier/shift broadcast against x). Inputs
-    are accumulators well inside int32, so the int32 wrap of ``x << left`` never happens."""
+    """One call of the model's MultiplyByQuantizedMultiplier function (per-channel arrays or scalars)."""
     shift = np.asarray(shift, np.int64)
-    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
-    if left.any():
-        x = b.node("Mul", [x, b.i64(np.int64(1) << left, f"{name}.pow_left")], f"{name}.shifted")
-    # SaturatingRoundingDoublingHighMul: (x·m + nudge) / 2^31, truncated toward zero (an exact division
-    # after subtracting the C-style remainder; Mod with fmod=1 keeps the dividend's sign)
-    ab = b.node("Mul", [x, b.i64(multiplier, f"{name}.multiplier")], f"{name}.ab")
-    neg = b.node("Less", [ab, b.i64(0)], f"{name}.ab_neg")
-    nudged = b.node("Add", [ab, b.node("Where", [neg, b.i64(1 - (1 << 30)), b.i64(1 << 30)], f"{name}.nudge")],
-                    f"{name}.nudged")
-    rem = b.node("Mod", [nudged, b.i64(1 << 31)], f"{name}.rem31", fmod=1)
-    high = b.node("Div", [b.node("Sub", [nudged, rem], f"{name}.trunc31"), b.i64(1 << 31)], f"{name}.high")
-    if not right.any():
-        return high
-    # RoundingDivideByPOT: floor(x / 2^e) + (remainder > threshold), threshold = (2^e − 1)/2 (+1 if x < 0)
-    pot = b.i64(np.int64(1) << right, f"{name}.pow_right")
-    rem = b.node("Mod", [high, pot], f"{name}.rem")  # fmod=0: in [0, 2^e)
-    floor = b.node("Div", [b.node("Sub", [high, rem], f"{name}.floor_num"), pot], f"{name}.floor")
-    negative = b.node("Cast", [b.node("Less", [high, b.i64(0)], f"{name}.neg")], f"{name}.neg_i", to=TensorProto.INT64)
-    threshold = b.node("Add", [b.i64(((np.int64(1) << right) - 1) >> 1, f"{name}.half"), negative], f"{name}.threshold")
-    up = b.node("Cast", [b.node("Greater", [rem, threshold], f"{name}.up_b")], f"{name}.up", to=TensorProto.INT64)
-    return b.node("Add", [floor, up], f"{name}.rounded")
+    one = np.int64(1)
+    pow_left, pow_right = one << np.maximum(shift, 0), one << np.maximum(-shift, 0)
+    args = [b.i64(multiplier, f"{name}.multiplier" if np.ndim(multiplier) else None),
+            b.i64(pow_left, f"{name}.pow_left" if pow_left.ndim else None),
+            b.i64(pow_right, f"{name}.pow_right" if pow_right.ndim else None)]
+    return b.node(MBQM, [x, *args], f"{name}.y", domain=FUNCTION_DOMAIN)
 
 
 def _to_codes(b: _Builder, y: str, op: Op, zero_point: int = 0) -> None:
@@ -359,7 +384,9 @@ def to_onnx(g: Graph, opset: int = DEFAULT_OPSET, style: str = "qdq") -> onnx.Mo
         [helper.make_tensor_value_info("input", TensorProto.INT8, ["N", *t_in.shape[1:]])],
         [helper.make_tensor_value_info("output", TensorProto.INT8, ["N", *t_out.shape[1:]])],
         b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="smpq-deploy",
+    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(FUNCTION_DOMAIN, 1)] if style == "integer" else [])
+    model = helper.make_model(graph, opset_imports=imports, producer_name="smpq-deploy",
+                              functions=[_mbqm_function(opset)] if style == "integer" else [],
                               doc_string=f"smpq-deploy ONNX export, style {style}")
     model.ir_version = min(model.ir_version, 10)
     onnx.checker.check_model(model, full_check=True)

@@ -48,6 +48,20 @@ def test_integer_style_is_bit_exact(synthetic, opset):
     np.testing.assert_array_equal(out, vals[g.outputs[0]])
 
 
+@pytest.mark.parametrize("opset", [21, 25])
+def test_integer_style_is_bit_exact_in_the_onnx_reference_evaluator(synthetic, opset):
+    """A second ONNX implementation (onnx.reference, numpy) gives the same codes: the integer graph's meaning
+    does not hang on ONNX Runtime's choices (its divisions are exact, its remainders' signs specified)."""
+    from onnx.reference import ReferenceEvaluator
+
+    g, x, vals = synthetic
+    for graph, inputs, want in ((g, x[:20], vals[g.outputs[0]][:20]),
+                                (_edge_graph(), np.random.default_rng(4).integers(-128, 128, (20, 6, 6, 4)).astype(np.int8),
+                                 None)):
+        out = ReferenceEvaluator(to_onnx(graph, opset, "integer")).run(None, {"input": inputs})[0]
+        np.testing.assert_array_equal(out, reference.run(graph, inputs) if want is None else want)
+
+
 def _edge_graph(seed: int = 0):
     """Ops the synthetic graph does not reach: padded strided avg/max pools, a flatten of a 3×3×C map (NHWC
     order matters), 1-bit weights, a requantize with a positive shift (multiplier > 1), a clamped ADD."""
