@@ -101,11 +101,15 @@ def lower_run(run_dir: Path, data_dir: str | None = None, calib_batches: int = 4
 
 
 def packed_weight_bytes(g: Graph) -> int:
-    """Σ params·bits/8 over weighted ops (weights at w_bits, int32 biases): the packed lower bound."""
-    total = 0.0
+    """Σ params·bits/8 over the weighted layers (weights at w_bits, int32 biases): the packed lower bound.
+    Arrays that several ops name (the instances of one layer) count once."""
+    total, seen = 0.0, set()
     for op in g.ops:
         if "weights" in op.arrays:
-            total += g.const(op, "weights").size * op.attrs["w_bits"] / 8 + g.const(op, "bias").size * 4
+            for key, bits in (("weights", op.attrs["w_bits"]), ("bias", 32)):
+                if op.arrays[key] not in seen:
+                    seen.add(op.arrays[key])
+                    total += g.const(op, key).size * bits / 8
     return int(round(total))
 
 
@@ -114,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         raise DeployError("export needs the run folder: --run runs/<name>")
     run_dir = Path(args.output)
     formats = parse_formats(args.formats)
+    if getattr(args, "opset", None) is not None and any(f.startswith("onnx") for f in formats):
+        from deploy.export_onnx import check_opset
+
+        check_opset(args.opset)  # before the lowering, so a bad opset fails at once
     g = lower_run(run_dir, getattr(args, "data_dir", None), args.calib_batches)
     jpath, _ = g.save(run_dir / "model")
     print(f"export: IR → {jpath} ({len(g.ops)} ops, packed weights {packed_weight_bytes(g)} B, "

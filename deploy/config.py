@@ -176,7 +176,7 @@ class QatConfig(Section):
 
 class DeployConfig(Section):
     formats: list[Literal["onnx", "onnx-int", "tflite", "smpq", "c"]] = Field(default_factory=lambda: list(FORMATS))
-    onnx_opset: int = Field(default=21, ge=21, le=25)  # ONNX Runtime 1.32 runs 21..25
+    onnx_opset: int = Field(default=21, ge=21, le=25)  # = deploy.export_onnx.OPSETS (not imported: loads onnx)
 
     @field_validator("formats", mode="before")
     @classmethod

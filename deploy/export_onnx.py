@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from deploy.ir import Graph, IRError, Op
 
 DEFAULT_OPSET = 21
+OPSETS = range(21, 26)  # INT4 and per-axis QDQ need 21; ONNX Runtime 1.32 runs up to 25 (INT2 from 25)
 STYLES = ("qdq", "integer")
 #: the file each style is written to in a run folder
 FILE_NAMES = {"qdq": "model.onnx", "integer": "model.int.onnx"}
@@ -356,12 +357,20 @@ EMITTERS = {
 }
 
 
+def check_opset(opset: int) -> None:
+    """One-line error for an opset outside :data:`OPSETS`."""
+    if opset < OPSETS.start:
+        raise IRError(f"ONNX opset {opset} is too old: INT4 filters and per-axis int8 QDQ need opset ≥ {OPSETS.start}")
+    if opset not in OPSETS:
+        raise IRError(f"ONNX opset {opset} is not supported: choose {OPSETS.start}..{OPSETS.stop - 1} "
+                      "(25 stores 2-bit filters as INT2)")
+
+
 def to_onnx(g: Graph, opset: int = DEFAULT_OPSET, style: str = "qdq") -> onnx.ModelProto:
     """The IR as an ONNX model of the given style ("qdq" or "integer"), checked with onnx.checker."""
     if style not in EMITTERS:
         raise IRError(f"unknown ONNX style '{style}': choose from {', '.join(STYLES)}")
-    if opset < 21:
-        raise IRError(f"ONNX opset {opset} is too old: INT4 filters and per-axis int8 QDQ need opset ≥ 21")
+    check_opset(opset)
     b = _Builder(g, opset, style)
     (inp,) = g.inputs
     t_in = g.tensors[inp]

@@ -138,7 +138,9 @@ def test_zoo_models_integer_style_bit_exact(name):
 
 
 def test_bad_style_and_old_opset_are_rejected(synthetic):
-    with pytest.raises(IRError, match="opset"):
+    with pytest.raises(IRError, match="opset 13 is too old"):
         to_onnx(synthetic[0], 13)
+    with pytest.raises(IRError, match="choose 21..25"):
+        to_onnx(synthetic[0], 30)
     with pytest.raises(IRError, match="unknown ONNX style"):
         to_onnx(synthetic[0], 21, "float")
