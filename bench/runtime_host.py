@@ -5,7 +5,8 @@
 Models are randomly initialised, calibrated QAT models lowered to the integer IR (speed and sizes do
 not depend on accuracy). Prints, in one run:
 
-(a) weight bytes in the .smpq blob vs Σ params·bits/8 (mixed policy using every width 1..8);
+(a) weight bytes in the .smpq blob (each layer's packed weights once) vs Σ params·bits/8 over the
+    layers (mixed policy using every width 1..8);
 (b) our arena (activations + scratch, planned by search/planner.py) vs TFLM's arena, same int8 model;
 (c) median time of one inference: our host build vs TFLite Micro's host interpreter (PyPI
     tflite-micro), same int8 model, and the ratio;
@@ -90,9 +91,10 @@ def cached_ir(model: str, policy: str, n_calib: int = 8, seed: int = 0) -> Graph
 
 
 def weight_stats(blob: bytes) -> tuple[int, float]:
-    """(packed weight bytes in the blob, Σ params·bits/8) over its weighted ops."""
+    """(packed weight bytes in the blob, Σ params·bits/8) over its layers: each packed weights region
+    once (the instances of a layer share theirs), without the padding to 4 bytes."""
     p = fmt.parse(blob)
-    ops = [op for op in p.ops if op.kind in fmt.WEIGHTED]
+    ops = list(p.weight_regions().values())
     return (sum(fmt.weight_bytes(p.codes(op), op.w_bits) for op in ops),
             sum(p.codes(op) * op.w_bits / 8 for op in ops))
 

@@ -1,10 +1,13 @@
 """IR → ``.smpq`` blob (docs/smpq-format.md) and ``model_data.c/.h`` for firmware builds.
 
-Weights are packed at each layer's own bit width; the arena (activations + the conv/FC patch scratch)
-is planned offline by :func:`search.planner.plan_greedy`. The flash layout follows the constants of
-:mod:`search.cost` (header, 64-byte op records, per-layer data aligned to 4), so a blob's size is the
-cost model's flash prediction plus the tensor table (and records of ops the cost model treats as free).
-Reshape ops are elided: their output aliases their input (same bytes in NHWC order).
+Weights are packed at each layer's own bit width and stored once per layer: the instances of a layer
+(ops naming the same IR ``weights`` array, "<layer>", "<layer>#1", ...) point at one packed region,
+each with its own channel parameters. The data section is written in op order: an op's channel
+parameters, then its packed weights unless an earlier instance wrote them. The arena (activations +
+the conv/FC patch scratch) is planned offline by :func:`search.planner.plan_greedy`. The flash layout
+follows the constants of :mod:`search.cost` (header, 64-byte records, channel parameters and weights
+each aligned to 4), so a blob's size is the cost model's flash prediction. Reshape ops are elided:
+their output aliases their input (same bytes in NHWC order).
 """
 from __future__ import annotations
 
@@ -86,17 +89,52 @@ def plan_blob_arena(g: Graph, ops: list[Op], tensors: list[int], alias: dict[int
                      plan.arena_bytes)
 
 
-def _layer_data(g: Graph, op: Op) -> bytes:
-    w = g.const(op, "weights")
+def _pad(body: bytes) -> bytes:
+    return body + bytes(-len(body) % fmt.DATA_ALIGN)
+
+
+def _channel_params(g: Graph, op: Op) -> bytes:
+    """int32 bias[C], int32 multiplier[C], int8 shift[C] of a weighted op, padded to DATA_ALIGN."""
     bias, mult, shift = (g.const(op, k) for k in ("bias", "multiplier", "shift"))
-    c = len(bias)
-    bits = int(op.attrs["w_bits"])
     if np.any(shift < -31) or np.any(shift > 31):
         raise DeployError(f"op '{op.name}': requantisation shifts {shift.min()}..{shift.max()} are outside -31..31")
-    body = (np.asarray(bias, "<i4").tobytes() + np.asarray(mult, "<i4").tobytes() + np.asarray(shift, np.int8).tobytes()
-            + fmt.pack_codes(w, bits))  # OHWI / 1HWC / OI flattened in C order
-    assert len(body) + (-len(body)) % fmt.DATA_ALIGN == fmt.layer_data_bytes(c, w.size, bits)
-    return body + bytes(-len(body) % fmt.DATA_ALIGN)
+    body = _pad(np.asarray(bias, "<i4").tobytes() + np.asarray(mult, "<i4").tobytes() + np.asarray(shift, np.int8).tobytes())
+    assert len(body) == fmt.channel_param_bytes(len(bias))
+    return body
+
+
+def _packed_weights(g: Graph, op: Op) -> bytes:
+    """The op's weight codes packed at its w_bits (OHWI / 1HWC / OI flattened in C order), padded to DATA_ALIGN."""
+    w = g.const(op, "weights")
+    bits = int(op.attrs["w_bits"])
+    body = _pad(fmt.pack_codes(w, bits))
+    assert len(body) == fmt.weight_region_bytes(w.size, bits)
+    return body
+
+
+class _DataSection:
+    """The data section, written in op order: each weighted op's channel parameters, then its packed
+    weights unless an op naming the same IR weights array (an instance of the same layer) wrote them."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.weights: dict[str, tuple[int, int, str]] = {}  # IR weights key -> (offset, w_bits, first op)
+
+    def add(self, g: Graph, op: Op) -> tuple[int, int]:
+        """(channel-parameter offset, weights offset) of a weighted op, appending what is new."""
+        params_at = len(self.data)
+        self.data += _channel_params(g, op)
+        key, bits = op.arrays["weights"], int(op.attrs["w_bits"])
+        if key in self.weights:
+            at, first_bits, first = self.weights[key]
+            if bits != first_bits:
+                raise DeployError(f"ops '{first}' and '{op.name}' share the weights array '{key}' at different widths "
+                                  f"({first_bits} and {bits} bits): instances of a layer must have one w_bits")
+            return params_at, at
+        at = len(self.data)
+        self.data += _packed_weights(g, op)
+        self.weights[key] = (at, bits, op.name)
+        return params_at, at
 
 
 def build_smpq(g: Graph) -> bytes:
@@ -115,7 +153,7 @@ def build_smpq(g: Graph) -> bytes:
         s = g.tensors[t]
         table += fmt.TENSOR.pack(len(s.shape), s.bits, s.zero_point, s.qmin, s.qmax, *_dims(s.shape, s.name),
                                  float(s.scale), plan.tensor_offsets[i])
-    data = bytearray()
+    data = _DataSection()
     for step, op in enumerate(ops):
         if op.kind not in fmt.OP_KINDS:
             raise DeployError(f"op '{op.name}' of kind '{op.kind}' has no .smpq kernel")
@@ -129,8 +167,8 @@ def build_smpq(g: Graph) -> bytes:
                                 int(op.attrs.get("act_max", 127)), ins[0], ins[1] if len(ins) > 1 else fmt.NO_TENSOR,
                                 ref(op.outputs[0]), 0, kh, kw, sh, sw, *pad)
         if op.kind in fmt.WEIGHTED:
-            body = fmt.OP_WEIGHTED.pack(len(data), *plan.scratch[step])
-            data += _layer_data(g, op)
+            params_at, weights_at = data.add(g, op)
+            body = fmt.OP_WEIGHTED.pack(params_at, *plan.scratch[step], weights_at)
         elif op.kind == "add":
             a = op.attrs
             body = fmt.OP_PARAMS.pack(a["left_shift"], a["in1_multiplier"], a["in1_shift"], a["in2_multiplier"],
@@ -140,7 +178,7 @@ def build_smpq(g: Graph) -> bytes:
         else:
             body = bytes(fmt.OP_WEIGHTED.size)
         table += head + body
-    payload = bytes(table + data)
+    payload = bytes(table + data.data)
     total = fmt.HEADER_BYTES + len(payload)
     header = fmt.HEADER.pack(fmt.MAGIC, fmt.VERSION, 0, total, zlib.crc32(payload), len(tensors), len(ops),
                              ref(g.inputs[0]), ref(g.outputs[0]), plan.arena_bytes, 0)
@@ -160,7 +198,10 @@ def model_data_sources(g: Graph, symbol: str = "smpq_model_data") -> tuple[str, 
     parsed = fmt.parse(blob)
     tin, tout = parsed.tensors[parsed.input], parsed.tensors[parsed.output]
     up = symbol.upper()
-    layers = "\n".join(f" *   {op.kind:<17} w_bits={op.w_bits}" for op in parsed.ops if op.kind in fmt.WEIGHTED)
+    first = {op.weights_offset: i for i, op in reversed(list(enumerate(parsed.ops))) if op.kind in fmt.WEIGHTED}
+    layers = "\n".join(f" *   {op.kind:<17} w_bits={op.w_bits}"
+                       + (f" (weights of op {first[op.weights_offset]})" if first[op.weights_offset] != i else "")
+                       for i, op in enumerate(parsed.ops) if op.kind in fmt.WEIGHTED)
     h = (f"/* Generated by smpq-deploy (deploy/export_smpq.py) from the integer IR. Do not edit. */\n"
          f"#ifndef {up}_H\n#define {up}_H\n\n#include <stdint.h>\n\n"
          f"#define {up}_SIZE {len(blob)}u\n#define {up}_ARENA_SIZE {parsed.arena_size}u\n"

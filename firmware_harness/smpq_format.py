@@ -16,16 +16,17 @@ import numpy as np
 from firmware_harness.errors import HarnessError
 
 MAGIC = b"SMPQ"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<4sHHIIHHHHII")  # magic version flags total_size crc32 n_tensors n_ops input output arena_size reserved
 TENSOR = struct.Struct("<BBbbb3x4HfI")   # rank bits zero_point qmin qmax pad dims[4] scale arena_offset
 OP_HEAD = struct.Struct("<BBbbHHHH8B")   # kind w_bits act_min act_max in0 in1 out reserved kh kw sh sw pt pl pb pr
-OP_WEIGHTED = struct.Struct("<III32x")   # data_offset scratch_offset scratch_size (union, 44 bytes)
+OP_WEIGHTED = struct.Struct("<IIII28x")  # data_offset scratch_offset scratch_size weights_offset (union, 44 bytes)
 OP_PARAMS = struct.Struct("<7i16x")      # add: left_shift m1 s1 m2 s2 mo so; requantize: m s 0...
 HEADER_BYTES, TENSOR_BYTES = HEADER.size, TENSOR.size
 OP_BYTES = OP_HEAD.size + OP_WEIGHTED.size
 CHANNEL_BYTES = 9  # int32 bias + int32 multiplier + int8 shift per output channel
-DATA_ALIGN = 4
+DATA_ALIGN = 4     # channel parameters and packed weights each start at, and are padded to, a multiple of 4
+MAX_WEIGHT_BYTES = 0x0FFFFFFF  # packed weights of one layer (keeps the C readers' bit indices below 2^31)
 NO_TENSOR = 0xFFFF
 MAX_DW_TAPS = 64
 CONV_TILE = 4  # output pixels per conv2d tile (SMPQ_TILE in kernels/kernels.h)
@@ -40,7 +41,8 @@ WEIGHTED = ("conv2d", "depthwise_conv2d", "fully_connected")
 ERRORS = {0: "OK", -1: "E_NULL", -2: "E_TRUNCATED", -3: "E_MAGIC", -4: "E_VERSION", -5: "E_HEADER",
           -6: "E_CRC", -7: "E_TABLE_RANGE", -8: "E_TENSOR", -9: "E_ARENA_RANGE", -10: "E_OP_KIND",
           -11: "E_OP_INDEX", -12: "E_OP_SHAPE", -13: "E_OP_PARAM", -14: "E_DATA_RANGE",
-          -15: "E_ARENA_SMALL", -16: "E_ALIAS", -17: "E_NOT_LOADED", -18: "E_PLATFORM"}
+          -15: "E_ARENA_SMALL", -16: "E_ALIAS", -17: "E_NOT_LOADED", -18: "E_PLATFORM",
+          -19: "E_WEIGHTS_RANGE", -20: "E_WEIGHTS_SHARED"}
 CODES = {v: k for k, v in ERRORS.items()}
 _REEXPORT = "re-export it with 'smpq-deploy export --formats smpq'"
 HINTS = {
@@ -57,11 +59,13 @@ HINTS = {
     "E_OP_INDEX": f"an op refers to a missing tensor: {_REEXPORT}",
     "E_OP_SHAPE": f"an op's tensor shapes are inconsistent: {_REEXPORT}",
     "E_OP_PARAM": f"an op parameter (bits, kernel, stride, padding, shift, clamp, scratch) is out of range: {_REEXPORT}",
-    "E_DATA_RANGE": f"layer data lies outside the data section: {_REEXPORT}",
+    "E_DATA_RANGE": f"an op's channel parameters lie outside the data section or overlap another op's: {_REEXPORT}",
     "E_ARENA_SMALL": "the arena is smaller than the model needs (or not 4-byte aligned): give smpq_load a larger arena",
     "E_ALIAS": f"an op's output overlaps its inputs or scratch: {_REEXPORT}",
     "E_NOT_LOADED": "the model did not load: check smpq_load's status first",
     "E_PLATFORM": "the runtime was built for a big-endian target; .smpq is little-endian only",
+    "E_WEIGHTS_RANGE": f"an op's packed weights lie outside the data section or overlap channel parameters: {_REEXPORT}",
+    "E_WEIGHTS_SHARED": f"two ops' packed weights overlap without being the same weights (offset, bits, size): {_REEXPORT}",
 }
 
 assert HEADER_BYTES == 32 and TENSOR_BYTES == 24 and OP_BYTES == 64 and OP_PARAMS.size == OP_WEIGHTED.size
@@ -95,9 +99,15 @@ def weight_bytes(codes: int, bits: int) -> int:
     return (codes * bits + 7) // 8
 
 
-def layer_data_bytes(channels: int, codes: int, bits: int) -> int:
-    """Bytes of one weighted layer's data: per-channel bias/multiplier/shift, packed weights, padding."""
-    return align_up(CHANNEL_BYTES * channels + weight_bytes(codes, bits))
+def channel_param_bytes(channels: int) -> int:
+    """Bytes of one weighted op's channel parameters in the data section: int32 bias, int32 multiplier
+    and int8 shift per output channel, zero-padded to DATA_ALIGN."""
+    return align_up(CHANNEL_BYTES * channels)
+
+
+def weight_region_bytes(codes: int, bits: int) -> int:
+    """Bytes of one packed weights region in the data section: the dense stream, zero-padded to DATA_ALIGN."""
+    return align_up(weight_bytes(codes, bits))
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> bytes:
@@ -164,9 +174,10 @@ class OpRecord:
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int, int, int]
-    data_offset: int = 0
+    data_offset: int = 0      # weighted ops: channel parameters (bias, multiplier, shift) in the data section
     scratch_offset: int = 0
     scratch_size: int = 0
+    weights_offset: int = 0   # weighted ops: packed weights in the data section (instances of a layer share it)
     params: tuple[int, ...] = ()
 
 
@@ -195,7 +206,15 @@ class SmpqBlob:
         bias = np.frombuffer(d[:4 * c], "<i4")
         mult = np.frombuffer(d[4 * c:8 * c], "<i4")
         shift = np.frombuffer(d[8 * c:9 * c], np.int8)
-        return bias, mult, shift, d[9 * c:9 * c + weight_bytes(self.codes(op), op.w_bits)]
+        return bias, mult, shift, self.data[op.weights_offset:op.weights_offset + weight_bytes(self.codes(op), op.w_bits)]
+
+    def weight_regions(self) -> dict[int, OpRecord]:
+        """The distinct packed weights regions by data-section offset, each with the first op that reads it."""
+        regions: dict[int, OpRecord] = {}
+        for op in self.ops:
+            if op.kind in WEIGHTED:
+                regions.setdefault(op.weights_offset, op)
+        return regions
 
     def codes(self, op: OpRecord) -> int:
         """Number of weight codes of a weighted op."""
@@ -205,6 +224,48 @@ class SmpqBlob:
         if op.kind == "depthwise_conv2d":
             return op.kernel[0] * op.kernel[1] * to.dims[3]
         return ti.size * to.dims[3]
+
+
+@dataclass(frozen=True)
+class _Regions:
+    """A weighted op's two data-section regions: channel parameters and packed weights (padded sizes)."""
+
+    op: int
+    cp_off: int
+    cp_size: int
+    w_off: int
+    codes: int
+    bits: int
+
+    @property
+    def w_size(self) -> int:
+        return weight_region_bytes(self.codes, self.bits)
+
+
+def _overlap(a: int, an: int, b: int, bn: int) -> bool:
+    return a < b + bn and b < a + an
+
+
+def _check_regions(r: _Regions, earlier: list[_Regions], data_size: int, name: str) -> None:
+    """The data-section checks of one weighted op, in the C loader's order (check_weights in loader.c)."""
+    what = f"op {r.op} ({name})"
+    if r.cp_off % DATA_ALIGN or r.cp_off + r.cp_size > data_size:
+        raise SmpqFormatError("E_DATA_RANGE", f"{what} channel parameters at {r.cp_off} (+{r.cp_size}) are misaligned "
+                                              f"or outside the {data_size}-byte data section")
+    if weight_bytes(r.codes, r.bits) > MAX_WEIGHT_BYTES or r.w_off % DATA_ALIGN or r.w_off + r.w_size > data_size:
+        raise SmpqFormatError("E_WEIGHTS_RANGE", f"{what} packed weights at {r.w_off} (+{r.w_size}) are misaligned "
+                                                 f"or outside the {data_size}-byte data section")
+    if _overlap(r.cp_off, r.cp_size, r.w_off, r.w_size):
+        raise SmpqFormatError("E_WEIGHTS_RANGE", f"{what} packed weights at {r.w_off} overlap its own channel parameters")
+    for e in earlier:
+        if _overlap(r.cp_off, r.cp_size, e.cp_off, e.cp_size):
+            raise SmpqFormatError("E_DATA_RANGE", f"{what} channel parameters at {r.cp_off} overlap those of op {e.op}")
+        if _overlap(r.cp_off, r.cp_size, e.w_off, e.w_size) or _overlap(r.w_off, r.w_size, e.cp_off, e.cp_size):
+            raise SmpqFormatError("E_WEIGHTS_RANGE", f"{what} and op {e.op}: packed weights overlap channel parameters")
+        if _overlap(r.w_off, r.w_size, e.w_off, e.w_size) and (r.w_off, r.codes, r.bits) != (e.w_off, e.codes, e.bits):
+            raise SmpqFormatError("E_WEIGHTS_SHARED", f"{what} packed weights at {r.w_off} ({r.codes} codes, {r.bits} bits) "
+                                                      f"overlap op {e.op}'s at {e.w_off} ({e.codes} codes, {e.bits} bits): "
+                                                      f"only the same weights (offset, width and count) may be shared")
 
 
 def parse(blob: bytes) -> SmpqBlob:
@@ -222,7 +283,9 @@ def parse(blob: bytes) -> SmpqBlob:
         raise SmpqFormatError("E_TRUNCATED", f"blob has {len(blob)} bytes, fewer than the {HEADER_BYTES}-byte header")
     _, version, flags, total, crc, n_t, n_o, inp, out, arena, reserved = HEADER.unpack_from(blob)
     if version != VERSION:
-        raise SmpqFormatError("E_VERSION", f"format version {version} is not supported (expected {VERSION}); re-export the model")
+        why = " (version 1 stored every layer instance's packed weights again)" if version == 1 else ""
+        raise SmpqFormatError("E_VERSION", f"format version {version} is not supported (expected {VERSION}){why}: "
+                                           f"{_REEXPORT} to get a version-{VERSION} blob")
     if flags or reserved or total < HEADER_BYTES:
         raise SmpqFormatError("E_HEADER", f"header flags={flags} reserved={reserved} total_size={total} are invalid")
     if total > len(blob):
@@ -246,7 +309,8 @@ def parse(blob: bytes) -> SmpqBlob:
             raise SmpqFormatError("E_ARENA_RANGE", f"tensor {i} at arena offset {offset} (+{t.size}) ends past the arena ({arena} bytes)")
         tensors.append(t)
     data = blob[data_off:total]
-    ops = []
+    ops: list[OpRecord] = []
+    regions: list[_Regions] = []  # of the weighted ops before the current one
     for i in range(n_o):
         base = HEADER_BYTES + TENSOR_BYTES * n_t + OP_BYTES * i
         kind, w_bits, amin, amax, in0, in1, o, _res, kh, kw, sh, sw, pt, pl, pb, pr = OP_HEAD.unpack_from(blob, base)
@@ -259,14 +323,15 @@ def parse(blob: bytes) -> SmpqBlob:
         geo = dict(kind=name, w_bits=w_bits, act_min=amin, act_max=amax, inputs=ins, output=o,
                    kernel=(kh, kw), stride=(sh, sw), padding=(pt, pl, pb, pr))
         if name in WEIGHTED:
-            d_off, s_off, s_size = OP_WEIGHTED.unpack_from(blob, base + OP_HEAD.size)
-            op = OpRecord(**geo, data_offset=d_off, scratch_offset=s_off, scratch_size=s_size)  # type: ignore[arg-type]
+            d_off, s_off, s_size, w_off = OP_WEIGHTED.unpack_from(blob, base + OP_HEAD.size)
+            op = OpRecord(**geo, data_offset=d_off, scratch_offset=s_off, scratch_size=s_size,  # type: ignore[arg-type]
+                          weights_offset=w_off)
             if not 1 <= w_bits <= 8:
                 raise SmpqFormatError("E_OP_PARAM", f"op {i} ({name}) has {w_bits}-bit weights (must be 1..8)")
             tmp = SmpqBlob(version, total, crc, arena, inp, out, tuple(tensors), (), data)
-            need = layer_data_bytes(tensors[o].dims[3], tmp.codes(op), w_bits)
-            if d_off % DATA_ALIGN or d_off + need > len(data):
-                raise SmpqFormatError("E_DATA_RANGE", f"op {i} ({name}) layer data at {d_off} (+{need}) is outside the {len(data)}-byte data section")
+            reg = _Regions(i, d_off, channel_param_bytes(tensors[o].dims[3]), w_off, tmp.codes(op), w_bits)
+            _check_regions(reg, regions, len(data), name)
+            regions.append(reg)
             if s_off + s_size > arena:
                 raise SmpqFormatError("E_ARENA_RANGE", f"op {i} ({name}) scratch at {s_off} (+{s_size}) ends past the arena")
         else:

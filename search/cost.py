@@ -10,8 +10,8 @@ ReLU/ReLU6 folded, flatten/reshape/identity as views, and
   input into each first layer's input grid;
 * a layer or add is run once per quantized layer that reads its output (each instance writes
   directly in that reader's a-bit grid), plus once more into an int8 tensor when anything else
-  reads it (residual adds, pooling) or it is the model output; every instance stores its own layer
-  data (per-channel requantisation differs);
+  reads it (residual adds, pooling) or it is the model output; every instance stores its own channel
+  parameters (per-channel requantisation differs), the packed weights are stored once per layer;
 * pooling keeps its input's int8 tensor; a quantized layer reading a pool output (or the output of
   a bn/relu that could not be folded) gets a ``requantize`` op into its grid right before it.
 
@@ -21,16 +21,19 @@ Per quantizable layer l with policy (w_l, a_l) — a_l is the bit width of the l
 * Flash = the packed ``.smpq`` blob the C runtime reads (firmware_harness/smpq_format.py mirrors these)::
 
       flash = HEADER_BYTES + TENSOR_RECORD_BYTES · n_tensors + OP_RECORD_BYTES · n_ops
-            + Σ_weighted ops align_up(out_channels · BYTES_PER_OUT_CHANNEL + ⌈weights · w / 8⌉, LAYER_DATA_ALIGN)
+            + Σ_weighted ops  align_up(out_channels · BYTES_PER_OUT_CHANNEL, LAYER_DATA_ALIGN)   (channel_param_bytes)
+            + Σ_layers        align_up(⌈weights · w / 8⌉, LAYER_DATA_ALIGN)                      (weight_region_bytes)
 
   ``HEADER_BYTES`` (32): magic, version, counts, total size, CRC32, arena size.
   ``TENSOR_RECORD_BYTES`` (24): one record per runtime tensor (shape, bits, zero point, clamp, scale,
   arena offset). ``OP_RECORD_BYTES`` (64): one fixed-size record per runtime op (kind, bits,
-  geometry, tensor indices; weighted ops: data offset and scratch; add/requantize: multipliers).
-  Layer data of a weighted op (layers and ``normalise`` at 8 bits): int32 bias[C] (BN folded — always
-  present), int32 multiplier[C], int8 shift[C] (``BYTES_PER_OUT_CHANNEL`` = 4 + 4 + 1 = 9), the
-  weights packed at w bits (weights = the torch weight's element count), zero padding to
-  ``LAYER_DATA_ALIGN`` (4) bytes.
+  geometry, tensor indices; weighted ops: channel-parameter and weights offsets, scratch;
+  add/requantize: multipliers). Channel parameters of a weighted op (every instance of a layer, and
+  ``normalise``): int32 bias[C] (BN folded — always present), int32 multiplier[C], int8 shift[C]
+  (``BYTES_PER_OUT_CHANNEL`` = 4 + 4 + 1 = 9), zero padding to ``LAYER_DATA_ALIGN`` (4) bytes.
+  Packed weights, once per layer (its instances share them) and once per ``normalise`` op (8 bits):
+  the weights packed at w bits (weights = the torch weight's element count), zero padding to
+  ``LAYER_DATA_ALIGN`` bytes. In the per-op table the first instance of a layer carries its weights.
 * Peak SRAM = the arena :func:`search.planner.plan_greedy` assigns to the runtime tensors (one step
   per runtime op; the model output lives one step past the last op) and per-op scratch buffers —
   by default the C kernels' int16 patches (:func:`kernel_scratch_bytes`: conv2d
@@ -204,14 +207,20 @@ def layer_bops(node: Node, w_bits: float, a_bits: float) -> float:
     return node.macs * w_bits * a_bits
 
 
-def layer_data_bytes(channels: int, weights: int, w_bits: int) -> int:
-    """Bytes of one weighted op's data in the blob: per-channel arrays, packed weights, padding."""
-    return align_up(channels * BYTES_PER_OUT_CHANNEL + math.ceil(weights * w_bits / 8), LAYER_DATA_ALIGN)
+def channel_param_bytes(channels: int) -> int:
+    """Bytes of one weighted op's channel parameters in the blob (bias, multiplier, shift per channel; padded)."""
+    return align_up(channels * BYTES_PER_OUT_CHANNEL, LAYER_DATA_ALIGN)
 
 
-def layer_flash_bytes(node: Node, w_bits: int) -> int:
-    """Bytes of one quantizable layer's data in the blob (its op record is counted in the fixed part)."""
-    return layer_data_bytes(node.out_channels, node.weight_params, w_bits)
+def weight_region_bytes(weights: int, w_bits: int) -> int:
+    """Bytes of one layer's packed weights in the blob (dense at w_bits; padded), shared by its instances."""
+    return align_up(math.ceil(weights * w_bits / 8), LAYER_DATA_ALIGN)
+
+
+def layer_flash_bytes(node: Node, w_bits: int, instances: int = 1) -> int:
+    """Bytes of one quantizable layer's data in the blob: each instance's channel parameters plus the
+    packed weights once (its op records are counted in the fixed part). Linear in the w_bits choice."""
+    return instances * channel_param_bytes(node.out_channels) + weight_region_bytes(node.weight_params, w_bits)
 
 
 def op_macs(op: RuntimeOp) -> int:
@@ -244,11 +253,13 @@ def record_bytes(schedule: Schedule) -> int:
 
 
 def op_data_bytes(op: RuntimeOp, w_bits: int | None = None) -> int:
-    """Layer data of a runtime op in the blob (`w_bits` for quantizable layers; normalise is 8-bit)."""
+    """Data-section bytes of a runtime op in the blob: its channel parameters, plus the packed weights
+    for a layer's first instance (later instances share them) and for normalise (8-bit, one code per channel)."""
     if op.node is not None and op.node.quantizable:
-        return layer_flash_bytes(op.node, w_bits)
+        weights = weight_region_bytes(op.node.weight_params, w_bits) if op.instance == 0 else 0
+        return channel_param_bytes(op.node.out_channels) + weights
     if op.kind == "normalise":
-        return layer_data_bytes(op.in_shape[0], op.in_shape[0], NORMALISE_BITS)
+        return channel_param_bytes(op.in_shape[0]) + weight_region_bytes(op.in_shape[0], NORMALISE_BITS)
     return 0
 
 
@@ -264,7 +275,8 @@ class LayerCost:
     w_bits: int | None
     a_bits: int | None
     bops: float
-    flash_bytes: int          # the op's layer data in the blob (records are counted once for the blob)
+    flash_bytes: int          # the op's data in the blob: channel parameters (+ the layer's weights on its
+                              # first instance); records are counted once for the blob
     scratch_bytes: int
     cycles: float | None
     latency_s: float | None
@@ -462,7 +474,7 @@ def layer_options(graph: ExecGraph, w_candidates: Sequence[int], a_candidates: S
         for w in ws:
             for a in as_:
                 costs: dict[str, float] = {"bops": float(layer_bops(n, w, a)),
-                                           "flash_bytes": float(len(ops) * layer_flash_bytes(n, w))}
+                                           "flash_bytes": float(layer_flash_bytes(n, w, len(ops)))}
                 if latency_model:
                     costs["latency_s"] = sum(op_cycles(op, latency_model, w, a) for op in ops) / clock
                 sram = max(act_bytes(math.prod(op.in_shape), a if packed_activations else ACT_CONTAINER_BITS)

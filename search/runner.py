@@ -439,9 +439,10 @@ def run_search(settings: SearchSettings, fp_model: torch.nn.Module | None = None
     layers = []
     for n in names:
         r = rows[n]
+        flash = sum(x.flash_bytes for x in om.layers if x.name.split("#")[0] == n)  # every instance of the layer
         raw = (result.scores or {}).get(n)
         layers.append({"name": n, "type": r.op_type, "w_bits": policy[n].w_bits, "a_bits": policy[n].a_bits,
-                       "macs": int(r.macs), "params": int(r.params), "bops": float(r.bops), "flash_bytes": int(r.flash_bytes),
+                       "macs": int(r.macs), "params": int(r.params), "bops": float(r.bops), "flash_bytes": int(flash),
                        "held_8bit": n in held,
                        "scores": None if raw is None or n in held else {k: {str(b): float(v) for b, v in raw[k].items()} for k in ("w", "a")},
                        "normalized_scores": None if n not in normalized else

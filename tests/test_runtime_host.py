@@ -94,7 +94,7 @@ def _tensor(blob, i, field):  # byte offset of a tensor record field
 
 def _op(blob, i, field):
     return _offsets(blob)[1] + fmt.OP_BYTES * i + {"kind": 0, "w_bits": 1, "in0": 4, "out": 8, "kernel": 12,
-                                                   "stride": 14, "pad": 16, "data": 20}[field]
+                                                   "stride": 14, "pad": 16, "data": 20, "weights": 32}[field]
 
 
 def _arena(blob):
@@ -106,7 +106,8 @@ CORRUPTIONS = {
     "truncated header": (lambda b: b[:20], "E_TRUNCATED"),
     "truncated payload": (lambda b: b[:-10], "E_TRUNCATED"),
     "bad magic": (lambda b: b"SMPX" + b[4:], "E_MAGIC"),
-    "future version": (lambda b: _patch(b, 4, "<H", 2, fix_crc=False), "E_VERSION"),
+    "future version": (lambda b: _patch(b, 4, "<H", 3, fix_crc=False), "E_VERSION"),
+    "version 1 (weights per instance)": (lambda b: _patch(b, 4, "<H", 1, fix_crc=False), "E_VERSION"),
     "flags set": (lambda b: _patch(b, 6, "<H", 1, fix_crc=False), "E_HEADER"),
     "wrong crc": (lambda b: _patch(b, 12, "<I", struct.unpack_from("<I", b, 12)[0] ^ 1, fix_crc=False), "E_CRC"),
     "flipped payload bit": (lambda b: b[:-3] + bytes([b[-3] ^ 0x10]) + b[-2:], "E_CRC"),
@@ -124,8 +125,14 @@ CORRUPTIONS = {
     "padding as large as the kernel": (lambda b: _patch(b, _op(b, 0, "pad"), "<B", 3), "E_OP_PARAM"),
     "kernel inconsistent with shapes": (lambda b: _patch(b, _op(b, 0, "kernel"), "<BB", 5, 5), "E_OP_SHAPE"),
     "depthwise channels differ": (lambda b: _patch(b, _tensor(b, 2, "dims") + 6, "<H", 4), "E_OP_SHAPE"),
-    "layer data past the end": (lambda b: _patch(b, _op(b, 0, "data"), "<I", 1 << 20), "E_DATA_RANGE"),
-    "misaligned layer data": (lambda b: _patch(b, _op(b, 0, "data"), "<I", 2), "E_DATA_RANGE"),
+    "channel parameters past the end": (lambda b: _patch(b, _op(b, 0, "data"), "<I", 1 << 20), "E_DATA_RANGE"),
+    "misaligned channel parameters": (lambda b: _patch(b, _op(b, 0, "data"), "<I", 2), "E_DATA_RANGE"),
+    "weights past the end": (lambda b: _patch(b, _op(b, 0, "weights"), "<I", 1 << 20), "E_WEIGHTS_RANGE"),
+    "weights on channel parameters": (lambda b: _patch(b, _op(b, 0, "weights"), "<I", 0), "E_WEIGHTS_RANGE"),
+    "weights shared at another width": (lambda b: _patch(b, _op(b, 1, "weights"), "<I",
+                                                         struct.unpack_from("<I", b, _op(b, 0, "weights"))[0]),
+                                        "E_WEIGHTS_SHARED"),
+    "reserved weighted-op bytes set": (lambda b: _patch(b, _op(b, 0, "weights") + 4, "<I", 1), "E_OP_PARAM"),
     "output aliases input": (lambda b: _patch(b, _tensor(b, 1, "offset"), "<I",
                                               struct.unpack_from("<I", b, _tensor(b, 0, "offset"))[0]), "E_ALIAS"),
     "shift out of range": (lambda b: _patch(b, _offsets(b)[2] + 8 * 8, "<b", 100), "E_OP_PARAM"),

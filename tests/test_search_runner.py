@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from search.budget import Budget
-from search.cost import omega
+from search.cost import omega, record_bytes
 from search.data import BatchLoader, load_dataset
 from search.errors import SearchError
 from search.graph import extract_graph
@@ -46,6 +46,10 @@ def _check_outputs(outcome, budget: Budget) -> dict:
         assert record["budget"][key]["ok"] and record["budget"][key]["value"] <= limit
     assert [(L["w_bits"], L["a_bits"]) for L in record["layers"]] == [tuple(b) for b in outcome.policy.values()]
     assert Policy.load(outcome.policy_path) == outcome.policy  # deploy reads it with search.policy
+    # per-layer flash covers every instance of the layer: with the records and the normalise op's data it
+    # adds up to the whole blob
+    fixed = record_bytes(outcome.omega.schedule) + sum(r.flash_bytes for r in outcome.omega.layers if r.op_type == "normalise")
+    assert fixed + sum(L["flash_bytes"] for L in record["layers"]) == outcome.omega.flash_bytes
     return record
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import struct
 import sys
 import zlib
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deploy.errors import DeployError
 from deploy.export_smpq import build_smpq, model_data_sources
 from deploy.irbuild import synthetic_graph
+from firmware_harness import host
 from firmware_harness import smpq_format as fmt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,18 +82,88 @@ def test_parse_returns_the_ir_arrays():
     assert tin.shape == tuple(g.tensors[g.inputs[0]].shape) and tin.zero_point == -128
 
 
-@pytest.mark.parametrize("mutate, code", [
-    (lambda b: b[:20], "E_TRUNCATED"),
-    (lambda b: b[:-1], "E_TRUNCATED"),
-    (lambda b: b"XMPQ" + b[4:], "E_MAGIC"),
-    (lambda b: b[:4] + b"\x07\x00" + b[6:], "E_VERSION"),
-    (lambda b: b[:-5] + bytes([b[-5] ^ 1]) + b[-4:], "E_CRC"),
-])
-def test_parse_rejects_corrupt_blobs(mutate, code):
+def _set_op(blob: bytes, i: int, **fields: int) -> bytes:
+    """`blob` with fields of op record `i` replaced (w_bits, data = channel-parameter offset, weights
+    = weights offset) and the CRC fixed, so the corruption reaches the deeper checks."""
+    n_t = struct.unpack_from("<H", blob, 16)[0]
+    base = fmt.HEADER_BYTES + fmt.TENSOR_BYTES * n_t + fmt.OP_BYTES * i
+    b = bytearray(blob)
+    layout = {"w_bits": ("<B", 1), "data": ("<I", 20), "weights": ("<I", 32)}
+    for name, value in fields.items():
+        code, at = layout[name]
+        struct.pack_into(code, b, base + at, value)
+    struct.pack_into("<I", b, 12, zlib.crc32(bytes(b[fmt.HEADER_BYTES:])))
+    return bytes(b)
+
+
+def _ops(blob: bytes) -> tuple[fmt.OpRecord, ...]:
+    return fmt.parse(blob).ops
+
+
+# synthetic_graph(0): op 0 conv1 (4-bit, 8 channels), op 1 depthwise (3-bit), op 2 conv shortcut (2-bit), ...
+CORRUPT = {
+    "truncated header": (lambda b: b[:20], "E_TRUNCATED"),
+    "truncated payload": (lambda b: b[:-1], "E_TRUNCATED"),
+    "bad magic": (lambda b: b"XMPQ" + b[4:], "E_MAGIC"),
+    "unknown version": (lambda b: b[:4] + b"\x07\x00" + b[6:], "E_VERSION"),
+    "version 1 blob": (lambda b: b[:4] + b"\x01\x00" + b[6:], "E_VERSION"),
+    "flipped payload bit": (lambda b: b[:-5] + bytes([b[-5] ^ 1]) + b[-4:], "E_CRC"),
+    "channel parameters past the end": (lambda b: _set_op(b, 0, data=1 << 20), "E_DATA_RANGE"),
+    "misaligned channel parameters": (lambda b: _set_op(b, 0, data=2), "E_DATA_RANGE"),
+    "channel parameters overlap another op's": (lambda b: _set_op(b, 1, data=_ops(b)[0].data_offset), "E_DATA_RANGE"),
+    "weights past the end": (lambda b: _set_op(b, 0, weights=1 << 20), "E_WEIGHTS_RANGE"),
+    "misaligned weights": (lambda b: _set_op(b, 0, weights=_ops(b)[0].weights_offset + 2), "E_WEIGHTS_RANGE"),
+    "weights over the op's own channel parameters": (lambda b: _set_op(b, 0, weights=_ops(b)[0].data_offset),
+                                                     "E_WEIGHTS_RANGE"),
+    "weights over a later op's channel parameters": (lambda b: _set_op(b, 0, weights=_ops(b)[1].data_offset),
+                                                     "E_WEIGHTS_RANGE"),
+    "weights shared at another width": (lambda b: _set_op(b, 1, weights=_ops(b)[0].weights_offset), "E_WEIGHTS_SHARED"),
+    "weights shared with another code count": (lambda b: _set_op(b, 1, w_bits=4, weights=_ops(b)[0].weights_offset),
+                                               "E_WEIGHTS_SHARED"),
+    "weights overlapping others at another offset": (lambda b: _set_op(b, 1, weights=_ops(b)[0].weights_offset + 4),
+                                                     "E_WEIGHTS_SHARED"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPT))
+def test_parse_rejects_corrupt_blobs_like_the_c_loader(name):
+    """One error code per corruption, the same from the Python reader and the C loader."""
+    mutate, code = CORRUPT[name]
     blob = build_smpq(synthetic_graph(0))
+    bad = mutate(blob)
+    assert bad != blob
     with pytest.raises(fmt.SmpqFormatError) as e:
-        fmt.parse(mutate(blob))
+        fmt.parse(bad)
     assert e.value.code == code
+    assert fmt.ERRORS[host.load_status(bad)] == code
+
+
+def test_version_1_blobs_are_rejected_with_a_re_export_hint():
+    blob = build_smpq(synthetic_graph(0))
+    assert struct.unpack_from("<H", blob, 4)[0] == fmt.VERSION == 2
+    with pytest.raises(fmt.SmpqFormatError, match="version 1 is not supported.*re-export") as e:
+        fmt.parse(blob[:4] + b"\x01\x00" + blob[6:])
+    assert e.value.code == "E_VERSION" and "re-export" in fmt.HINTS["E_VERSION"]
+
+
+def test_data_section_is_channel_parameters_then_weights_in_op_order():
+    """Without layer instances: per weighted op, its channel parameters then its packed weights, no gaps."""
+    g = synthetic_graph(3)
+    p = fmt.parse(build_smpq(g))
+    at = 0
+    for rec in (r for r in p.ops if r.kind in fmt.WEIGHTED):
+        assert (rec.data_offset, rec.weights_offset) == (at, at + fmt.channel_param_bytes(p.tensors[rec.output].dims[3]))
+        at = rec.weights_offset + fmt.weight_region_bytes(p.codes(rec), rec.w_bits)
+    assert at == len(p.data)
+
+
+def test_writer_refuses_one_weights_array_at_two_widths():
+    g = synthetic_graph(0)
+    conv1, shortcut = g.ops[0], next(op for op in g.ops if op.name == "shortcut")
+    assert conv1.attrs["w_bits"] != shortcut.attrs["w_bits"]
+    shortcut.arrays["weights"] = conv1.arrays["weights"]
+    with pytest.raises(DeployError, match="different widths"):
+        build_smpq(g)
 
 
 def test_model_data_sources_embed_the_blob():
@@ -103,8 +176,35 @@ def test_model_data_sources_embed_the_blob():
 
 
 @pytest.mark.parametrize("model", ["resnet8", "mbv2"])
+def test_layer_instances_store_their_weights_once(model):
+    """Instances of a layer ("<layer>", "<layer>#1", ...: one IR weights array) point at one packed
+    weights region; each has its own channel parameters; every op reads back its IR arrays."""
+    g = bench_module().cached_ir(model, "mixed")
+    blob = build_smpq(g)
+    p = fmt.parse(blob)
+    weighted = [op for op in g.ops if op.kind in fmt.WEIGHTED]
+    recs = [r for r in p.ops if r.kind in fmt.WEIGHTED]
+    keys = {op.arrays["weights"] for op in weighted}
+    assert len(keys) < len(weighted)  # the model has layer instances
+    assert len({r.weights_offset for r in recs}) == len(keys) == len(p.weight_regions())
+    assert len({r.data_offset for r in recs}) == len(recs)
+    offset_of: dict[str, int] = {}
+    for op, rec in zip(weighted, recs):
+        assert offset_of.setdefault(op.arrays["weights"], rec.weights_offset) == rec.weights_offset
+        bias, mult, shift, wbytes = p.layer(rec)
+        np.testing.assert_array_equal(mult, g.const(op, "multiplier"))
+        np.testing.assert_array_equal(shift, g.const(op, "shift"))
+        np.testing.assert_array_equal(bias, g.const(op, "bias"))
+        np.testing.assert_array_equal(fmt.unpack_codes(wbytes, p.codes(rec), rec.w_bits), g.const(op, "weights").ravel())
+    assert len(p.data) == (sum(fmt.channel_param_bytes(p.tensors[r.output].dims[3]) for r in recs)
+                           + sum(fmt.weight_region_bytes(p.codes(r), r.w_bits) for r in p.weight_regions().values()))
+    assert host.load_status(blob) == 0
+
+
+@pytest.mark.parametrize("model", ["resnet8", "mbv2"])
 def test_blob_size_is_the_cost_models_flash_and_weights_are_dense(model):
-    """Ω's flash prediction (search/cost.py) is the blob's exact size; packed weights ≤ 1.01 × Σ params·bits/8."""
+    """Ω's flash prediction (search/cost.py) is the blob's exact size; packed weights ≤ 1.01 × Σ params·bits/8
+    (each layer once)."""
     from search.cost import omega
     from search.graph import extract_graph
     from search.models import build_model, quantizable_layers

@@ -14,7 +14,7 @@
 extern "C" {
 #endif
 
-#define SMPQ_FORMAT_VERSION 1u
+#define SMPQ_FORMAT_VERSION 2u
 
 /* Error codes (negative); keep in sync with firmware_harness/smpq_format.py ERRORS. */
 typedef enum {
@@ -32,11 +32,13 @@ typedef enum {
     SMPQ_E_OP_INDEX = -11,     /* an op refers to a tensor that does not exist */
     SMPQ_E_OP_SHAPE = -12,     /* an op's tensor shapes are inconsistent */
     SMPQ_E_OP_PARAM = -13,     /* bits, kernel, stride, padding, shift or clamp out of range */
-    SMPQ_E_DATA_RANGE = -14,   /* weights or quantization parameters outside the data section */
+    SMPQ_E_DATA_RANGE = -14,   /* channel parameters misaligned, outside the data section or overlapping another op's */
     SMPQ_E_ARENA_SMALL = -15,  /* the caller's arena is smaller than the blob's arena size */
     SMPQ_E_ALIAS = -16,        /* an op's output overlaps its inputs or its scratch */
     SMPQ_E_NOT_LOADED = -17,   /* smpq_invoke on a model that did not load */
-    SMPQ_E_PLATFORM = -18      /* the runtime was built for a big-endian target */
+    SMPQ_E_PLATFORM = -18,     /* the runtime was built for a big-endian target */
+    SMPQ_E_WEIGHTS_RANGE = -19, /* packed weights misaligned, outside the data section or over channel parameters */
+    SMPQ_E_WEIGHTS_SHARED = -20 /* two ops' packed weights overlap without being the same (offset, bits, codes) */
 } smpq_status;
 
 /* A loaded model: views into the caller's blob and arena (the runtime owns no memory). */
@@ -44,7 +46,7 @@ typedef struct {
     const uint8_t *blob;
     const uint8_t *tensors;  /* tensor table */
     const uint8_t *ops;      /* op table */
-    const uint8_t *data;     /* data section (weights, quantization parameters) */
+    const uint8_t *data;     /* data section (channel parameters, packed weights) */
     uint8_t *arena;
     uint32_t blob_size;
     uint32_t data_size;

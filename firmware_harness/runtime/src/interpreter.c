@@ -40,7 +40,7 @@ static void run_op(const smpq_model *m, const uint8_t *r) {
         a.bias = m->data + q;
         a.mult = m->data + q + 4u * c;
         a.shift = (const int8_t *)(const void *)(m->data + q + 8u * c);
-        a.weights = m->data + q + SMPQ_CHANNEL_BYTES * c;
+        a.weights = m->data + smpq_ld_u32(r + O_WEIGHTS_OFFSET);
         a.scratch = (int16_t *)(void *)(m->arena + smpq_ld_u32(r + O_SCRATCH_OFFSET));
     }
     switch (kind) {

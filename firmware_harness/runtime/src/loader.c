@@ -59,17 +59,64 @@ static int zero_bytes(const uint8_t *p, uint32_t n) {
     return 1;
 }
 
-/* layer data: bias i32[C], multiplier i32[C], shift i8[C], ceil(codes*bits/8) weight bytes, padding */
-static int check_weights(const smpq_model *m, const uint8_t *r, uint64_t codes, uint32_t channels) {
-    const uint64_t off = smpq_ld_u32(r + O_DATA_OFFSET);
-    const uint32_t bits = r[O_W_BITS];
-    if (bits < 1 || bits > 8) return SMPQ_E_OP_PARAM;
-    const uint64_t wbytes = (codes * bits + 7u) / 8u;
-    const uint64_t size = ((uint64_t)SMPQ_CHANNEL_BYTES * channels + wbytes + SMPQ_DATA_ALIGN - 1u) / SMPQ_DATA_ALIGN * SMPQ_DATA_ALIGN;
-    if (wbytes > MAX_WEIGHT_BYTES || off % SMPQ_DATA_ALIGN || off + size > m->data_size) return SMPQ_E_DATA_RANGE;
+static uint64_t align_data(uint64_t n) { return (n + SMPQ_DATA_ALIGN - 1u) / SMPQ_DATA_ALIGN * SMPQ_DATA_ALIGN; }
+
+static int is_weighted(uint8_t kind) {
+    return kind == SMPQ_OP_CONV2D || kind == SMPQ_OP_DEPTHWISE_CONV2D || kind == SMPQ_OP_FULLY_CONNECTED;
+}
+
+/* The two data-section regions of a weighted op, sizes padded to SMPQ_DATA_ALIGN: its channel
+ * parameters (bias i32[C], multiplier i32[C], shift i8[C]) and its packed weights (ceil(codes*bits/8)). */
+typedef struct {
+    uint64_t cp_off, cp_size;
+    uint64_t w_off, w_bytes, w_size;
+    uint64_t codes;
+    uint32_t bits, channels;
+} layer_regions;
+
+/* Only for records whose tensor indices and K / taps / FC input size are already checked (no overflow). */
+static layer_regions regions_of(const smpq_model *m, const uint8_t *r) {
+    const smpq_tensor in = smpq_tensor_at(m, smpq_ld_u16(r + O_IN0)), out = smpq_tensor_at(m, smpq_ld_u16(r + O_OUT));
+    const uint64_t taps = (uint64_t)r[O_KERNEL] * r[O_KERNEL + 1];
+    layer_regions g;
+    g.channels = out.dims[3];
+    g.bits = r[O_W_BITS];
+    g.codes = r[O_KIND] == SMPQ_OP_CONV2D ? taps * in.dims[3] * out.dims[3]
+            : r[O_KIND] == SMPQ_OP_DEPTHWISE_CONV2D ? taps * out.dims[3]
+            : in.size * out.dims[3];
+    g.cp_off = smpq_ld_u32(r + O_DATA_OFFSET);
+    g.cp_size = align_data((uint64_t)SMPQ_CHANNEL_BYTES * g.channels);
+    g.w_off = smpq_ld_u32(r + O_WEIGHTS_OFFSET);
+    g.w_bytes = (g.codes * g.bits + 7u) / 8u;
+    g.w_size = align_data(g.w_bytes);
+    return g;
+}
+
+/* Data section of weighted op i: both regions inside it and aligned, its channel parameters
+ * overlapping nothing else, its weights overlapping no channel parameters and no other op's weights
+ * unless they are the same (offset, bits and code count: instances of one layer). Checked against
+ * the weighted ops before i (each pair once, in op order), as firmware_harness/smpq_format.py does. */
+static int check_weights(const smpq_model *m, uint32_t i) {
+    const uint8_t *r = m->ops + (size_t)i * SMPQ_OP_RECORD;
+    const layer_regions a = regions_of(m, r);
+    if (a.bits < 1 || a.bits > 8) return SMPQ_E_OP_PARAM;
+    if (a.cp_off % SMPQ_DATA_ALIGN || a.cp_off + a.cp_size > m->data_size) return SMPQ_E_DATA_RANGE;
+    if (a.w_bytes > MAX_WEIGHT_BYTES || a.w_off % SMPQ_DATA_ALIGN || a.w_off + a.w_size > m->data_size)
+        return SMPQ_E_WEIGHTS_RANGE;
+    if (overlaps(a.cp_off, a.cp_size, a.w_off, a.w_size)) return SMPQ_E_WEIGHTS_RANGE;
+    for (uint32_t j = 0; j < i; ++j) {
+        const uint8_t *rj = m->ops + (size_t)j * SMPQ_OP_RECORD;
+        if (!is_weighted(rj[O_KIND])) continue;
+        const layer_regions b = regions_of(m, rj);
+        if (overlaps(a.cp_off, a.cp_size, b.cp_off, b.cp_size)) return SMPQ_E_DATA_RANGE;
+        if (overlaps(a.cp_off, a.cp_size, b.w_off, b.w_size) || overlaps(a.w_off, a.w_size, b.cp_off, b.cp_size))
+            return SMPQ_E_WEIGHTS_RANGE;
+        if (overlaps(a.w_off, a.w_size, b.w_off, b.w_size) && (a.w_off != b.w_off || a.bits != b.bits || a.codes != b.codes))
+            return SMPQ_E_WEIGHTS_SHARED;
+    }
     if (!zero_bytes(r + O_WEIGHTED_END, SMPQ_OP_RECORD - O_WEIGHTED_END)) return SMPQ_E_OP_PARAM;
-    const int8_t *shift = (const int8_t *)(const void *)(m->data + off + 8ull * channels);
-    for (uint32_t c = 0; c < channels; ++c)
+    const int8_t *shift = (const int8_t *)(const void *)(m->data + a.cp_off + 8ull * a.channels);
+    for (uint32_t c = 0; c < a.channels; ++c)
         if (!check_shift(shift[c])) return SMPQ_E_OP_PARAM;
     return SMPQ_OK;
 }
@@ -110,13 +157,13 @@ static int check_op(const smpq_model *m, uint32_t i) {
             if (kind == SMPQ_OP_CONV2D) {
                 const uint64_t k = (uint64_t)kh * kw * in.dims[3];
                 if (k > MAX_K) return SMPQ_E_OP_PARAM;
-                if ((st = check_weights(m, r, k * out.dims[3], out.dims[3])) != SMPQ_OK) return st;
+                if ((st = check_weights(m, i)) != SMPQ_OK) return st;
                 return check_scratch(m, r, 2 * k * (SMPQ_TILE + (r[O_W_BITS] < 8 ? 1u : 0u)), &in, &out);
             }
             if (kind == SMPQ_OP_DEPTHWISE_CONV2D) {
                 if ((uint64_t)kh * kw > MAX_DW_TAPS || smpq_ld_u32(r + O_SCRATCH_OFFSET) || smpq_ld_u32(r + O_SCRATCH_SIZE))
                     return SMPQ_E_OP_PARAM; /* depthwise takes no scratch */
-                return check_weights(m, r, (uint64_t)kh * kw * out.dims[3], out.dims[3]);
+                return check_weights(m, i);
             }
             return zero_bytes(r + O_UNION, SMPQ_OP_RECORD - O_UNION) ? SMPQ_OK : SMPQ_E_OP_PARAM; /* pools */
         }
@@ -124,7 +171,7 @@ static int check_op(const smpq_model *m, uint32_t i) {
             if (in.size > MAX_K) return SMPQ_E_OP_PARAM;
             if (out.size != out.dims[3]) return SMPQ_E_OP_SHAPE;
             if (bad_alias(&out, &in, 0)) return SMPQ_E_ALIAS;
-            if ((st = check_weights(m, r, in.size * out.dims[3], out.dims[3])) != SMPQ_OK) return st;
+            if ((st = check_weights(m, i)) != SMPQ_OK) return st;
             return check_scratch(m, r, 2 * in.size, &in, &out);
         }
         case SMPQ_OP_ADD: {
@@ -210,7 +257,8 @@ const char *smpq_status_name(int status) {
     static const char *const names[] = {"OK", "E_NULL", "E_TRUNCATED", "E_MAGIC", "E_VERSION", "E_HEADER",
                                         "E_CRC", "E_TABLE_RANGE", "E_TENSOR", "E_ARENA_RANGE", "E_OP_KIND",
                                         "E_OP_INDEX", "E_OP_SHAPE", "E_OP_PARAM", "E_DATA_RANGE",
-                                        "E_ARENA_SMALL", "E_ALIAS", "E_NOT_LOADED", "E_PLATFORM"};
+                                        "E_ARENA_SMALL", "E_ALIAS", "E_NOT_LOADED", "E_PLATFORM",
+                                        "E_WEIGHTS_RANGE", "E_WEIGHTS_SHARED"};
     if (status > 0 || status < -(int)(sizeof names / sizeof names[0] - 1)) return "E_UNKNOWN";
     return names[-status];
 }

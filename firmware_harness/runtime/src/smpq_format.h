@@ -9,10 +9,12 @@
 #define SMPQ_TENSOR_RECORD 24u
 #define SMPQ_OP_RECORD 64u     /* = search/cost.py OP_RECORD_BYTES */
 #define SMPQ_CHANNEL_BYTES 9u  /* bias i32 + multiplier i32 + shift i8 (= BYTES_PER_OUT_CHANNEL) */
-#define SMPQ_DATA_ALIGN 4u     /* layer data padded to this (= LAYER_DATA_ALIGN) */
+#define SMPQ_DATA_ALIGN 4u     /* channel parameters and packed weights start at / are padded to this (= LAYER_DATA_ALIGN) */
 #define SMPQ_NO_TENSOR 0xFFFFu
 
-/* Sections follow each other: header | tensor table | op table | data (to total_size). */
+/* Sections follow each other: header | tensor table | op table | data (to total_size).
+ * Data (version 2): per weighted op, its channel parameters; per layer, its packed weights (once,
+ * shared by the layer's instances). */
 
 /* header field offsets */
 #define H_MAGIC 0
@@ -52,10 +54,11 @@
 #define O_PAD 16      /* u8 top, left, bottom, right */
 #define O_UNION 20    /* 44 bytes, by kind: */
 /*   conv2d / depthwise / fully connected: */
-#define O_DATA_OFFSET 20    /* u32 layer data offset in the data section (multiple of 4) */
+#define O_DATA_OFFSET 20    /* u32 channel parameters (bias, multiplier, shift) in the data section (multiple of 4) */
 #define O_SCRATCH_OFFSET 24 /* u32 arena offset of the int16 patch scratch */
 #define O_SCRATCH_SIZE 28   /* u32 bytes */
-#define O_WEIGHTED_END 32   /* bytes 32..63 zero */
+#define O_WEIGHTS_OFFSET 32 /* u32 packed weights in the data section (multiple of 4; shared by a layer's instances) */
+#define O_WEIGHTED_END 36   /* bytes 36..63 zero */
 /*   add: i32 left_shift, in1_multiplier, in1_shift, in2_multiplier, in2_shift, out_multiplier,
  *   out_shift at 20..47 (48..63 zero); requantize: i32 multiplier, shift at 20..27 (28..63 zero). */
 #define O_PARAMS 20
