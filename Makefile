@@ -28,3 +28,4 @@ test-slow: setup
 bench: setup
 	$(PY) bench/search_compare.py
 	$(PY) bench/runtime_host.py
+	$(PY) bench/export_sizes.py
