@@ -6,7 +6,8 @@ Stages, each writing to the run folder and each skipped when its artifacts are a
 a killed pipeline resumes where it stopped; the training and search stages also resume inside
 themselves): FP training (``fp.pt``) → search + QAT (``policy.json``, ``qat.pt``) → export
 (IR + the configured formats) → host verification (integer reference vs the C runtime on the test
-split, and vs ONNX Runtime and TFLite Micro for the files that exist) → ``report.json``. Each stage is the
+split, and vs ONNX Runtime and TFLite Micro for the files that exist; the blob's flash and arena against
+the budget) → ``report.json``. An export written by an older format version is redone. Each stage is the
 subcommand of the same name, called with the same common options: one implementation of each step.
 """
 from __future__ import annotations
@@ -71,6 +72,23 @@ def _fresh(out: Path, files: list[str], newer_than: Path | None = None) -> bool:
     return newer_than is None or not newer_than.exists() or all(p.stat().st_mtime >= newer_than.stat().st_mtime for p in paths)
 
 
+def _written_by_this_version(out: Path) -> bool:
+    """Whether the exported IR and blob are in the formats this version writes (an upgrade re-exports)."""
+    import json
+    import struct
+
+    from deploy.ir import IR_VERSION
+    from firmware_harness.smpq_format import VERSION
+
+    try:
+        if json.loads((out / "model.ir.json").read_text()).get("ir_version") != IR_VERSION:
+            return False
+        blob = out / "model.smpq"
+        return not blob.is_file() or struct.unpack_from("<H", blob.read_bytes(), 4)[0] == VERSION
+    except (OSError, ValueError, struct.error):
+        return False
+
+
 def verify_on_host(out: Path, dataset: str, data_dir: str | None, samples: int | None, seed: int) -> dict[str, Any]:
     """Integer reference vs the C runtime, ONNX Runtime (both styles) and TFLite Micro on test images."""
     import numpy as np
@@ -130,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.force or not _fresh(out, ["policy.json", "qat.pt"], fp):
         timings["search"] = _stage(console, "search + QAT", ["search", *common, "--fp", str(fp), *extra])
     files = ["model.ir.json", "model.ir.npz"] + [f for fmt in cfg.deploy.formats for f in FORMAT_FILES.get(fmt, [])]
-    if args.force or not _fresh(out, files, out / "qat.pt"):
+    if args.force or not _fresh(out, files, out / "qat.pt") or not _written_by_this_version(out):
         timings["export"] = _stage(console, "export", ["export", *common, "--formats", ",".join(cfg.deploy.formats),
                                                        "--opset", str(cfg.deploy.onnx_opset)])
     console.rule("[bold]host verification")
@@ -152,10 +170,26 @@ def _report(out: Path, cfg: Any, verification: dict[str, Any], timings: dict[str
     return {
         "device": cfg.device, "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
         "method": policy.get("method"), "budget": policy.get("budget"), "omega": policy.get("omega"),
-        "accuracy": policy.get("accuracy"),
+        "deployed": _deployed(out, policy.get("budget") or {}), "accuracy": policy.get("accuracy"),
         "host_verification": verification, "artifact_bytes": sizes, "stage_seconds": timings,
         "board_run": "not run: the firmware build and the board (QEMU) stage are not part of this version",
     }
+
+
+def _deployed(out: Path, budget: dict[str, Any]) -> dict[str, Any] | None:
+    """Flash and SRAM of the exported blob itself, checked against the budget's limits (the search's Ω
+    predicts them; this is what the board gets)."""
+    from firmware_harness.smpq_format import parse
+
+    if not (out / "model.smpq").is_file():
+        return None
+    blob = (out / "model.smpq").read_bytes()
+    figures = {"flash_bytes": len(blob), "sram_bytes": parse(blob).arena_size}
+    result: dict[str, Any] = {}
+    for key, value in figures.items():
+        limit = (budget.get(key) or {}).get("limit")
+        result[key] = {"value": value, "limit": limit, "ok": limit is None or value <= limit}
+    return result
 
 
 def _print_report(console: Console, report: dict[str, Any]) -> None:
@@ -169,6 +203,9 @@ def _print_report(console: Console, report: dict[str, Any]) -> None:
     for name, entry in (report.get("budget") or {}).items():
         limit = "none" if entry.get("limit") is None else f"{entry['limit']:.4g}"
         t.add_row(f"Ω {name} (limit)", f"{entry['value']:.4g} ({limit}) {'ok' if entry.get('ok') else 'OVER'}")
+    for name, entry in (report.get("deployed") or {}).items():
+        limit = "none" if entry.get("limit") is None else f"{entry['limit']:.4g}"
+        t.add_row(f"model.smpq {name} (limit)", f"{entry['value']:.4g} ({limit}) {'ok' if entry['ok'] else 'OVER'}")
     for key, value in (report.get("accuracy") or {}).items():
         t.add_row(f"PyTorch {key}", f"{value:.4f}")
     console.print(t)

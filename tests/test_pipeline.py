@@ -35,8 +35,11 @@ def test_report_shows_every_backend_bit_exact_and_the_budget_met(run_dir: Path) 
     assert 0.5 <= v["onnx_qdq_top1_agreement"] <= 1 and 0 <= v["onnx_qdq_within_1lsb"] <= 1
     assert v["tflm_arena_bytes"] > 0
     assert all(entry["ok"] for entry in report["budget"].values())
-    # the cost model's flash figure is the blob's size
-    assert report["budget"]["flash_bytes"]["value"] == report["artifact_bytes"]["model.smpq"]
+    # the cost model's flash and SRAM figures are the blob's size and arena, and the blob is checked too
+    deployed = report["deployed"]
+    assert report["budget"]["flash_bytes"]["value"] == deployed["flash_bytes"]["value"] == report["artifact_bytes"]["model.smpq"]
+    assert report["budget"]["sram_bytes"]["value"] == deployed["sram_bytes"]["value"]
+    assert deployed["flash_bytes"]["ok"] and deployed["sram_bytes"]["ok"]
     for name in ("model.onnx", "model.int.onnx", "model.tflite", "model.smpq", "model_data.c", "qat.pt"):
         assert report["artifact_bytes"][name] > 0, name
     policy = json.loads((run_dir / "policy.json").read_text())
@@ -53,3 +56,18 @@ def test_second_invocation_skips_finished_stages(run_dir: Path, capsys: pytest.C
     assert set(after["stage_seconds"]) == {"verify"}
     assert after["host_verification"] == before["host_verification"]
     assert {p: (run_dir / p).stat().st_mtime for p in mtimes} == mtimes
+
+
+def test_blob_of_an_older_format_is_re_exported(run_dir: Path) -> None:
+    """After an upgrade of the .smpq format, the pipeline re-exports instead of failing in verification."""
+    from deploy.cli import main
+    from firmware_harness.smpq_format import VERSION, parse
+
+    blob = bytearray((run_dir / "model.smpq").read_bytes())
+    blob[4:6] = (VERSION - 1).to_bytes(2, "little")
+    (run_dir / "model.smpq").write_bytes(bytes(blob))
+    assert main([*ARGS, "--output", str(run_dir)]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["stage_seconds"]) == {"export", "verify"}
+    assert parse((run_dir / "model.smpq").read_bytes()).version == VERSION
+    assert report["host_verification"]["c_runtime_bit_exact"]
