@@ -270,12 +270,17 @@ def faithful_model(model: nn.Module, graph: Graph) -> nn.Module:
     modules = dict(gm.named_modules())
     ops = {op.name: op for op in graph.ops}
     mean, std = (torch.tensor(graph.meta[k], dtype=torch.float64).view(1, -1, 1, 1) for k in ("mean", "std"))
-    norm = ops["normalise"]
+    normalise_of = {op.outputs[0]: op for op in graph.ops if op.name.split("#")[0] == "normalise"}
     pixels = (np.arange(256, dtype=np.int64) - 128).astype(np.int8).reshape(256, 1, 1, 1)
-    out_t = graph.tensors[norm.outputs[0]]
-    codes = reference.KERNELS[norm.kind](graph, norm, np.repeat(pixels, len(graph.meta["mean"]), axis=3))
-    table = torch.from_numpy(codes[:, 0, 0, :].astype(np.float64) - out_t.zero_point)  # (256, C)
     count = 0
+
+    def pixel_codes(layer: str) -> nn.Module:
+        """Pixel → `layer`'s input codes, through the normalise op that feeds it (a table of 256 per channel)."""
+        norm = normalise_of[ops[layer].inputs[0]]
+        out_t = graph.tensors[norm.outputs[0]]
+        codes = reference.KERNELS[norm.kind](graph, norm, np.repeat(pixels, len(graph.meta["mean"]), axis=3))
+        table = torch.from_numpy(codes[:, 0, 0, :].astype(np.float64) - out_t.zero_point)  # (256, C)
+        return _PixelCodes(mean, std, table, float(np.float32(out_t.scale)))
 
     def insert(before: fx.Node, mod: nn.Module, arg: fx.Node) -> fx.Node:
         nonlocal count
@@ -295,7 +300,7 @@ def faithful_model(model: nn.Module, graph: Graph) -> nn.Module:
         if n.op == "placeholder":
             for user in list(n.users):
                 if user.op == "call_module" and isinstance(modules[str(user.target)], QuantLayer):
-                    user.replace_input_with(n, insert(user, _PixelCodes(mean, std, table, float(np.float32(out_t.scale))), n))
+                    user.replace_input_with(n, insert(user, pixel_codes(str(user.target)), n))
         elif n.op == "call_function" and n.target in (operator.add, torch.add) and n.name in ops:
             n.args = tuple(grid(n, ti, a) for a, ti in zip(n.args, ops[n.name].inputs))
         elif n.op in ("call_module", "call_function", "call_method") and \
@@ -476,8 +481,9 @@ def _emit(groups: list[_Group], mean: np.ndarray, std: np.ndarray, shape: tuple[
             t = b.tensor(f"{layer_name(layer)}.input", nhwc, step, bits, signed)
             code, bias = normalise_params(mean, std, b.g.tensors[t], layer, shape)
             w_scale = np.array([f32(1.0 / (k * sd)) for k, sd in zip(code, std)], np.float32)
-            b.weighted("depthwise_conv2d", "normalise", x_in, t, code.astype(np.int8).reshape(1, 1, 1, -1),
-                       w_scale, bias.astype(np.int32), 8)
+            k = sum(op.name.split("#")[0] == "normalise" for op in b.g.ops)  # one per input grid
+            b.weighted("depthwise_conv2d", f"normalise#{k}" if k else "normalise", x_in, t,
+                       code.astype(np.int8).reshape(1, 1, 1, -1), w_scale, bias.astype(np.int32), 8)
         else:
             src_t = tensor_of[id(src)]
             st = b.g.tensors[src_t]

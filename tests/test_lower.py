@@ -145,6 +145,50 @@ def test_normalise_reproduces_fake_quant_input_codes(resnet8_lowered):
     assert np.abs(mine - want).max() <= 1
 
 
+class _TwoStem(nn.Module):
+    """Two first layers reading the input in different grids (8-bit and 4-bit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.ba = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.b, self.bb = nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.ba(self.a(x)) + self.bb(self.b(x)))
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+def test_one_normalise_op_per_input_grid():
+    """Each input grid gets its own normalise op (own name and constants), and the deploy-faithful model
+    follows each one."""
+    from deploy.lower import _torch_input_codes
+
+    from deploy.export_smpq import build_smpq
+    from search.cost import omega
+    from search.graph import extract_graph
+
+    torch.manual_seed(0)
+    fp = _TwoStem().eval()
+    q = quantize_model(fp, Policy([("a", (8, 8)), ("b", (4, 4)), ("fc", (8, 8))]), input_shape=(3, 32, 32)).eval()
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3)).astype(np.uint8)
+    g = lower(q, MEAN, STD, normalise(pixels))
+    norms = [op for op in g.ops if op.name.split("#")[0] == "normalise"]
+    assert [op.name for op in norms] == ["normalise", "normalise#1"]
+    assert norms[0].arrays["multiplier"] != norms[1].arrays["multiplier"]
+    ramp = np.broadcast_to(np.arange(256, dtype=np.uint8).reshape(256, 1, 1, 1), (256, 32, 32, 3))
+    vals = reference.run(g, reference.to_int8_input(ramp), keep=True)
+    for op, layer in zip(norms, (q.a, q.b)):
+        out = g.tensors[op.outputs[0]]
+        mine = vals[op.outputs[0]][:, 0, 0, :].astype(np.int64) - out.zero_point
+        want = _torch_input_codes(layer, np.array(MEAN), np.array(STD), (3, 32, 32))
+        assert (mine != want).sum() <= 3 and np.abs(mine - want).max() <= 1
+    codes = reference.run(g, reference.to_int8_input(pixels)).astype(np.int64)
+    mine = _faithful_codes(faithful_model(q, g), g, pixels)
+    assert (mine == codes).mean() >= 0.99 and (mine.argmax(1) == codes.argmax(1)).all()
+    assert omega(extract_graph(fp, (3, 32, 32)), q.qpolicy).flash_bytes == len(build_smpq(g))  # Ω counts both
+
+
 def test_resnet8_tflm_and_litert_bit_exact(resnet8_lowered):
     from deploy.export_tflite import to_tflite
     from deploy.tflm import run_litert, run_tflm
