@@ -21,13 +21,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from deploy.devices import DeviceProfile, latency_model, load_device
 from deploy.errors import DeployError
 from deploy.validation import (Key, closest_key, dotted_keys, merge_dotted, one_line_error, parse_bytes, parse_count,
-                               parse_duration_ms, read_yaml, show)
+                               parse_duration_ms, read_yaml, shipped_path, show)
 from search.budget import Budget
 
 __all__ = ["PipelineConfig", "load_config", "config_from_args", "resolve_budget", "candidate_bits", "latency_model",
            "DEFAULT_CONFIG", "FLAG_KEYS"]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipeline.yaml"
+DEFAULT_CONFIG = shipped_path("pipeline.yaml")
 #: The common CLI flags (argparse dest) and the config key each one sets.
 FLAG_KEYS = {"device": "device", "model": "model.name", "dataset": "dataset.name", "data_dir": "dataset.data_dir",
              "seed": "seed", "output": "output"}

@@ -5,7 +5,7 @@ text under ``sources`` saying where it came from; figures not measured or publis
 ``estimate`` there. :func:`latency_model` turns the cost model into the plain
 :class:`search.budget.LatencyModel` the search receives.
 
-Profiles are looked up in ``$SMPQ_DEVICES_DIR`` when set, else in the checkout's ``devices/`` folder;
+Profiles are looked up in ``$SMPQ_DEVICES_DIR`` when set, else in the shipped ``devices/`` folder;
 a path to a ``.yaml`` file is accepted as a device name too (a user's own board).
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deploy.errors import DeployError
-from deploy.validation import dotted_keys, one_line_error, parse_bytes, read_yaml
+from deploy.validation import dotted_keys, one_line_error, parse_bytes, read_yaml, shipped_path
 from search.budget import OP_TYPES, LatencyModel
 
 DEVICES_DIR_ENV = "SMPQ_DEVICES_DIR"
-_SHIPPED_DIR = Path(__file__).resolve().parent.parent / "devices"
+_SHIPPED_DIR = shipped_path("devices")
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 BytesOrZero = Annotated[int, BeforeValidator(lambda v: parse_bytes(v, allow_zero=True))]
 OpType = Literal["conv2d", "depthwise_conv2d", "fully_connected", "add", "pool"]

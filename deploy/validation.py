@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -41,6 +42,14 @@ def _number_and_unit(value: Any, what: str) -> tuple[float, str]:
     if not m:
         raise ValueError(f"must be {what}, got {show(value)}")
     return float(m.group(1)), m.group(2).lower()
+
+
+def shipped_path(name: str) -> Path:
+    """A file or folder shipped with the project (``pipeline.yaml``, ``devices``): the checkout's, or
+    where a wheel install puts it (``<prefix>/share/smpq-deploy/``, pyproject's data-files)."""
+    checkout = Path(__file__).resolve().parent.parent / name
+    installed = Path(sys.prefix) / "share" / "smpq-deploy" / name
+    return checkout if checkout.exists() or not installed.exists() else installed
 
 
 def parse_bytes(value: Any, allow_zero: bool = False) -> int:
