@@ -74,17 +74,16 @@ def _fresh(out: Path, files: list[str], newer_than: Path | None = None) -> bool:
 
 def _written_by_this_version(out: Path) -> bool:
     """Whether the exported IR and blob are in the formats this version writes (an upgrade re-exports)."""
-    import json
     import struct
 
     from deploy.ir import IR_VERSION
-    from firmware_harness.smpq_format import VERSION
+    from firmware_harness.smpq_format import HEADER, VERSION
 
     try:
         if json.loads((out / "model.ir.json").read_text()).get("ir_version") != IR_VERSION:
             return False
         blob = out / "model.smpq"
-        return not blob.is_file() or struct.unpack_from("<H", blob.read_bytes(), 4)[0] == VERSION
+        return not blob.is_file() or HEADER.unpack_from(blob.read_bytes())[1] == VERSION
     except (OSError, ValueError, struct.error):
         return False
 
@@ -110,14 +109,12 @@ def verify_on_host(out: Path, dataset: str, data_dir: str | None, samples: int |
         got = HostRuntime((out / "model.smpq").read_bytes()).run(x)
         result["c_runtime_bit_exact"] = bool(np.array_equal(got.reshape(ref.shape), ref))
         result["c_runtime_accuracy"] = float((got.reshape(len(x), -1).argmax(1) == test.y).mean())
-    if (out / "model.int.onnx").is_file():
-        from deploy.export_onnx import run_onnxruntime
+    from deploy.export_onnx import run_onnxruntime
 
+    if (out / "model.int.onnx").is_file():
         got = run_onnxruntime(out / "model.int.onnx", x)
         result["onnx_int_bit_exact"] = bool(np.array_equal(got, ref))
     if (out / "model.onnx").is_file():  # QDQ: float rounding, so agreement figures rather than bit-exactness
-        from deploy.export_onnx import run_onnxruntime
-
         got = run_onnxruntime(out / "model.onnx", x).astype(np.int64)
         result["onnx_qdq_top1_agreement"] = float((got.reshape(len(x), -1).argmax(1) == ref_top1).mean())
         result["onnx_qdq_within_1lsb"] = float((np.abs(got - ref) <= 1).mean())
@@ -200,12 +197,10 @@ def _print_report(console: Console, report: dict[str, Any]) -> None:
     t.add_column("value", justify="right")
     for key, value in report["host_verification"].items():
         t.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    for name, entry in (report.get("budget") or {}).items():
-        limit = "none" if entry.get("limit") is None else f"{entry['limit']:.4g}"
-        t.add_row(f"Ω {name} (limit)", f"{entry['value']:.4g} ({limit}) {'ok' if entry.get('ok') else 'OVER'}")
-    for name, entry in (report.get("deployed") or {}).items():
-        limit = "none" if entry.get("limit") is None else f"{entry['limit']:.4g}"
-        t.add_row(f"model.smpq {name} (limit)", f"{entry['value']:.4g} ({limit}) {'ok' if entry['ok'] else 'OVER'}")
+    for what, section in (("Ω", report.get("budget")), ("model.smpq", report.get("deployed"))):
+        for name, entry in (section or {}).items():
+            limit = "none" if entry.get("limit") is None else f"{entry['limit']:.4g}"
+            t.add_row(f"{what} {name} (limit)", f"{entry['value']:.4g} ({limit}) {'ok' if entry.get('ok') else 'OVER'}")
     for key, value in (report.get("accuracy") or {}).items():
         t.add_row(f"PyTorch {key}", f"{value:.4f}")
     console.print(t)

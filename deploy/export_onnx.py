@@ -33,6 +33,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from deploy.ir import Graph, IRError, Op
+from deploy.reference import in_bounds_count
 
 DEFAULT_OPSET = 21
 OPSETS = range(21, 26)  # INT4 and per-axis QDQ need 21; ONNX Runtime 1.32 runs up to 25 (INT2 from 25)
@@ -97,10 +98,13 @@ class _Builder:
     def weights(self, op: Op, layout: str) -> tuple[str, str]:
         """(base name, stored filter codes) of a weighted op in ONNX layout ("OIHW" or "IO" for MatMul,
         "OI" for Gemm), shared by the instances of one layer."""
-        codes = self.g.const(op, "weights")
-        w = {"conv2d": lambda: codes.transpose(0, 3, 1, 2),  # OHWI → OIHW
-             "depthwise_conv2d": lambda: codes.transpose(3, 0, 1, 2),  # 1HWC → C1HW
-             "fully_connected": lambda: codes.T if layout == "IO" else codes}[op.kind]()
+        w = self.g.const(op, "weights")
+        if op.kind == "conv2d":
+            w = w.transpose(0, 3, 1, 2)  # OHWI → OIHW
+        elif op.kind == "depthwise_conv2d":
+            w = w.transpose(3, 0, 1, 2)  # 1HWC → C1HW
+        elif layout == "IO":
+            w = w.T
         wname = op.arrays["weights"].rsplit(".", 1)[0]
         return wname, self.const(f"{wname}.w", w, _weight_type(op.attrs["w_bits"], self.opset))
 
@@ -298,15 +302,11 @@ def _int_pool(b: _Builder, op: Op) -> None:
     # AVG_POOL: Σ in-bounds codes (a depthwise ConvInteger with ones; padding adds 0) divided by the
     # in-bounds count, halves away from zero: (Σ ± count/2) / count, truncated
     _, h, w, c = b.g.tensors[op.inputs[0]].shape
-    _, oh, ow, _ = b.g.tensors[op.outputs[0]].shape
     ones = b.const(f"ones[{c},{kh},{kw}]", np.ones((c, 1, kh, kw), np.int8))
     total = b.node("ConvInteger", [_padded(b, x, padding, 0, op.name), ones], f"{op.name}.sum32",
                    strides=stride, kernel_shape=[kh, kw], group=c)
     total = b.node("Cast", [total], f"{op.name}.sum", to=TensorProto.INT64)
-    t, l, _, _ = padding
-    rows = np.clip(np.arange(oh) * stride[0] - t + kh, 0, h) - np.clip(np.arange(oh) * stride[0] - t, 0, h)
-    cols = np.clip(np.arange(ow) * stride[1] - l + kw, 0, w) - np.clip(np.arange(ow) * stride[1] - l, 0, w)
-    count = np.outer(rows, cols).astype(np.int64).reshape(1, 1, oh, ow)
+    count = in_bounds_count(op, h, w)[None, None]
     cnt, half = b.i64(count, f"{op.name}.count"), b.i64(count // 2, f"{op.name}.half")
     positive = b.node("Greater", [total, b.i64(0)], f"{op.name}.pos")
     num = b.node("Where", [positive, b.node("Add", [total, half], f"{op.name}.up"),

@@ -79,17 +79,26 @@ def _weighted(g: Graph, op: Op, x: np.ndarray) -> np.ndarray:
     return _requant(accumulate(g, op, x), g, op)
 
 
+def in_bounds_count(op: Op, h: int, w: int) -> np.ndarray:
+    """(OH, OW): how many taps of each pooling window lie inside the h×w input (AVG_POOL's divisor)."""
+    (kh, kw), (sh, sw), (t, l, b, r) = op.attrs["kernel"], op.attrs["stride"], op.attrs["padding"]
+
+    def along(n: int, k: int, s: int, p0: int, p1: int) -> np.ndarray:
+        start = np.arange(_out_size(n, k, s, p0, p1)) * s - p0
+        return np.clip(start + k, 0, n) - np.clip(start, 0, n)
+
+    return np.outer(along(h, kh, sh, t, b), along(w, kw, sw, l, r)).astype(np.int64)
+
+
 def _pool(g: Graph, op: Op, x: np.ndarray, kind: str) -> np.ndarray:
     kh, kw = op.attrs["kernel"]
     sh, sw = op.attrs["stride"]
     t, l, b, r = op.attrs["padding"]
     n, h, w, c = x.shape
     oh, ow = _out_size(h, kh, sh, t, b), _out_size(w, kw, sw, l, r)
-    valid = np.pad(np.ones((1, h, w, 1), np.int64), ((0, 0), (t, b), (l, r), (0, 0)))
     if kind == "avg":
         xp = np.pad(x.astype(np.int64), ((0, 0), (t, b), (l, r), (0, 0)))
         acc = np.zeros((n, oh, ow, c), np.int64)
-        count = np.zeros((1, oh, ow, 1), np.int64)
     else:
         xp = np.pad(x.astype(np.int64), ((0, 0), (t, b), (l, r), (0, 0)), constant_values=-(1 << 40))
         acc = np.full((n, oh, ow, c), -(1 << 40), np.int64)
@@ -98,10 +107,10 @@ def _pool(g: Graph, op: Op, x: np.ndarray, kind: str) -> np.ndarray:
             sl = (slice(None), slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw), slice(None))
             if kind == "avg":
                 acc += xp[sl]
-                count += valid[sl]
             else:
                 acc = np.maximum(acc, xp[sl])
     if kind == "avg":
+        count = in_bounds_count(op, h, w)[None, :, :, None]
         half = count // 2
         # C division truncates toward zero; (acc ± count/2) / count rounds halves away from zero
         num = np.where(acc > 0, acc + half, acc - half)
