@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from search.budget import Budget  # noqa: E402
-from search.cost import omega  # noqa: E402
+from deploy.deploy_cost import BlobCostModel, omega  # noqa: E402
 from search.data import load_dataset  # noqa: E402
 from search.errors import SearchError  # noqa: E402
 from search.graph import extract_graph  # noqa: E402
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         settings = SearchSettings(
             method=method, fp=str(fp_path), output=str(out / method), seed=args.seed, budget=budget,
+            cost_model=BlobCostModel(),
             w_bits=w_bits, a_bits=a_bits, uniform_bits=(4, 4), subset=args.subset, epochs=args.search_epochs,
             warmup_epochs=min(args.warmup_epochs, args.search_epochs) if method == "smpq" else 0,
             shapley={"permutations": args.permutations, "rounds": args.rounds, "steps_per_round": args.steps_per_round,

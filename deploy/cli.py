@@ -8,13 +8,14 @@ common options to every subcommand; a command builds its configuration with
 :func:`deploy.config.config_from_args`.
 
 Without a subcommand, ``smpq-deploy [options]`` is ``smpq-deploy run [options]``: the whole pipeline.
-User errors (:data:`deploy.errors.USER_ERRORS`) print ``error: <message>`` on one line and exit 2;
+User errors (:func:`deploy.errors.user_message`: USER_ERRORS and OSErrors on a file) print ``error: <message>`` on one line and exit 2;
 Ctrl-C exits 130. ``SMPQ_TRACEBACK=1`` re-raises them with the traceback, for debugging.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import importlib
 import importlib.util
 import os
@@ -26,7 +27,7 @@ from types import ModuleType
 from typing import Mapping
 
 import deploy
-from deploy.errors import USER_ERRORS
+from deploy.errors import USER_ERRORS, DeployError, user_message
 
 PROG = "smpq-deploy"
 DEFAULT_COMMAND = "run"
@@ -150,10 +151,19 @@ def route(argv: list[str], commands: Mapping[str, object]) -> list[str]:
         if token.startswith("-"):
             i += 2 if token in VALUE_OPTIONS else 1
             continue
-        break  # a positional that is not a command: let the default command's parser judge it
+        if i and argv[i - 1].startswith("-"):  # the value of an option of the default command (--subset 512)
+            i += 1
+            continue
+        raise DeployError(_unknown_command(token, commands))  # the default command takes no positionals
     if all(t in ("-h", "--help", "--version") for t in argv) and argv:
         return argv
     return [DEFAULT_COMMAND] + argv
+
+
+def _unknown_command(token: str, commands: Mapping[str, object]) -> str:
+    close = difflib.get_close_matches(token, list(commands), n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown command '{token}'; {hint}commands: {', '.join(commands)} (see '{PROG} --help')"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(routed)
         except SystemExit as exc:  # --help, --version, usage errors
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        args.argv = routed  # the command line as parsed (`search --nproc N` relaunches it N times)
         return int(args.handler(args) or 0)
-    except USER_ERRORS as exc:
-        if os.environ.get(TRACEBACK_ENV):
+    except (*USER_ERRORS, OSError) as exc:
+        message = user_message(exc)
+        if message is None or os.environ.get(TRACEBACK_ENV):
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@
 Prints the per-layer table of the chosen policy (default w8a8) and a summary with W8A8 and W4A4
 columns; ``--all`` prints the summary for every model in SUMMARY_MODELS. Model (and its kwargs), dataset
 and device default to the pipeline config (--config / --set / pipeline.yaml). Everything is computed by
-:mod:`search.cost` (the one cost model) on the graph that :mod:`search.graph` extracts.
+:mod:`deploy.deploy_cost` (the one cost model) on the graph that :mod:`search.graph` extracts.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from deploy.deploy_cost import omega, runtime_schedule
 from search.budget import LatencyModel
-from search.cost import Omega, check, omega, runtime_schedule, uniform_policy
+from search.cost import Omega, check, uniform_policy
 from search.errors import SearchError
 from search.graph import ExecGraph, extract_graph
 from search.models import build_model
@@ -52,6 +53,10 @@ def _input_spec(args: argparse.Namespace, dataset: str, data_dir: str | None, se
             c, h, w = (int(v) for v in str(args.input_shape).replace("x", ",").split(","))
         except ValueError:
             raise SearchError(f"--input-shape must be C,H,W (e.g. 3,32,32), got '{args.input_shape}'") from None
+        if min(c, h, w) < 1:
+            raise SearchError(f"--input-shape must be three positive sizes C,H,W (e.g. 3,32,32), got '{args.input_shape}'")
+        if int(args.num_classes) < 1:
+            raise SearchError(f"--num-classes must be at least 1, got {args.num_classes}")
         return (c, h, w), int(args.num_classes)
     from search.data import load_dataset
 
@@ -66,7 +71,12 @@ def parse_policy(spec: str | None, graph: ExecGraph) -> tuple[str, Policy]:
     if m:
         return spec.lower(), uniform_policy(graph, int(m.group(1)), int(m.group(2)))
     if Path(spec).suffix.lower() == ".json" or Path(spec).exists():
-        return Path(spec).name, Policy.load(spec)
+        policy = Policy.load(spec)
+        try:
+            policy = policy.resolve(graph.layer_names())
+        except SearchError as exc:
+            raise SearchError(f"policy file '{spec}': {exc}") from None
+        return Path(spec).name, policy
     raise SearchError(f"--policy must be 'wXaY' (weights X in 1..8, activations Y in 2..8, e.g. w4a4) "
                       f"or a policy.json file, got '{spec}'")
 

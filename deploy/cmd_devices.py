@@ -41,8 +41,8 @@ def _clock(hz: float) -> str:
 def overview(console: Console) -> None:
     """One row per shipped profile."""
     table = Table(title="device profiles (devices/*.yaml)", title_justify="left")
-    table.add_column("name", no_wrap=True, style="bold")
-    table.add_column("core", no_wrap=True)
+    table.add_column("name", no_wrap=True, style="bold", min_width=16)
+    table.add_column("core", no_wrap=True, max_width=22, overflow="ellipsis")
     table.add_column("clock", justify="right", no_wrap=True)
     table.add_column("SRAM (arena)", justify="right", no_wrap=True)
     table.add_column("flash (model)", justify="right", no_wrap=True)
@@ -109,6 +109,10 @@ def detail(p: DeviceProfile, console: Console) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the overview, or one profile when a name (or --device) is given."""
+    if getattr(args, "config", None) or getattr(args, "set", None):  # given, so they must be valid
+        from deploy.config import config_from_args
+
+        config_from_args(args)
     console = _console()
     name = args.name or getattr(args, "device", None)
     if name:

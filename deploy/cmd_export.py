@@ -5,7 +5,8 @@
 Reads ``runs/<name>/qat.pt`` (search.qat.load_qat) and ``policy.json`` (must match the QAT model),
 lowers it (deploy.lower; a few training batches calibrate the tensors QAT leaves in float), writes
 ``model.ir.json`` + ``model.ir.npz`` and one file per format (onnx: QDQ ``model.onnx``; onnx-int: the
-bit-exact integer ``model.int.onnx``; tflite; smpq; c). Extend :data:`FORMATS` to add a format.
+bit-exact integer ``model.int.onnx``; tflite; smpq; c; ethos-u: int8-valued TFLite compiled by Arm's Vela for
+the --device's Ethos-U, docs/ethos-u.md). Extend :data:`FORMATS` to add a format.
 """
 from __future__ import annotations
 
@@ -46,9 +47,22 @@ def _c(g: Graph, out: Path, args: argparse.Namespace) -> Path:
     return export_c(g, out)[0]
 
 
+def _ethosu(g: Graph, out: Path, args: argparse.Namespace) -> Path:
+    """int8-valued TFLite compiled by Vela for the --device's Ethos-U (deploy/ethosu/stage.py)."""
+    from deploy.config import config_from_args
+    from deploy.ethosu.stage import REPORT, STEM, export_ethosu
+
+    report = export_ethosu(g, out, config_from_args(args).profile())
+    c, e = report["compiled"], report["relative_error"]
+    print(f"export: Vela {report['vela_version']} ({report['board']}): {c['cycles_total']:.0f} cycles, "
+          f"{c['encoded_weight_bytes']} B encoded weights, {len(c['cpu_ops'])} op(s) on the CPU; "
+          f"cost model within {max(e.values()):.2%}")
+    return out / f"{STEM}_vela.tflite" if (out / f"{STEM}_vela.tflite").is_file() else out / REPORT
+
+
 #: format name → exporter(graph, run folder, args) returning the written path.
 FORMATS: dict[str, Callable[[Graph, Path, argparse.Namespace], Path]] = {
-    "onnx": _onnx("qdq"), "onnx-int": _onnx("integer"), "tflite": _tflite, "smpq": _smpq, "c": _c}
+    "onnx": _onnx("qdq"), "onnx-int": _onnx("integer"), "tflite": _tflite, "smpq": _smpq, "c": _c, "ethos-u": _ethosu}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,16 +90,25 @@ def lower_run(run_dir: Path, data_dir: str | None = None, calib_batches: int = 4
     from search.qat import QAT_FILE, load_qat
     from search.qmodel import policy_of
 
+    if not run_dir.is_dir():
+        what = "is a file, not a run folder" if run_dir.exists() else "does not exist"
+        raise DeployError(f"run folder '{run_dir}' {what}: pass the --run folder that `smpq-deploy search` wrote")
     model, meta = load_qat(run_dir / QAT_FILE)
     pfile = run_dir / "policy.json"
-    if pfile.is_file():
-        policy = Policy.load(pfile)
-        mine = policy_of(model)
-        for name, bits in mine.items():
-            if name not in policy or tuple(policy[name]) != tuple(bits):
-                got = tuple(policy[name]) if name in policy else "missing"
-                raise SearchError(f"'{pfile}' does not match '{run_dir / QAT_FILE}': layer '{name}' is w{bits[0]}a{bits[1]} "
-                                  f"in the QAT model but {got} in the policy; rerun QAT for this policy")
+    if not pfile.exists():
+        raise DeployError(f"'{pfile}' is missing: export checks '{run_dir / QAT_FILE}' against the policy the search "
+                          f"wrote; rerun `smpq-deploy search --output {run_dir}`")
+    policy = Policy.load(pfile)
+    mine = policy_of(model)
+    extra = [name for name in policy if name not in mine]
+    if extra:
+        raise SearchError(f"'{pfile}' names layer '{extra[0]}', which the QAT model '{run_dir / QAT_FILE}' lacks "
+                          f"({len(extra)} unknown): rerun `smpq-deploy search --output {run_dir}`")
+    for name, bits in mine.items():
+        if name not in policy or tuple(policy[name]) != tuple(bits):
+            got = tuple(policy[name]) if name in policy else "missing"
+            raise SearchError(f"'{pfile}' does not match '{run_dir / QAT_FILE}': layer '{name}' is w{bits[0]}a{bits[1]} "
+                              f"in the QAT model but {got} in the policy; rerun QAT for this policy")
     if "mean" not in meta or "std" not in meta or "dataset" not in meta:
         raise DeployError(f"'{run_dir / QAT_FILE}' lacks the dataset normalisation (meta mean/std/dataset): rerun QAT")
     if calib_batches < 1:
@@ -122,6 +145,16 @@ def run(args: argparse.Namespace) -> int:
         from deploy.export_onnx import check_opset
 
         check_opset(args.opset)  # before the lowering, so a bad opset fails at once
+    if "ethos-u" in formats:
+        from deploy.config import config_from_args
+        from deploy.ethosu.stage import vela_target
+
+        vela_target(config_from_args(args).profile())  # before the lowering: a device without an Ethos-U fails at once
+    from deploy.cmd_run import FORMAT_FILES
+
+    for name in ["model.ir.json", "model.ir.npz"] + [n for f in formats for n in FORMAT_FILES.get(f, [])]:
+        if (run_dir / name).is_dir():  # before anything is written: a half-updated export is worse than none
+            raise DeployError(f"'{run_dir / name}' is a folder, so export cannot write that file there: move it away")
     g = lower_run(run_dir, getattr(args, "data_dir", None), args.calib_batches)
     jpath, _ = g.save(run_dir / "model")
     print(f"export: IR → {jpath} ({len(g.ops)} ops, packed weights {packed_weight_bytes(g)} B, "

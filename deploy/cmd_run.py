@@ -26,7 +26,8 @@ from deploy.errors import DeployError
 HELP = "run the whole pipeline: FP training -> search + QAT -> export -> host verification -> report (the default command)"
 
 FORMAT_FILES = {"onnx": ["model.onnx"], "onnx-int": ["model.int.onnx"], "tflite": ["model.tflite"],
-                "smpq": ["model.smpq"], "c": ["model_data.c", "model_data.h"]}
+                "smpq": ["model.smpq"], "c": ["model_data.c", "model_data.h"],
+                "ethos-u": ["model_ethosu.tflite", "model_ethosu_vela.tflite", "vela.json"]}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +107,13 @@ def verify_on_host(out: Path, dataset: str, data_dir: str | None, samples: int |
     if (out / "model.smpq").is_file():
         from firmware_harness.host import HostRuntime
 
-        got = HostRuntime((out / "model.smpq").read_bytes()).run(x)
+        from firmware_harness.errors import HarnessError
+
+        try:
+            runtime = HostRuntime((out / "model.smpq").read_bytes())
+        except HarnessError as exc:  # name the file: a blob damaged after export
+            raise HarnessError(f"'{out / 'model.smpq'}': {exc}") from None
+        got = runtime.run(x)
         result["c_runtime_bit_exact"] = bool(np.array_equal(got.reshape(ref.shape), ref))
         result["c_runtime_accuracy"] = float((got.reshape(len(x), -1).argmax(1) == test.y).mean())
     from deploy.export_onnx import run_onnxruntime
@@ -127,80 +134,53 @@ def verify_on_host(out: Path, dataset: str, data_dir: str | None, samples: int |
         result["tflm_samples"] = n
         result["tflm_bit_exact"] = bool(np.array_equal(got.reshape(ref[:n].shape), ref[:n]))
         result["tflm_arena_bytes"] = tflm_arena_bytes(blob, x[0])
+    if (out / "model_ethosu.tflite").is_file():  # what Vela compiled: int8-valued weights, same integer model
+        from deploy.ethosu.stage import check_tflite_bit_exact
+
+        n = min(len(x), 100)
+        result["ethosu_tflite_tflm_bit_exact"] = check_tflite_bit_exact(g, out, x[:n])
     return result
 
 
 def run(args: argparse.Namespace) -> int:
     """Run every stage that has not run yet, then write and print report.json."""
+    from deploy import run_identity
+    from deploy.validation import prepare_output
+
     cfg = config_from_args(args)
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(Path(cfg.output))
+    if not args.force:
+        run_identity.check_folder(out, cfg)  # the report must describe exactly the artifacts beside it
+    run_identity.record(out, cfg)
     console = Console()
     common = _common(args)
     extra = (["--subset", str(args.subset)] if args.subset else []) + (["--no-progress"] if args.no_progress else [])
     timings: dict[str, float] = {}
-    fp = Path(cfg.model.checkpoint) if cfg.model.checkpoint else out / "fp.pt"
-    if args.force or not fp.is_file():
+    from deploy.pretrained import fp_checkpoint
+
+    fp = fp_checkpoint(cfg, out)
+    if not fp.is_file() or (args.force and fp == out / "fp.pt"):  # a given or shipped checkpoint is not retrained
         timings["train"] = _stage(console, "FP training", ["train", *common, *extra])
     if args.force or not _fresh(out, ["policy.json", "qat.pt"], fp):
         timings["search"] = _stage(console, "search + QAT", ["search", *common, "--fp", str(fp), *extra])
-    files = ["model.ir.json", "model.ir.npz"] + [f for fmt in cfg.deploy.formats for f in FORMAT_FILES.get(fmt, [])]
+    from deploy.ethosu.stage import is_ethos_u
+
+    formats = list(cfg.deploy.formats) + (["ethos-u"] if is_ethos_u(cfg.profile()) and "ethos-u" not in cfg.deploy.formats
+                                          else [])  # an Ethos-U device adds the Vela stage
+    files = ["model.ir.json", "model.ir.npz"] + [f for fmt in formats for f in FORMAT_FILES.get(fmt, [])]
     if args.force or not _fresh(out, files, out / "qat.pt") or not _written_by_this_version(out):
-        timings["export"] = _stage(console, "export", ["export", *common, "--formats", ",".join(cfg.deploy.formats),
+        timings["export"] = _stage(console, "export", ["export", *common, "--formats", ",".join(formats),
                                                        "--opset", str(cfg.deploy.onnx_opset)])
     console.rule("[bold]host verification")
     t0 = time.perf_counter()
     verification = verify_on_host(out, cfg.dataset.name, cfg.dataset.data_dir and str(cfg.dataset.data_dir),
                                   cfg.harness.samples, cfg.seed)
     timings["verify"] = time.perf_counter() - t0
-    report = _report(out, cfg, verification, timings)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    _print_report(console, report)
-    console.print(f"report: {out / 'report.json'}")
+    from deploy.report import build_report, run_command, write_report
+
+    report = build_report(out, cfg.device, verification, timings,
+                          run_command(["run", *common, *extra, *(["--force"] if args.force else [])]))
+    json_path, html_path = write_report(out, report, console)
+    console.print(f"artifacts: {out}/  report: {json_path} and {html_path}")
     return 0
 
-
-def _report(out: Path, cfg: Any, verification: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    policy = json.loads((out / "policy.json").read_text())
-    sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())
-             if p.suffix in (".onnx", ".tflite", ".smpq", ".c", ".h", ".pt")}
-    return {
-        "device": cfg.device, "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-        "method": policy.get("method"), "budget": policy.get("budget"), "omega": policy.get("omega"),
-        "deployed": _deployed(out, policy.get("budget") or {}), "accuracy": policy.get("accuracy"),
-        "host_verification": verification, "artifact_bytes": sizes, "stage_seconds": timings,
-        "board_run": "not run: the firmware build and the board (QEMU) stage are not part of this version",
-    }
-
-
-def _deployed(out: Path, budget: dict[str, Any]) -> dict[str, Any] | None:
-    """Flash and SRAM of the exported blob itself, checked against the budget's limits (the search's Ω
-    predicts them; this is what the board gets)."""
-    from firmware_harness.smpq_format import parse
-
-    if not (out / "model.smpq").is_file():
-        return None
-    blob = (out / "model.smpq").read_bytes()
-    figures = {"flash_bytes": len(blob), "sram_bytes": parse(blob).arena_size}
-    result: dict[str, Any] = {}
-    for key, value in figures.items():
-        limit = (budget.get(key) or {}).get("limit")
-        result[key] = {"value": value, "limit": limit, "ok": limit is None or value <= limit}
-    return result
-
-
-def _print_report(console: Console, report: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"{report['model']} on {report['device']} ({report['method']})")
-    t.add_column("figure")
-    t.add_column("value", justify="right")
-    for key, value in report["host_verification"].items():
-        t.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    for what, section in (("Ω", report.get("budget")), ("model.smpq", report.get("deployed"))):
-        for name, entry in (section or {}).items():
-            limit = "none" if entry.get("limit") is None else f"{entry['limit']:.4g}"
-            t.add_row(f"{what} {name} (limit)", f"{entry['value']:.4g} ({limit}) {'ok' if entry.get('ok') else 'OVER'}")
-    for key, value in (report.get("accuracy") or {}).items():
-        t.add_row(f"PyTorch {key}", f"{value:.4f}")
-    console.print(t)

@@ -1,7 +1,7 @@
 """`smpq-deploy search`: mixed-precision search (smpq | edmips | uniform) → budget-exact policy → QAT.
 
     smpq-deploy search --method smpq --model resnet8 --dataset cifar10 --fp runs/x/fp.pt --output runs/x \
-        [--budget-bops 150M] [--subset N] [--epochs E] [--qat-epochs Q] [--accelerator cpu|cuda|auto]
+        [--budget-bops 150M] [--subset N] [--epochs E] [--qat-epochs Q] [--accelerator cpu|cuda|auto] [--nproc N]
 
 Writes ``policy.json`` (docs/policy-json.md), ``search_state.pt`` (resume: rerun the same command) and
 ``qat.pt``. Settings come, in order, from these flags, pipeline.yaml (``search``, ``qat``, ``budgets``,
@@ -10,6 +10,7 @@ with ``auto`` budgets from ``--device``) and the defaults of :class:`search.runn
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,12 @@ _UNIFORM = re.compile(r"^w([1-8])a([1-8])$", re.IGNORECASE)
 
 def _bits(text: str) -> list[int]:
     try:
-        return sorted({int(b) for b in str(text).split(",") if b.strip()})
+        bits = sorted({int(b) for b in str(text).split(",") if b.strip()})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bit widths must be a comma list like 2,4,8, got '{text}'") from None
+        bits = []
+    if not bits or not all(1 <= b <= 8 for b in bits):
+        raise argparse.ArgumentTypeError(f"bit widths must be a comma list of 1..8 like 2,4,8, got '{text}'")
+    return bits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("smpq", "edmips", "uniform"), default=None,
                         help="search method (default: pipeline.yaml search.method)")
     parser.add_argument("--fp", default=None, metavar="FP.PT",
-                        help="FP checkpoint to start from (default: model.checkpoint, else <output>/fp.pt)")
+                        help="FP checkpoint to start from (default: model.checkpoint, else <output>/fp.pt, else the shipped one)")
     parser.add_argument("--budget-bops", default=None, help="BOPs budget, e.g. 150M or 1.5G (overrides budgets.bops)")
     parser.add_argument("--budget-flash", default=None, help="flash budget, e.g. 64KB (overrides budgets.flash_bytes)")
     parser.add_argument("--budget-sram", default=None, help="peak SRAM budget, e.g. 32KB (overrides budgets.sram_bytes)")
@@ -56,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default=None,
                         help="where to train: CUDA when available ('auto'), or the CPU")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+                        help="run the search as N local processes under torch.distributed (torchrun; "
+                             "gloo on CPU, NCCL on GPU); see docs/distributed.md")
 
 
 def _count(text: str, what: str) -> float:
@@ -63,8 +70,17 @@ def _count(text: str, what: str) -> float:
 
     try:
         return float(parse_count(text))
-    except Exception as exc:  # noqa: BLE001 - any parse problem is a user error
-        raise SearchError(f"{what} '{text}' is not a number (e.g. 150M, 1.5G): {exc}") from None
+    except ValueError as exc:
+        raise SearchError(f"{what} '{text}' is not a count (e.g. 150M, 1.5G): {exc}") from None
+
+
+def _ms(text: str, what: str) -> float:
+    from deploy.validation import parse_duration_ms
+
+    try:
+        return float(parse_duration_ms(text))
+    except ValueError as exc:
+        raise SearchError(f"{what} '{text}' is not a duration (e.g. 50, 50ms, 0.05s): {exc}") from None
 
 
 def _bytes(text: str, what: str) -> int:
@@ -72,14 +88,28 @@ def _bytes(text: str, what: str) -> int:
 
     try:
         return int(parse_bytes(text))
-    except Exception as exc:  # noqa: BLE001
+    except ValueError as exc:
         raise SearchError(f"{what} '{text}' is not a byte size (e.g. 64KB): {exc}") from None
+
+
+def device_cost_model(profile: Any, fp: str, w_bits: list[int], output: Path, seed: int) -> Any:
+    """The cost model the search gets for `profile`: Vela's measured per-layer costs for an Ethos-U NPU
+    (deploy/ethosu, compilations cached in <output>/vela_cache), else the ``.smpq`` blob's."""
+    from deploy.deploy_cost import BlobCostModel
+    from deploy.devices import latency_model
+    from deploy.ethosu.stage import CACHE, is_ethos_u, search_cost_model
+
+    if not is_ethos_u(profile):
+        return BlobCostModel(latency_model(profile))
+    from search.train import load_checkpoint
+
+    fp_model, _ = load_checkpoint(fp)
+    return search_cost_model(fp_model, profile, w_bits, output / CACHE, seed)
 
 
 def build_settings(args: argparse.Namespace) -> Any:
     """SearchSettings from the flags over pipeline.yaml (through deploy.config)."""
-    from deploy.config import candidate_bits, config_from_args, resolve_budget
-    from deploy.devices import latency_model
+    from deploy.config import candidate_bits, check_device_limit, config_from_args, resolve_budget
     from search.budget import Budget
     from search.qat import QATConfig
     from search.runner import SearchSettings
@@ -88,10 +118,10 @@ def build_settings(args: argparse.Namespace) -> Any:
     profile = cfg.profile()
     sc = cfg.search
     method = args.method or sc.method
-    if method == "hawq":
-        raise SearchError("search method 'hawq' is not implemented by `smpq-deploy search`: use smpq, edmips or uniform")
     output = Path(args.output or cfg.output)
-    fp = args.fp or (str(cfg.model.checkpoint) if getattr(cfg.model, "checkpoint", None) else str(output / "fp.pt"))
+    from deploy.pretrained import fp_checkpoint
+
+    fp = args.fp or str(fp_checkpoint(cfg, output))
     if args.no_device_budgets:
         budget = Budget(bops=cfg.budgets.bops if cfg.budgets.bops != "auto" else None)
     else:
@@ -99,21 +129,22 @@ def build_settings(args: argparse.Namespace) -> Any:
     over = {}
     if args.budget_bops is not None:
         over["bops"] = _count(args.budget_bops, "--budget-bops")
-    if args.budget_flash is not None:
-        over["flash_bytes"] = _bytes(args.budget_flash, "--budget-flash")
-    if args.budget_sram is not None:
-        over["sram_bytes"] = _bytes(args.budget_sram, "--budget-sram")
+    for key, flag, value in (("flash_bytes", "--budget-flash", args.budget_flash),
+                             ("sram_bytes", "--budget-sram", args.budget_sram)):
+        if value is not None:
+            over[key] = _bytes(value, flag)
+            check_device_limit(key, over[key], profile, f"{flag} {value}")
     if args.budget_latency_ms is not None:
-        over["latency_s"] = _count(args.budget_latency_ms, "--budget-latency-ms") / 1e3
+        over["latency_s"] = _ms(args.budget_latency_ms, "--budget-latency-ms") / 1e3
     budget = Budget(**{**{k: getattr(budget, k) for k in ("flash_bytes", "sram_bytes", "latency_s", "bops")}, **over})
-    w_bits, a_bits, _ = candidate_bits(cfg, profile)
-    w_bits, a_bits = args.w_bits or w_bits, args.a_bits or a_bits
-    uniform = (sc.uniform.w_bits, sc.uniform.a_bits)
+    uniform_flag = None
     if args.uniform:
         m = _UNIFORM.match(args.uniform)
         if not m:
             raise SearchError(f"--uniform must look like w4a4, got '{args.uniform}'")
-        uniform = (int(m.group(1)), int(m.group(2)))
+        uniform_flag = (int(m.group(1)), int(m.group(2)))
+    w_bits, a_bits, _ = candidate_bits(cfg, profile, args.w_bits, args.a_bits, method, uniform_flag)
+    uniform = uniform_flag or (sc.uniform.w_bits, sc.uniform.a_bits)
     sh = sc.shapley
     shapley = {"permutations": sh.permutations, "threshold": sh.threshold, "xi": sh.xi, "beta": sh.beta,
                "lam": sh.lambda_, "value": sh.value, "robust": sh.estimator == "mean-std"}
@@ -125,7 +156,8 @@ def build_settings(args: argparse.Namespace) -> Any:
     progress = not args.no_progress
     return SearchSettings(
         method=method, fp=fp, output=str(output), dataset=args.dataset, data_dir=cfg.dataset.data_dir and str(cfg.dataset.data_dir),
-        model=args.model, seed=cfg.seed, budget=budget, latency_model=latency_model(profile),
+        model=args.model, seed=cfg.seed, budget=budget,
+        cost_model=device_cost_model(profile, fp, sorted({*w_bits, uniform[0]}), output, cfg.seed),
         w_bits=tuple(w_bits), a_bits=tuple(a_bits), first_last_8bit=sc.first_last_8bit, uniform_bits=uniform,
         subset=args.subset, epochs=epochs, warmup_epochs=warmup, shapley=shapley,
         edmips_cd=args.cd if args.cd is not None else sc.edmips.cd,
@@ -175,12 +207,34 @@ def print_summary(record: dict[str, Any], console: Console | None = None) -> Non
         console.print(f"EdMIPS: cd {extra['cd']:.3g} reached the budget ({len(extra.get('trials', []))} trial(s))")
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus ``--nproc N`` / ``--nproc=N`` (what each worker runs)."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            out.append(token)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the search; print the summary and where the files went."""
     from search.runner import run_search
 
-    settings = build_settings(args)
+    settings = build_settings(args)  # flags are checked once, before any worker starts
+    from deploy.validation import prepare_output
+
+    prepare_output(Path(settings.output))
+    if args.nproc is not None and args.nproc != 1:
+        from search.distributed import launch
+
+        return launch(args.nproc, "deploy.cli", _without_nproc(args.argv))
     outcome = run_search(settings)
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker other than rank 0: rank 0 reports
+        return 0
     print_summary(outcome.record)
     print(f"wrote {outcome.policy_path}" + (f" and {outcome.qat_path}" if outcome.qat_path else ""))
     return 0

@@ -38,19 +38,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, then print where fp.pt went and its accuracy."""
     from deploy.config import config_from_args
+    from deploy.validation import prepare_output
     from search.data import load_dataset
     from search.models import build_model
     from search.errors import SearchError
     from search.train import TrainConfig, fit, load_checkpoint
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, {name: f"train.{name}" for name in _FLAGS})  # flags validated as train.<name>
+    prepare_output(Path(cfg.output))
     known = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in cfg.train.model_dump().items() if k in known}
-    values.update({k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None})
     if args.no_nesterov:
         values["nesterov"] = False
     train_cfg = TrainConfig(**values, seed=cfg.seed, progress=not args.no_progress)
     dataset = load_dataset(cfg.dataset.name, cfg.dataset.data_dir, seed=cfg.seed, val_fraction=cfg.dataset.val_fraction)
+    if train_cfg.subset is not None and train_cfg.subset > len(dataset.train):
+        raise SearchError(f"'train.subset' is {train_cfg.subset}, but that is more than the {len(dataset.train)} images "
+                          f"of {cfg.dataset.name}'s train split: give at most {len(dataset.train)} or leave it out")
     kwargs = cfg.model.model_kwargs
     extra = {}
     if args.init:

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 from deploy.devices import DeviceProfile, latency_model, load_device
 from deploy.errors import DeployError
-from deploy.validation import (Key, closest_key, dotted_keys, merge_dotted, one_line_error, parse_bytes, parse_count,
-                               parse_duration_ms, read_yaml, shipped_path, show)
+from deploy.validation import (Key, closest_key, dotted_keys, format_bytes, merge_dotted, one_line_error, parse_bytes,
+                               parse_count, parse_duration_ms, read_yaml, shipped_path, show)
 from search.budget import Budget
+from search.methods import METHODS
 
 __all__ = ["PipelineConfig", "load_config", "config_from_args", "resolve_budget", "candidate_bits", "latency_model",
            "DEFAULT_CONFIG", "FLAG_KEYS"]
@@ -68,7 +72,7 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 class Section(BaseModel):
     """A config section: unknown keys are errors, values are checked on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -78,6 +82,7 @@ class ModelConfig(Section):
     name: str = "mbv2"
     kwargs: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"mbv2": {"width_mult": 0.5}})
     checkpoint: Path | None = None
+    pretrained: bool = True  # no checkpoint: start from the shipped FP checkpoint of (model, dataset) if there is one
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -152,7 +157,7 @@ class UniformConfig(Section):
 class SearchConfig(Section):
     """Mixed-precision search: method, candidate bit widths and schedule."""
 
-    method: Literal["smpq", "edmips", "uniform", "hawq"] = "smpq"
+    method: Literal[METHODS] = "smpq"  # type: ignore[valid-type]
     w_bits: Bits = Field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
     a_bits: Bits = Field(default_factory=lambda: [4, 6, 8])
     epochs: PositiveInt = 10
@@ -307,37 +312,68 @@ def _check_names(cfg: PipelineConfig, source) -> None:
         raise DeployError(f"'model.name' is '{cfg.model.name}', not a zoo model; known models: "
                           f"{', '.join(sorted(MODELS))} ({source(('model', 'name'))})")
     params = inspect.signature(MODELS[cfg.model.name]).parameters
+    hints = typing.get_type_hints(MODELS[cfg.model.name])
     reserved = {"in_channels", "num_classes"}
-    for arg in cfg.model.model_kwargs:
+    for arg, value in cfg.model.model_kwargs.items():
+        key = f"model.kwargs.{cfg.model.name}.{arg}"
+        where = source(("model", "kwargs", cfg.model.name, arg))
         if arg not in params or arg in reserved:
             valid = [f"model.kwargs.{cfg.model.name}.{p}" for p in params if p not in reserved]
-            close = closest_key(f"model.kwargs.{cfg.model.name}.{arg}", valid)
+            close = closest_key(key, valid)
             hint = f"; did you mean '{close}'?" if close else f"; it takes {', '.join(valid) or 'no arguments'}"
-            raise DeployError(f"unknown key 'model.kwargs.{cfg.model.name}.{arg}': not an argument of model "
-                              f"'{cfg.model.name}' ({source(('model', 'kwargs', cfg.model.name, arg))}){hint}")
+            raise DeployError(f"unknown key '{key}': not an argument of model '{cfg.model.name}' ({where}){hint}")
+        _check_model_kwarg(key, value, hints.get(arg, Any), where)
     if cfg.dataset.name not in DATASETS:
         raise DeployError(f"'dataset.name' is '{cfg.dataset.name}', not a known dataset; known datasets: "
                           f"{', '.join(DATASETS)} ({source(('dataset', 'name'))})")
 
 
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """The config for a CLI invocation: --config file, then --set overrides, then the common flags."""
-    flags = {key: getattr(args, dest, None) for dest, key in FLAG_KEYS.items()}
+def _check_model_kwarg(key: str, value: Any, annotation: Any, where: str) -> None:
+    """A model argument has its annotated type; numbers are sizes or multipliers, so they must be > 0."""
+    try:
+        checked = TypeAdapter(annotation).validate_python(value, strict=isinstance(value, str))
+    except ValidationError:
+        raise DeployError(f"'{key}' must be {_type_words(annotation)}, got {show(value)} ({where})") from None
+    if isinstance(checked, (int, float)) and not isinstance(checked, bool) and not (math.isfinite(checked) and checked > 0):
+        raise DeployError(f"'{key}' must be a positive number, got {show(value)} ({where})")
+
+
+def _type_words(annotation: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    args = typing.get_args(annotation) or (annotation,)
+    return " or ".join(names.get(a, getattr(a, "__name__", str(a))) for a in args)
+
+
+def config_from_args(args: argparse.Namespace, command_flags: Mapping[str, str] | None = None) -> PipelineConfig:
+    """The config for a CLI invocation: --config file, then --set overrides, then the common flags and a
+    command's own flags (`command_flags`: argparse dest → config key), validated like every other key."""
+    keys = {**FLAG_KEYS, **(command_flags or {})}
+    flags = {key: getattr(args, dest, None) for dest, key in keys.items()}
     return load_config(getattr(args, "config", None), getattr(args, "set", None) or [], flags)
+
+
+def device_limits(profile: DeviceProfile) -> dict[str, int]:
+    """The device's hard memory limits for the model: flash for the blob, SRAM for the arena."""
+    return {"flash_bytes": profile.model_flash_bytes, "sram_bytes": profile.sram_bytes}
+
+
+def check_device_limit(key: str, value: int | None, profile: DeviceProfile, what: str) -> None:
+    """A budget may tighten the device's flash / SRAM limit, never loosen it; `what` names the setting."""
+    limit = device_limits(profile)[key]
+    if value is not None and value > limit:
+        raise DeployError(f"{what} is {value} B but device '{profile.name}' offers "
+                          f"{limit} B ({format_bytes(limit)}) for the model; a budget may tighten the device's "
+                          f"limits, never loosen them: use a value up to {limit} or auto")
 
 
 def resolve_budget(budgets: BudgetsConfig, profile: DeviceProfile) -> Budget:
     """`auto` → the device's model flash / arena SRAM; explicit values must fit the device."""
-    device = profile.name
-    limits = {"flash_bytes": profile.model_flash_bytes, "sram_bytes": profile.sram_bytes}
     values: dict[str, Any] = {}
-    for key, limit in limits.items():
+    for key, limit in device_limits(profile).items():
         value = getattr(budgets, key)
         if value == "auto":
             value = limit
-        elif value is not None and value > limit:
-            raise DeployError(f"'budgets.{key}' is {value} B but device '{device}' offers {limit} B for the model; "
-                              f"use auto or a value up to {limit}")
+        check_device_limit(key, value, profile, f"'budgets.{key}'")
         values[key] = value
     for key in ("latency_ms", "latency_s", "bops"):
         if getattr(budgets, key) == "auto":
@@ -349,22 +385,44 @@ def resolve_budget(budgets: BudgetsConfig, profile: DeviceProfile) -> Budget:
                   bops=budgets.bops)
 
 
-def candidate_bits(cfg: PipelineConfig, profile: DeviceProfile) -> tuple[list[int], list[int], dict[str, list[int]]]:
+def candidate_bits(cfg: PipelineConfig, profile: DeviceProfile, w_bits: Sequence[int] | None = None,
+                   a_bits: Sequence[int] | None = None, method: str | None = None,
+                   uniform: tuple[int, int] | None = None) -> tuple[list[int], list[int], dict[str, list[int]]]:
     """The search's weight and activation candidates the device can run, and those dropped (by kind).
 
-    An empty intersection, or a uniform policy the device cannot run, is an error.
+    The one check of bit widths against the device's ``allowed_bits``. The config's lists are
+    intersected with them (widths the device cannot run are dropped; none left is an error); widths
+    given on the command line (`w_bits`, `a_bits` from --w-bits/--a-bits, `uniform` from --uniform) must
+    all be allowed. With method uniform (`method`, else search.method) the uniform pair must be allowed.
     """
     allowed = {"w_bits": profile.allowed_bits.weight, "a_bits": profile.allowed_bits.activation}
+    flags = {"w_bits": w_bits, "a_bits": a_bits}
     kept: dict[str, list[int]] = {}
     dropped: dict[str, list[int]] = {}
     for key, ok in allowed.items():
+        given = flags[key]
+        if given is not None:
+            bad = sorted({b for b in given if b not in ok})
+            if bad or not given:
+                raise DeployError(f"--{key.replace('_', '-')} {','.join(map(str, given))}: device '{profile.name}' "
+                                  f"cannot run {','.join(map(str, bad))}-bit {_KIND[key]} (allowed: "
+                                  f"{','.join(map(str, ok))})")
+            kept[key], dropped[key] = sorted(set(given)), []
+            continue
         wanted = getattr(cfg.search, key)
         kept[key] = [b for b in wanted if b in ok]
         dropped[key] = [b for b in wanted if b not in ok]
         if not kept[key]:
             raise DeployError(f"'search.{key}' {wanted} has no width device '{profile.name}' can run "
                               f"(allowed: {ok}); e.g. --set search.{key}={ok}")
-        if cfg.search.method == "uniform" and getattr(cfg.search.uniform, key) not in ok:
-            raise DeployError(f"'search.uniform.{key}' is {getattr(cfg.search.uniform, key)} but device "
-                              f"'{profile.name}' allows {ok}")
+    if (method or cfg.search.method) == "uniform":
+        pair = uniform or (cfg.search.uniform.w_bits, cfg.search.uniform.a_bits)
+        for key, bits in zip(allowed, pair):
+            if bits not in allowed[key]:
+                what = f"--uniform w{pair[0]}a{pair[1]}" if uniform else f"'search.uniform.{key}' is {bits}"
+                raise DeployError(f"{what}: device '{profile.name}' cannot run {bits}-bit {_KIND[key]} "
+                                  f"(allowed: {','.join(map(str, allowed[key]))})")
     return kept["w_bits"], kept["a_bits"], dropped
+
+
+_KIND = {"w_bits": "weights", "a_bits": "activations"}

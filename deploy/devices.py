@@ -25,8 +25,7 @@ DEVICES_DIR_ENV = "SMPQ_DEVICES_DIR"
 _SHIPPED_DIR = shipped_path("devices")
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 BytesOrZero = Annotated[int, BeforeValidator(lambda v: parse_bytes(v, allow_zero=True))]
-OpType = Literal["conv2d", "depthwise_conv2d", "fully_connected", "add", "pool"]
-assert set(OpType.__args__) == set(OP_TYPES), "OpType must list search.budget.OP_TYPES"  # type: ignore[attr-defined]
+OpType = Literal[OP_TYPES]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -87,12 +86,25 @@ class CostModel(_Strict):
 class FlashMethod(_Strict):
     """How firmware gets onto the device and how the host talks to it."""
 
-    backend: Literal["qemu", "stm32-uart", "pyocd"]
+    backend: Literal["qemu", "stm32-uart", "pyocd", "none"]  # none: no way to run it here (e.g. an NPU estimated by its compiler)
     baud: int = Field(default=115200, gt=0)
     target: str | None = None  # pyOCD target type, e.g. stm32h743zitx
     machine: str | None = None  # qemu-system-arm -machine
     cpu: str | None = None  # qemu-system-arm -cpu
     notes: str = ""
+
+
+class NpuConfig(_Strict):
+    """An NPU whose compiler prices the model: Arm Ethos-U compiled by Vela (docs/ethos-u.md).
+
+    With it, the search's flash and latency come from Vela (deploy/ethosu/cost.py), export adds the
+    Vela stage, and the board figures in the report are "estimated by Vela"."""
+
+    kind: Literal["ethos-u"]
+    accelerator_config: str   # vela --accelerator-config, e.g. ethos-u55-128
+    system_config: str        # a [System_Config.*] section of config_file
+    memory_mode: str          # a [Memory_Mode.*] section of config_file
+    config_file: str = "Arm/vela.ini"  # Vela's own file (vela --list-config-files) or a path
 
 
 #: Figures that must each have an entry under `sources` (cost-model tables add one key per op type;
@@ -116,6 +128,7 @@ class DeviceProfile(_Strict):
     arena_region: str | None = "ram"  # memory region holding the tensor arena; None: accelerator memory
     allowed_bits: AllowedBits
     cost_model: CostModel
+    npu: NpuConfig | None = None
     flash: FlashMethod
     sources: dict[str, str]
 
@@ -138,6 +151,8 @@ class DeviceProfile(_Strict):
         needed = set(SOURCED_FIGURES) | {f"cost_model.cycles_per_mac.{op}" for op in self.cost_model.cycles_per_mac}
         if self.cost_model.act_bits_factor:
             needed.add("cost_model.act_bits_factor")
+        if self.npu is not None:
+            needed.add("npu")
         unsourced = sorted(needed - {k for k, v in self.sources.items() if v.strip()})
         if unsourced:
             raise ValueError(f"no source for {', '.join(repr(k) for k in unsourced)}: add "

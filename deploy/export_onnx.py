@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploy.ir import Graph, IRError, Op
 from deploy.reference import in_bounds_count
+from search.atomic import atomic_write_bytes
 
 DEFAULT_OPSET = 21
 OPSETS = range(21, 26)  # INT4 and per-axis QDQ need 21; ONNX Runtime 1.32 runs up to 25 (INT2 from 25)
@@ -405,7 +406,7 @@ def to_onnx(g: Graph, opset: int = DEFAULT_OPSET, style: str = "qdq") -> onnx.Mo
 def export_onnx(g: Graph, path: str | Path, opset: int = DEFAULT_OPSET, style: str = "qdq") -> Path:
     """Write the model (``model.onnx`` for qdq, ``model.int.onnx`` for integer by convention); returns the path."""
     path = Path(path)
-    onnx.save(to_onnx(g, opset, style), str(path))
+    atomic_write_bytes(path, to_onnx(g, opset, style).SerializeToString())
     return path
 
 

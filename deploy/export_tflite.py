@@ -22,6 +22,11 @@ Mapping (every IR op keeps its exact integer semantics in TFLite's int8 kernels)
   requantize → QUANTIZE (int8 → int8).
 
 Model input: the IR input tensor (int8, pixel − 128); output: the IR output (int8 logits).
+
+``int8_weights=True`` writes every filter as INT8 (sub-8-bit codes stay restricted to their 2^b levels)
+instead of packing ≤ 4-bit filters as INT4: for compilers that take only 8-bit weights (Arm's Vela
+crashes on INT4 filters, see docs/ethos-u.md). ``op_origin`` (a list) receives, per TFLite operator, the
+name of the IR op it was emitted for.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as tfl
 
 from deploy.ir import Graph, IRError, Op
+from search.atomic import atomic_write_bytes
 
 BUILTIN = {
     "conv2d": tfl.BuiltinOperator.CONV_2D,
@@ -70,8 +76,9 @@ def same_padding(in_hw: list[int], k: list[int], stride: list[int]) -> list[int]
 class _Writer:
     """Accumulates TFLite tensors, buffers, operator codes and operators."""
 
-    def __init__(self, g: Graph) -> None:
+    def __init__(self, g: Graph, int8_weights: bool = False) -> None:
         self.g = g
+        self.int8_weights = int8_weights
         self.model = tfl.ModelT()
         self.model.version = 3
         self.model.description = "smpq-deploy integer model"
@@ -194,7 +201,7 @@ def _weighted(w: _Writer, op: Op) -> None:
     g = w.g
     codes, bias, w_scale = g.const(op, "weights"), g.const(op, "bias"), g.const(op, "w_scale")
     s_in = g.tensors[op.inputs[0]].scale
-    int4 = op.attrs["w_bits"] <= INT4_MAX_BITS
+    int4 = op.attrs["w_bits"] <= INT4_MAX_BITS and not w.int8_weights
     qdim = 3 if op.kind == "depthwise_conv2d" else 0
     n = len(w_scale)
     shape = list(codes.shape) if op.kind != "fully_connected" else [codes.shape[0], 1, 1, codes.shape[1]]
@@ -283,15 +290,17 @@ EMITTERS = {"conv2d": _weighted, "depthwise_conv2d": _weighted, "fully_connected
             "avg_pool": _pool, "max_pool": _pool, "reshape": _reshape, "requantize": _requantize}
 
 
-def to_tflite(g: Graph) -> bytes:
-    """Serialise the IR as a TFLite flatbuffer (bytes)."""
-    w = _Writer(g)
+def to_tflite(g: Graph, *, int8_weights: bool = False, op_origin: list[str] | None = None) -> bytes:
+    """Serialise the IR as a TFLite flatbuffer (bytes); see the module docstring for the options."""
+    w = _Writer(g, int8_weights)
     inputs = [w.act(i) for i in g.inputs]
     for op in g.ops:
         emitter = EMITTERS.get(op.kind)
         if emitter is None:
             raise IRError(f"op '{op.name}' of kind '{op.kind}' has no TFLite mapping")
         emitter(w, op)
+        if op_origin is not None:
+            op_origin.extend([op.name] * (len(w.sub.operators) - len(op_origin)))
     w.sub.inputs = np.array(inputs, np.int32)
     w.sub.outputs = np.array([w.act(i) for i in g.outputs], np.int32)
     w.sub.name = "main"
@@ -304,5 +313,5 @@ def to_tflite(g: Graph) -> bytes:
 def export_tflite(g: Graph, path: str | Path) -> Path:
     """Write ``model.tflite``; returns the path."""
     path = Path(path)
-    path.write_bytes(to_tflite(g))
+    atomic_write_bytes(path, to_tflite(g))
     return path

@@ -44,8 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from firmware_harness.format_spec import OP_KINDS as FORMAT_OP_KINDS
+
 IR_VERSION = 1
-OP_KINDS = ("conv2d", "depthwise_conv2d", "fully_connected", "add", "avg_pool", "max_pool", "reshape", "requantize")
+OP_KINDS = tuple(FORMAT_OP_KINDS)  # the IR runs exactly the ops the .smpq format encodes
 
 
 class IRError(Exception):
@@ -116,8 +118,12 @@ class Graph:
             "outputs": self.outputs,
             "meta": self.meta,
         }
-        jpath.write_text(json.dumps(doc, indent=1))
-        np.savez(npath, **self.consts)
+        from search.atomic import atomic_path, atomic_write_text
+
+        with atomic_path(npath) as tmp:  # the arrays first: a json beside them is the mark of a complete save
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **self.consts)
+        atomic_write_text(jpath, json.dumps(doc, indent=1))
         return jpath, npath
 
     @classmethod

@@ -581,18 +581,10 @@ def _emit_layer(b: IRBuilder, g: _Group, name: str, x: int, out: int, act_min: i
 
 def plan_ir_arena(g: Graph) -> None:
     """Record the format-independent IR arena in g.meta: every IR tensor (reshapes too), no scratch, output live to the last op."""
-    from search.planner import Buffer, plan_greedy
+    from search.planner import Buffer, live_ranges, plan_greedy
 
-    first = {i: 0 for i in g.inputs}
-    last: dict[int, int] = {}
-    for step, op in enumerate(g.ops):
-        for t in op.outputs:
-            first.setdefault(t, step)
-        for t in op.inputs:
-            last[t] = step
-    end = len(g.ops) - 1
-    bufs = [Buffer(int(np.prod(t.shape)), first.get(i, 0), end if i in g.outputs else last.get(i, first.get(i, 0)), t.name)
-            for i, t in enumerate(g.tensors)]
+    lives = live_ranges(len(g.tensors), [(op.inputs, op.outputs) for op in g.ops], g.inputs, g.outputs, end=len(g.ops) - 1)
+    bufs = [Buffer(int(np.prod(t.shape)), *lives[i], t.name) for i, t in enumerate(g.tensors)]
     plan = plan_greedy(bufs)
     g.meta["arena_bytes"] = plan.arena_bytes
     g.meta["arena_offsets"] = list(plan.offsets)

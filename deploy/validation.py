@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import sys
 import types
@@ -42,6 +43,24 @@ def _number_and_unit(value: Any, what: str) -> tuple[float, str]:
     if not m:
         raise ValueError(f"must be {what}, got {show(value)}")
     return float(m.group(1)), m.group(2).lower()
+
+
+def prepare_output(folder: Path, what: str = "--output") -> Path:
+    """Create the run folder `folder` if needed and check that files can be written in it; a path that is a
+    file, lies under a file, or sits on a read-only or pseudo file system is a one-line DeployError."""
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise DeployError(f"{what} '{folder}': '{parent}' is a file, not a folder; choose another {what}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".smpq-write-test.tmp{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DeployError(f"{what} '{folder}' cannot hold files ({exc.strerror or type(exc).__name__}): "
+                          f"choose a writable folder") from None
+    return folder
 
 
 def shipped_path(name: str) -> Path:

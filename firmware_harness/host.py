@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from firmware_harness.errors import HarnessError
-from firmware_harness.smpq_format import ERRORS, HINTS
+from firmware_harness.format_spec import ERRORS, HINTS, MODEL_STRUCT
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 BUILD_DIR_ENV = "SMPQ_RUNTIME_BUILD"  # override where the host build goes (default runtime/build)
@@ -33,12 +33,15 @@ class RuntimeStatusError(HarnessError):
         super().__init__(f"{what} failed with {self.code}: {HINTS.get(self.code, 'see docs/smpq-format.md')}")
 
 
-class _Model(ctypes.Structure):  # mirrors smpq_model in include/smpq.h
-    _fields_ = [("blob", ctypes.c_void_p), ("tensors", ctypes.c_void_p), ("ops", ctypes.c_void_p),
-                ("data", ctypes.c_void_p), ("arena", ctypes.c_void_p), ("blob_size", ctypes.c_uint32),
-                ("data_size", ctypes.c_uint32), ("arena_size", ctypes.c_uint32), ("n_tensors", ctypes.c_uint16),
-                ("n_ops", ctypes.c_uint16), ("input", ctypes.c_uint16), ("output", ctypes.c_uint16),
-                ("loaded", ctypes.c_int)]
+#: C type of a format_spec.MODEL_STRUCT field → its ctypes type.
+CTYPES = {"const uint8_t *": ctypes.c_void_p, "uint8_t *": ctypes.c_void_p, "uint32_t": ctypes.c_uint32,
+          "uint16_t": ctypes.c_uint16, "int": ctypes.c_int}
+
+
+class _Model(ctypes.Structure):
+    """smpq_model (include/smpq_types.h), field for field from format_spec.MODEL_STRUCT."""
+
+    _fields_ = [(f.name, CTYPES[f.ctype]) for f in MODEL_STRUCT]
 
 
 def build_dir() -> Path:

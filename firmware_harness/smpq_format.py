@@ -1,9 +1,9 @@
-"""The ``.smpq`` blob format (docs/smpq-format.md): layouts, bit packing and a Python reader/validator.
+"""The ``.smpq`` blob format in Python (docs/smpq-format.md): struct layouts, bit packing, a reader/validator.
 
-The C runtime (firmware_harness/runtime) is the format's consumer on devices; this module is its
-Python mirror — the struct layouts, the LSB-first weight packing and the error names — used by the
-writer (deploy/export_smpq.py), by tests and by tools that inspect a blob. It imports nothing from
-``deploy`` or ``search``.
+The layouts, op kinds, limits and status codes come from :mod:`firmware_harness.format_spec` (the
+one declaration, shared with the C runtime through generated headers); this module adds the
+LSB-first weight packing and the reader, used by the writer (deploy/export_smpq.py), by tests and
+by tools that inspect a blob. It imports nothing from ``deploy`` or ``search``.
 """
 from __future__ import annotations
 
@@ -13,62 +13,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from firmware_harness import format_spec as _spec
 from firmware_harness.errors import HarnessError
+from firmware_harness.format_spec import (CHANNEL_BYTES, CONV_TILE, DATA_ALIGN, ERRORS, HINTS, MAGIC,  # noqa: F401
+                                          MAX_DW_TAPS, MAX_K, MAX_WEIGHT_BYTES, NO_TENSOR, OP_BYTES, OP_KINDS,
+                                          REEXPORT, VERSION, WEIGHTED, scratch_bytes)
 
-MAGIC = b"SMPQ"
-VERSION = 2
-HEADER = struct.Struct("<4sHHIIHHHHII")  # magic version flags total_size crc32 n_tensors n_ops input output arena_size reserved
-TENSOR = struct.Struct("<BBbbb3x4HfI")   # rank bits zero_point qmin qmax pad dims[4] scale arena_offset
-OP_HEAD = struct.Struct("<BBbbHHHH8B")   # kind w_bits act_min act_max in0 in1 out reserved kh kw sh sw pt pl pb pr
-OP_WEIGHTED = struct.Struct("<IIII28x")  # data_offset scratch_offset scratch_size weights_offset (union, 44 bytes)
-OP_PARAMS = struct.Struct("<7i16x")      # add: left_shift m1 s1 m2 s2 mo so; requantize: m s 0...
+HEADER = struct.Struct(_spec.HEADER.format)            # magic version flags total_size crc32 n_tensors n_ops input output arena_size reserved
+TENSOR = struct.Struct(_spec.TENSOR.format)            # rank bits zero_point qmin qmax pad dims[4] scale arena_offset
+OP_HEAD = struct.Struct(_spec.OP_HEAD.format)          # kind w_bits act_min act_max in0 in1 out reserved kh kw sh sw pt pl pb pr
+OP_WEIGHTED = struct.Struct(_spec.OP_WEIGHTED.format)  # data_offset scratch_offset scratch_size weights_offset (union, 44 bytes)
+OP_PARAMS = struct.Struct(_spec.OP_PARAMS.format)      # add: left_shift m1 s1 m2 s2 mo so; requantize: m s 0...
 HEADER_BYTES, TENSOR_BYTES = HEADER.size, TENSOR.size
-OP_BYTES = OP_HEAD.size + OP_WEIGHTED.size
-CHANNEL_BYTES = 9  # int32 bias + int32 multiplier + int8 shift per output channel
-DATA_ALIGN = 4     # channel parameters and packed weights each start at, and are padded to, a multiple of 4
-MAX_WEIGHT_BYTES = 0x0FFFFFFF  # packed weights of one layer (keeps the C readers' bit indices below 2^31)
-NO_TENSOR = 0xFFFF
-MAX_DW_TAPS = 64
-CONV_TILE = 4  # output pixels per conv2d tile (SMPQ_TILE in kernels/kernels.h)
-MAX_K = 32768
-
-OP_KINDS = {"conv2d": 1, "depthwise_conv2d": 2, "fully_connected": 3, "add": 4, "avg_pool": 5,
-            "max_pool": 6, "reshape": 7, "requantize": 8}
 KIND_NAMES = {v: k for k, v in OP_KINDS.items()}
-WEIGHTED = ("conv2d", "depthwise_conv2d", "fully_connected")
-
-# The C runtime's status codes (include/smpq.h), by value.
-ERRORS = {0: "OK", -1: "E_NULL", -2: "E_TRUNCATED", -3: "E_MAGIC", -4: "E_VERSION", -5: "E_HEADER",
-          -6: "E_CRC", -7: "E_TABLE_RANGE", -8: "E_TENSOR", -9: "E_ARENA_RANGE", -10: "E_OP_KIND",
-          -11: "E_OP_INDEX", -12: "E_OP_SHAPE", -13: "E_OP_PARAM", -14: "E_DATA_RANGE",
-          -15: "E_ARENA_SMALL", -16: "E_ALIAS", -17: "E_NOT_LOADED", -18: "E_PLATFORM",
-          -19: "E_WEIGHTS_RANGE", -20: "E_WEIGHTS_SHARED"}
 CODES = {v: k for k, v in ERRORS.items()}
-_REEXPORT = "re-export it with 'smpq-deploy export --formats smpq'"
-HINTS = {
-    "E_NULL": "a NULL pointer was passed to the runtime",
-    "E_TRUNCATED": f"the blob is shorter than its header says (truncated file): {_REEXPORT}",
-    "E_MAGIC": "the file is not an .smpq blob (magic is not 'SMPQ')",
-    "E_VERSION": f"the blob's format version is not the runtime's: {_REEXPORT} with this version",
-    "E_HEADER": f"the header is inconsistent: {_REEXPORT}",
-    "E_CRC": f"the payload's CRC32 does not match: the blob is corrupted, {_REEXPORT}",
-    "E_TABLE_RANGE": f"the tensor/op tables do not fit in the blob: {_REEXPORT}",
-    "E_TENSOR": f"a tensor record is invalid: {_REEXPORT}",
-    "E_ARENA_RANGE": f"a tensor or scratch region lies outside the arena: {_REEXPORT}",
-    "E_OP_KIND": "an op kind is unknown to this runtime: update the runtime or re-export",
-    "E_OP_INDEX": f"an op refers to a missing tensor: {_REEXPORT}",
-    "E_OP_SHAPE": f"an op's tensor shapes are inconsistent: {_REEXPORT}",
-    "E_OP_PARAM": f"an op parameter (bits, kernel, stride, padding, shift, clamp, scratch) is out of range: {_REEXPORT}",
-    "E_DATA_RANGE": f"an op's channel parameters lie outside the data section or overlap another op's: {_REEXPORT}",
-    "E_ARENA_SMALL": "the arena is smaller than the model needs (or not 4-byte aligned): give smpq_load a larger arena",
-    "E_ALIAS": f"an op's output overlaps its inputs or scratch: {_REEXPORT}",
-    "E_NOT_LOADED": "the model did not load: check smpq_load's status first",
-    "E_PLATFORM": "the runtime was built for a big-endian target; .smpq is little-endian only",
-    "E_WEIGHTS_RANGE": f"an op's packed weights lie outside the data section or overlap channel parameters: {_REEXPORT}",
-    "E_WEIGHTS_SHARED": f"two ops' packed weights overlap without being the same weights (offset, bits, size): {_REEXPORT}",
-}
-
-assert HEADER_BYTES == 32 and TENSOR_BYTES == 24 and OP_BYTES == 64 and OP_PARAMS.size == OP_WEIGHTED.size
 
 
 class SmpqFormatError(HarnessError):
@@ -82,16 +40,6 @@ class SmpqFormatError(HarnessError):
 def align_up(n: int, a: int = DATA_ALIGN) -> int:
     """`n` rounded up to a multiple of `a`."""
     return -(-n // a) * a
-
-
-def scratch_bytes(kind: str, k: int, w_bits: int) -> int:
-    """Scratch the C kernels need during one op with K = kh·kw·cin (conv2d) or in_features (FC):
-    conv2d holds CONV_TILE int16 patches plus one decoded int16 weight row below 8 bits; FC one patch."""
-    if kind == "conv2d":
-        return 2 * k * (CONV_TILE + (1 if w_bits < 8 else 0))
-    if kind == "fully_connected":
-        return 2 * k
-    return 0
 
 
 def weight_bytes(codes: int, bits: int) -> int:
@@ -285,7 +233,7 @@ def parse(blob: bytes) -> SmpqBlob:
     if version != VERSION:
         why = " (version 1 stored every layer instance's packed weights again)" if version == 1 else ""
         raise SmpqFormatError("E_VERSION", f"format version {version} is not supported (expected {VERSION}){why}: "
-                                           f"{_REEXPORT} to get a version-{VERSION} blob")
+                                           f"{REEXPORT} to get a version-{VERSION} blob")
     if flags or reserved or total < HEADER_BYTES:
         raise SmpqFormatError("E_HEADER", f"header flags={flags} reserved={reserved} total_size={total} are invalid")
     if total > len(blob):

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm clang libclang-rt-14-dev make gcc)
+APT_PACKAGES=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm clang libclang-rt-14-dev make gcc chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -30,5 +30,5 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/smpq-de
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 echo "setup: installing Python packages into $VENV (first time: several minutes)"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,hw]"
 echo "$want" > "$stamp"

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-OP_TYPES = ("conv2d", "depthwise_conv2d", "fully_connected", "add", "pool")
+QUANTIZABLE = ("conv2d", "depthwise_conv2d", "fully_connected")  # op types of the layers a policy quantizes
+OP_TYPES = (*QUANTIZABLE, "add", "pool")  # op types the latency model prices
 
 
 @dataclass(frozen=True)

@@ -1,269 +1,32 @@
-"""Ω(Q): the one cost model of a mixed-precision policy — BOPs, flash, peak SRAM, latency.
+"""Ω(Q) as the search sees it: the cost-model protocol, the result types, budgets and the mixture.
 
-Used by the search (discrete policies, the knapsack's per-layer options, the differentiable
-mixture of EdMIPS), by deploy and by the report. Works on an :class:`~search.graph.ExecGraph`.
-
-What the device runs (:func:`runtime_schedule`) is the graph as deploy/lower.py lowers it: BN and
-ReLU/ReLU6 folded, flatten/reshape/identity as views, and
-
-* a ``normalise`` op (a 1×1 depthwise convolution, 8-bit, one code per channel) writing the raw
-  input into each first layer's input grid;
-* a layer or add is run once per quantized layer that reads its output (each instance writes
-  directly in that reader's a-bit grid), plus once more into an int8 tensor when anything else
-  reads it (residual adds, pooling) or it is the model output; every instance stores its own channel
-  parameters (per-channel requantisation differs), the packed weights are stored once per layer;
-* pooling keeps its input's int8 tensor; a quantized layer reading a pool output (or the output of
-  a bn/relu that could not be folded) gets a ``requantize`` op into its grid right before it.
-
-Per quantizable layer l with policy (w_l, a_l) — a_l is the bit width of the layer's *input*:
-
-* BOPs_l = MACs_l · w_l · a_l (once per layer: a property of the model, not of the lowering).
-* Flash = the packed ``.smpq`` blob the C runtime reads (firmware_harness/smpq_format.py mirrors these)::
-
-      flash = HEADER_BYTES + TENSOR_RECORD_BYTES · n_tensors + OP_RECORD_BYTES · n_ops
-            + Σ_weighted ops  align_up(out_channels · BYTES_PER_OUT_CHANNEL, LAYER_DATA_ALIGN)   (channel_param_bytes)
-            + Σ_layers        align_up(⌈weights · w / 8⌉, LAYER_DATA_ALIGN)                      (weight_region_bytes)
-
-  ``HEADER_BYTES`` (32): magic, version, counts, total size, CRC32, arena size.
-  ``TENSOR_RECORD_BYTES`` (24): one record per runtime tensor (shape, bits, zero point, clamp, scale,
-  arena offset). ``OP_RECORD_BYTES`` (64): one fixed-size record per runtime op (kind, bits,
-  geometry, tensor indices; weighted ops: channel-parameter and weights offsets, scratch;
-  add/requantize: multipliers). Channel parameters of a weighted op (every instance of a layer, and
-  ``normalise``): int32 bias[C] (BN folded — always present), int32 multiplier[C], int8 shift[C]
-  (``BYTES_PER_OUT_CHANNEL`` = 4 + 4 + 1 = 9), zero padding to ``LAYER_DATA_ALIGN`` (4) bytes.
-  Packed weights, once per layer (its instances share them) and once per ``normalise`` op (8 bits):
-  the weights packed at w bits (weights = the torch weight's element count), zero padding to
-  ``LAYER_DATA_ALIGN`` bytes. In the per-op table the first instance of a layer carries its weights.
-* Peak SRAM = the arena :func:`search.planner.plan_greedy` assigns to the runtime tensors (one step
-  per runtime op; the model output lives one step past the last op) and per-op scratch buffers —
-  by default the C kernels' int16 patches (:func:`kernel_scratch_bytes`: conv2d
-  2·K·(CONV_TILE + [w < 8]) with K = kh·kw·C_in, fully connected 2·inputs). Activations are int8
-  containers (1 byte per element) or, with ``packed_activations``, ⌈n·a/8⌉ bytes for tensors in a
-  layer's a-bit grid (8 bits otherwise).
-* Latency = Σ cycles / clock_hz over the runtime ops with a :class:`~search.budget.LatencyModel`:
-  each layer instance ``layer_cycles(op_type, MACs, w, a)``; normalise as depthwise_conv2d with one
-  MAC per element at 8 bits; add ``layer_cycles('add', output elements)``; requantize
-  ``layer_cycles('add', elements)`` (element-wise, priced like add); pool ``layer_cycles('pool',
-  input elements)``.
-
-Flash and peak SRAM equal the size and arena of the ``.smpq`` blob that deploy writes for the same
-policy; tests/test_cost.py checks that against the real lowering and exporter, so a change on
-either side that breaks the agreement fails there.
+The search never knows a device or a format: it receives a :class:`CostModel` (Ω of a discrete
+policy, and the per-candidate table the knapsack needs) from the outside — deploy hands it
+``deploy.deploy_cost.BlobCostModel``, which prices the ``.smpq`` blob and the runtime's arena. BOPs
+are a property of the model (MACs · w · a per layer) and are computed here. :class:`MixtureCost` is
+the exact expectation of a cost model's table under a mixture policy (EdMIPS, SMPQ's trade-off value).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import torch
 
-from search.budget import Budget, LatencyModel
+from search.budget import Budget
 from search.errors import SearchError
-from search.graph import QUANTIZABLE, ExecGraph, LiveTensor, Node
-from search.planner import DEFAULT_ALIGNMENT, Buffer, MemoryPlan, align_up, plan_greedy
+from search.graph import ExecGraph, Node
+from search.planner import MemoryPlan
 from search.policy import Policy
 from search.quantizers import ACT_BITS, WEIGHT_BITS
 
-HEADER_BYTES = 32
-TENSOR_RECORD_BYTES = 24
-OP_RECORD_BYTES = 64
-BIAS_BYTES = 4          # int32 bias per output channel
-MULTIPLIER_BYTES = 4    # int32 Q31 requantisation multiplier per output channel
-SHIFT_BYTES = 1         # int8 requantisation shift per output channel
-BYTES_PER_OUT_CHANNEL = BIAS_BYTES + MULTIPLIER_BYTES + SHIFT_BYTES
-LAYER_DATA_ALIGN = 4
-ACT_CONTAINER_BITS = 8  # activations are int8 containers unless packed
-NORMALISE_BITS = 8      # weight bits of the input normalisation op
-SCRATCH_ELEMENT_BYTES = 2  # the C kernels' input patches are int16
-CONV_TILE = 4           # output pixels per conv2d tile in the C kernels (an int16 patch each)
 
-KEYS = ("bops", "flash_bytes", "sram_bytes", "latency_s")
-
-
-# ---------------------------------------------------------------------------- runtime schedule
-@dataclass(frozen=True)
-class RuntimeTensor(LiveTensor):
-    """A tensor in the device's arena: its shape and lifetime (in runtime op steps), the graph tensor whose value it holds.
-
-    `grid_of` names the quantized layer whose input grid the tensor is in (its a_bits apply when
-    activations are packed); None for int8 tensors (input, residual paths, add/pool outputs, logits).
-    """
-
-    source: int
-    grid_of: str | None
-
-
-@dataclass(frozen=True)
-class RuntimeOp:
-    """One op the device runs: an instance of a graph node (layer, add, pool) or a normalise / requantize."""
-
-    step: int
-    kind: str                  # conv2d, depthwise_conv2d, fully_connected, add, pool, normalise, requantize
-    name: str
-    node: Node | None          # the graph node it runs; None for normalise / requantize
-    instance: int              # k-th op emitted for the same node (one per distinct output grid)
-    inputs: tuple[int, ...]    # runtime tensor ids
-    output: int
-    in_shape: tuple[int, ...]
-
-    @property
-    def weighted(self) -> bool:
-        return self.kind in QUANTIZABLE or self.kind == "normalise"
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The runtime ops in execution order and the tensors they use (independent of bit widths)."""
-
-    ops: tuple[RuntimeOp, ...]
-    tensors: tuple[RuntimeTensor, ...]
-
-
-def runtime_schedule(graph: ExecGraph) -> Schedule:
-    """The ops and tensors the device runs for `graph` (see the module docstring)."""
-    nodes = graph.nodes
-    readers = {t.id: sorted({i for i in t.consumers if not (nodes[i].in_place and nodes[i].output == t.id)})
-               for t in graph.tensors}
-    shapes: list[tuple[int, ...]] = []
-    sources: list[int] = []
-    grids: list[str | None] = []
-    ops: list[tuple[str, str, Node | None, int, tuple[int, ...], int, tuple[int, ...]]] = []
-    value: dict[int, int] = {}                 # graph tensor → runtime tensor of its int8 (float-reader) value
-    in_grid: dict[tuple[int, str], int] = {}   # (graph tensor, layer) → runtime tensor in that layer's input grid
-
-    def tensor(src: int, grid: str | None) -> int:
-        shapes.append(graph.tensors[src].shape), sources.append(src), grids.append(grid)
-        return len(shapes) - 1
-
-    def layer_input(t: int, layer: Node) -> int:
-        """`t` in `layer`'s input grid: produced there directly, else a normalise / requantize op now."""
-        if (t, layer.name) not in in_grid:
-            x = tensor(t, layer.name)
-            kind = "normalise" if t in graph.inputs else "requantize"
-            ops.append((kind, f"{layer.name}.{kind}", None, 0, (value[t],), x, graph.tensors[t].shape))
-            in_grid[(t, layer.name)] = x
-        return in_grid[(t, layer.name)]
-
-    for t in graph.inputs:
-        value[t] = tensor(t, None)
-    for n in nodes:
-        if n.in_place:
-            continue
-        out = n.output
-        if n.quantizable or n.op_type == "add":
-            q_readers = [nodes[i] for i in readers[out] if nodes[i].quantizable]
-            grids_out: list[str | None] = [r.name for r in q_readers]
-            if len(q_readers) < len(readers[out]) or out in graph.outputs or not readers[out]:
-                grids_out.append(None)  # one more instance for readers of the int8 value
-            for k, grid in enumerate(grids_out):
-                ins = (layer_input(n.inputs[0], n),) if n.quantizable else tuple(value[t] for t in n.inputs)
-                o = tensor(out, grid)
-                if grid is None:
-                    value[out] = o
-                else:
-                    in_grid[(out, grid)] = o
-                ops.append((n.op_type, n.name if k == 0 else f"{n.name}#{k}", n, k, ins, o, n.in_shapes[0]))
-        else:  # pool, or a bn/relu that cannot work in place: keeps its input's int8 quantisation
-            o = value[out] = tensor(out, None)
-            kind = "pool" if n.op_type == "pool" else "elementwise"
-            ops.append((kind, n.name, n, 0, tuple(value[t] for t in n.inputs), o, n.in_shapes[0]))
-
-    first: dict[int, int] = {value[t]: 0 for t in graph.inputs}
-    last: dict[int, int] = dict(first)
-    for step, (*_, in_ids, out, _) in enumerate(ops):
-        for t in in_ids:
-            last[t] = step
-        first.setdefault(out, step)
-        last[out] = max(last.get(out, step), step)
-    for t in graph.outputs:
-        last[value[t]] = len(ops)
-    tensors = tuple(RuntimeTensor(id=i, shape=shapes[i], first_use=first.get(i, 0), last_use=last.get(i, first.get(i, 0)),
-                                  source=sources[i], grid_of=grids[i]) for i in range(len(shapes)))
-    return Schedule(tuple(RuntimeOp(i, *op) for i, op in enumerate(ops)), tensors)
-
-
-def kernel_scratch_bytes(op: RuntimeOp, w_bits: int = 8) -> int:
-    """Scratch of the C kernels during `op` (mirrors firmware_harness/smpq_format.scratch_bytes).
-
-    conv2d: CONV_TILE int16 input patches of K = kh·kw·C_in, plus one decoded int16 weight row when
-    w_bits < 8; fully connected: one int16 patch of K = inputs; other ops: none.
-    """
-    if op.kind == "conv2d":
-        kh, kw = op.node.attrs["kernel"]
-        k = kh * kw * op.node.attrs["in_channels"]
-        return SCRATCH_ELEMENT_BYTES * k * (CONV_TILE + (1 if w_bits < 8 else 0))
-    if op.kind == "fully_connected":
-        return SCRATCH_ELEMENT_BYTES * math.prod(op.in_shape)
-    return 0
-
-
-ScratchHook = Callable[[RuntimeOp, int], int]  # (op, its w_bits; 8 for non-layers) -> scratch bytes while it runs
-
-
-# ---------------------------------------------------------------------------- per-op formulas
 def layer_bops(node: Node, w_bits: float, a_bits: float) -> float:
     """MACs · w · a of one quantizable layer."""
     return node.macs * w_bits * a_bits
 
 
-def channel_param_bytes(channels: int) -> int:
-    """Bytes of one weighted op's channel parameters in the blob (bias, multiplier, shift per channel; padded)."""
-    return align_up(channels * BYTES_PER_OUT_CHANNEL, LAYER_DATA_ALIGN)
-
-
-def weight_region_bytes(weights: int, w_bits: int) -> int:
-    """Bytes of one layer's packed weights in the blob (dense at w_bits; padded), shared by its instances."""
-    return align_up(math.ceil(weights * w_bits / 8), LAYER_DATA_ALIGN)
-
-
-def layer_flash_bytes(node: Node, w_bits: int, instances: int = 1) -> int:
-    """Bytes of one quantizable layer's data in the blob: each instance's channel parameters plus the
-    packed weights once (its op records are counted in the fixed part). Linear in the w_bits choice."""
-    return instances * channel_param_bytes(node.out_channels) + weight_region_bytes(node.weight_params, w_bits)
-
-
-def op_macs(op: RuntimeOp) -> int:
-    """MACs of a runtime op (a normalise op is one MAC per element)."""
-    if op.node is not None and op.node.quantizable:
-        return op.node.macs
-    return math.prod(op.in_shape) if op.kind == "normalise" else 0
-
-
-def op_cycles(op: RuntimeOp, latency_model: LatencyModel, w_bits: int = 8, a_bits: int = 8) -> float:
-    """Cycles of one runtime op (w_bits/a_bits matter for quantizable layers only)."""
-    if op.node is not None and op.node.quantizable:
-        return latency_model.layer_cycles(op.kind, op.node.macs, w_bits, a_bits)
-    if op.kind == "normalise":
-        return latency_model.layer_cycles("depthwise_conv2d", math.prod(op.in_shape), NORMALISE_BITS, 8)
-    if op.kind == "pool":
-        return latency_model.layer_cycles("pool", math.prod(op.in_shape), 8, 8)
-    out_numel = math.prod(op.node.out_shape) if op.node is not None else math.prod(op.in_shape)
-    return latency_model.layer_cycles("add", out_numel, 8, 8)  # add, requantize, element-wise
-
-
-def act_bytes(numel: int, bits: int = ACT_CONTAINER_BITS) -> int:
-    """Bytes of an activation tensor stored at `bits` per element (8: int8 containers)."""
-    return math.ceil(numel * bits / 8)
-
-
-def record_bytes(schedule: Schedule) -> int:
-    """Blob bytes of the header, the tensor records and the op records (independent of bit widths)."""
-    return HEADER_BYTES + TENSOR_RECORD_BYTES * len(schedule.tensors) + OP_RECORD_BYTES * len(schedule.ops)
-
-
-def op_data_bytes(op: RuntimeOp, w_bits: int | None = None) -> int:
-    """Data-section bytes of a runtime op in the blob: its channel parameters, plus the packed weights
-    for a layer's first instance (later instances share them) and for normalise (8-bit, one code per channel)."""
-    if op.node is not None and op.node.quantizable:
-        weights = weight_region_bytes(op.node.weight_params, w_bits) if op.instance == 0 else 0
-        return channel_param_bytes(op.node.out_channels) + weights
-    if op.kind == "normalise":
-        return channel_param_bytes(op.in_shape[0]) + weight_region_bytes(op.in_shape[0], NORMALISE_BITS)
-    return 0
-
-
-# ---------------------------------------------------------------------------- discrete policy
+# ---------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class LayerCost:
     """One runtime op's row of Ω (w_bits/a_bits are None except for quantizable layers)."""
@@ -281,7 +44,6 @@ class LayerCost:
     cycles: float | None
     latency_s: float | None
 
-
 @dataclass(frozen=True)
 class Violation:
     """One budget a policy exceeds."""
@@ -293,13 +55,12 @@ class Violation:
     def __str__(self) -> str:
         return f"{self.name} {self.value:.6g} exceeds the budget {self.limit:.6g}"
 
-
 @dataclass(frozen=True)
 class Omega:
     """Ω of a discrete policy: totals, a per-runtime-op table and the arena plan.
 
     ``plan.buffers`` are the runtime tensors (named ``t<id>``, in :class:`Schedule` order) followed
-    by the scratch buffers (``scratch:<op name>``).
+    by the scratch buffers (``scratch:<op name>``) — as the cost model plans them.
     """
 
     bops: float
@@ -310,7 +71,7 @@ class Omega:
     params: int
     layers: tuple[LayerCost, ...]
     plan: MemoryPlan = field(repr=False)
-    schedule: Schedule = field(repr=False)
+    schedule: Any = field(repr=False)   # the cost model's op schedule (deploy.deploy_cost.Schedule)
 
     def as_dict(self) -> dict[str, float]:
         """The budgeted quantities by name (latency_s only when a latency model was given)."""
@@ -319,69 +80,14 @@ class Omega:
             d["latency_s"] = self.latency_s
         return d
 
-
 def resolve_policy(graph: ExecGraph, policy: Mapping[str, Sequence[int]]) -> Policy:
     """`policy` (a Policy or a plain dict name → (w_bits, a_bits)) validated against the graph's layers."""
     pol = policy if isinstance(policy, Policy) else Policy(policy)
     return pol.resolve(graph.layer_names())
 
-
 def uniform_policy(graph: ExecGraph, w_bits: int, a_bits: int) -> Policy:
     """Every quantizable layer of `graph` at (w_bits, a_bits)."""
     return Policy.uniform(graph.layer_names(), w_bits, a_bits)
-
-
-def tensor_bits(schedule: Schedule, policy: Mapping[str, Sequence[int]] | None) -> list[int]:
-    """Storage bits of every runtime tensor when packed: its grid's a_bits, else 8."""
-    return [policy[t.grid_of][1] if policy is not None and t.grid_of else ACT_CONTAINER_BITS for t in schedule.tensors]
-
-
-def _w_bits(op: RuntimeOp, policy: Mapping[str, Sequence[int]] | None) -> int:
-    """The weight bits `op` runs at (8 for non-layer ops or without a policy)."""
-    return policy[op.node.name][0] if policy is not None and op.node is not None and op.node.quantizable else 8
-
-
-def arena_buffers(schedule: Schedule, policy: Mapping[str, Sequence[int]] | None = None, *,
-                  packed_activations: bool = False,
-                  scratch: ScratchHook | None = kernel_scratch_bytes) -> list[Buffer]:
-    """The planner's buffers: one per runtime tensor (``t<id>``), then per-op scratch (``scratch:<op>``)."""
-    if packed_activations and policy is None:
-        raise SearchError("packed activations need a policy (their storage bits come from a_bits)")
-    bits = tensor_bits(schedule, policy) if packed_activations else [ACT_CONTAINER_BITS] * len(schedule.tensors)
-    bufs = [Buffer(act_bytes(t.numel, b), t.first_use, t.last_use, f"t{t.id}") for t, b in zip(schedule.tensors, bits)]
-    for op in schedule.ops:
-        size = int(scratch(op, _w_bits(op, policy))) if scratch else 0
-        if size:
-            bufs.append(Buffer(size, op.step, op.step, f"scratch:{op.name}"))
-    return bufs
-
-
-def omega(graph: ExecGraph, policy: Mapping[str, Sequence[int]], latency_model: LatencyModel | None = None, *,
-          packed_activations: bool = False, scratch: ScratchHook | None = kernel_scratch_bytes,
-          alignment: int = DEFAULT_ALIGNMENT, schedule: Schedule | None = None) -> Omega:
-    """Ω of a discrete policy on `graph` (latency only when `latency_model` is given).
-
-    `scratch` gives each op's scratch bytes (default: the C kernels'; None: no scratch); pass a
-    precomputed `schedule` (:func:`runtime_schedule`) to evaluate many policies quickly.
-    """
-    pol = resolve_policy(graph, policy)
-    sched = schedule or runtime_schedule(graph)
-    rows: list[LayerCost] = []
-    for op in sched.ops:
-        layer = op.node is not None and op.node.quantizable
-        w, a = pol[op.node.name] if layer else (None, None)
-        cycles = op_cycles(op, latency_model, w or 8, a or 8) if latency_model else None
-        rows.append(LayerCost(
-            op.name, op.kind, op_macs(op), op.node.params if layer else (op.in_shape[0] if op.kind == "normalise" else 0),
-            w, a, float(layer_bops(op.node, w, a)) if layer and op.instance == 0 else 0.0,
-            op_data_bytes(op, w), int(scratch(op, w or 8)) if scratch else 0,
-            cycles, cycles / latency_model.clock_hz if latency_model else None))
-    plan = plan_greedy(arena_buffers(sched, pol, packed_activations=packed_activations, scratch=scratch), alignment)
-    latency = sum(r.cycles for r in rows) / latency_model.clock_hz if latency_model else None
-    return Omega(bops=float(sum(r.bops for r in rows)), flash_bytes=record_bytes(sched) + sum(r.flash_bytes for r in rows),
-                 sram_bytes=plan.arena_bytes, latency_s=latency, macs=graph.macs, params=graph.params,
-                 layers=tuple(rows), plan=plan, schedule=sched)
-
 
 def check(result: Omega, budget: Budget) -> list[Violation]:
     """The budgets of `budget` that `result` exceeds (empty: the policy fits)."""
@@ -395,7 +101,7 @@ def check(result: Omega, budget: Budget) -> list[Violation]:
     return out
 
 
-# ---------------------------------------------------------------------------- knapsack decomposition
+# ---------------------------------------------------------------------------- knapsack table
 @dataclass(frozen=True)
 class Candidate:
     """One (w_bits, a_bits) choice of one layer: additive costs and its own SRAM working set."""
@@ -406,14 +112,12 @@ class Candidate:
     sram_bytes: int           # the layer's input + output activations + its scratch
     feasible: bool = True     # False if sram_bytes exceeds the SRAM budget given to layer_options
 
-
 @dataclass(frozen=True)
 class LayerOptions:
     """All candidates of one quantizable layer."""
 
     name: str
     options: tuple[Candidate, ...]
-
 
 @dataclass(frozen=True)
 class OptionTable:
@@ -434,8 +138,8 @@ class OptionTable:
     def __getitem__(self, i: int) -> LayerOptions:
         return self.layers[i]
 
-
-def _check_candidates(w_candidates: Sequence[int], a_candidates: Sequence[int]) -> tuple[list[int], list[int]]:
+def check_candidates(w_candidates: Sequence[int], a_candidates: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The candidates as int lists; a SearchError if one is empty or out of range."""
     ws, as_ = [int(b) for b in w_candidates], [int(b) for b in a_candidates]
     if not ws or not as_:
         raise SearchError("the cost model needs at least one weight and one activation bit width candidate")
@@ -446,46 +150,33 @@ def _check_candidates(w_candidates: Sequence[int], a_candidates: Sequence[int]) 
     return ws, as_
 
 
-def layer_options(graph: ExecGraph, w_candidates: Sequence[int], a_candidates: Sequence[int],
-                  latency_model: LatencyModel | None = None, *, sram_budget: int | None = None,
-                  packed_activations: bool = False, scratch: ScratchHook | None = kernel_scratch_bytes) -> OptionTable:
-    """Every quantizable layer's candidates with their additive BOPs/flash/latency contributions.
+def bops_options(graph: ExecGraph, w_candidates: Sequence[int], a_candidates: Sequence[int]) -> OptionTable:
+    """The knapsack table of BOPs alone (a model property: no cost model needed)."""
+    ws, as_ = check_candidates(w_candidates, a_candidates)
+    layers = tuple(LayerOptions(n.name, tuple(Candidate(w, a, {"bops": float(layer_bops(n, w, a))}, 0)
+                                              for w in ws for a in as_)) for n in graph.layers())
+    return OptionTable(layers, {"bops": 0.0})
 
-    For any policy, ``omega(...).X == fixed[X] + Σ_l candidate_l.costs[X]`` for X in bops,
-    flash_bytes, latency_s. ``sram_bytes`` of a candidate is its own working set: its input (int8,
-    or packed at a_bits) + its output (int8, or packed at the smallest a candidate: a lower bound)
-    + its scratch; the candidate is infeasible when that exceeds `sram_budget`.
-    """
-    ws, as_ = _check_candidates(w_candidates, a_candidates)
-    sched = runtime_schedule(graph)
-    clock = latency_model.clock_hz if latency_model else None
-    fixed_cycles, fixed_flash = 0.0, record_bytes(sched)
-    instances: dict[str, list[RuntimeOp]] = {n.name: [] for n in graph.layers()}
-    for op in sched.ops:
-        if op.node is not None and op.node.quantizable:
-            instances[op.node.name].append(op)
-        else:
-            fixed_cycles += op_cycles(op, latency_model) if latency_model else 0.0
-            fixed_flash += op_data_bytes(op)
-    layers = []
-    for n in graph.layers():
-        ops = instances[n.name]
-        opts = []
-        for w in ws:
-            for a in as_:
-                costs: dict[str, float] = {"bops": float(layer_bops(n, w, a)),
-                                           "flash_bytes": float(layer_flash_bytes(n, w, len(ops)))}
-                if latency_model:
-                    costs["latency_s"] = sum(op_cycles(op, latency_model, w, a) for op in ops) / clock
-                sram = max(act_bytes(math.prod(op.in_shape), a if packed_activations else ACT_CONTAINER_BITS)
-                           + act_bytes(math.prod(n.out_shape), min(as_) if packed_activations else ACT_CONTAINER_BITS)
-                           + (int(scratch(op, w)) if scratch else 0) for op in ops)
-                opts.append(Candidate(w, a, costs, sram, sram_budget is None or sram <= sram_budget))
-        layers.append(LayerOptions(n.name, tuple(opts)))
-    fixed: dict[str, float] = {"bops": 0.0, "flash_bytes": float(fixed_flash)}
-    if latency_model:
-        fixed["latency_s"] = fixed_cycles / clock
-    return OptionTable(tuple(layers), fixed)
+
+# ---------------------------------------------------------------------------- the protocol
+
+
+class CostModel(Protocol):
+    """What the search needs from a deployment's cost model (implemented by deploy.deploy_cost.BlobCostModel)."""
+
+    def omega(self, graph: ExecGraph, policy: Mapping[str, Sequence[int]]) -> Omega:
+        """Ω of a discrete policy (latency_s None without a latency model)."""
+        ...
+
+    def layer_options(self, graph: ExecGraph, w_candidates: Sequence[int], a_candidates: Sequence[int], *,
+                      sram_budget: int | None = None) -> OptionTable:
+        """Every layer's candidates with additive costs: ``omega(...).X == fixed[X] + Σ_l candidate_l.costs[X]``
+        for X in bops, flash_bytes (and latency_s with a latency model)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that determine its figures (recorded with the search's settings)."""
+        ...
 
 
 # ---------------------------------------------------------------------------- mixture (EdMIPS)
@@ -496,16 +187,17 @@ class MixtureCost:
     """Expected Ω costs of a mixture policy, differentiable in the probabilities.
 
     Each layer l picks w_i with probability π_l[i] and a_j with ρ_l[j] independently, so
-    E[X] = fixed_X + Σ_l π_lᵀ X_l ρ_l with X_l[i, j] the layer's candidate cost from
-    :func:`layer_options` (exact expectation of the discrete Ω; one-hot probabilities give the
-    discrete value). Build once, call every step.
+    E[X] = fixed_X + Σ_l π_lᵀ X_l ρ_l with X_l[i, j] the layer's candidate cost from the cost model's
+    :meth:`CostModel.layer_options` (exact expectation of the discrete Ω; one-hot probabilities give
+    the discrete value). Without a cost model only BOPs are known. Build once, call every step.
     """
 
     def __init__(self, graph: ExecGraph, w_candidates: Sequence[int], a_candidates: Sequence[int],
-                 latency_model: LatencyModel | None = None) -> None:
-        table = layer_options(graph, w_candidates, a_candidates, latency_model)
+                 cost_model: CostModel | None = None) -> None:
+        table = cost_model.layer_options(graph, w_candidates, a_candidates) if cost_model is not None \
+            else bops_options(graph, w_candidates, a_candidates)
         self.names = graph.layer_names()
-        self.w_candidates, self.a_candidates = _check_candidates(w_candidates, a_candidates)
+        self.w_candidates, self.a_candidates = check_candidates(w_candidates, a_candidates)
         nw, na = len(self.w_candidates), len(self.a_candidates)
         self.keys = tuple(table.fixed)
         self.fixed = dict(table.fixed)

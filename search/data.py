@@ -97,21 +97,64 @@ def _split_train_val(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: in
     return Split(x[train], y[train]), Split(x[val], y[val])
 
 
+def read_npz_split(path: Path) -> Split:
+    """A split from an .npz holding 'x' (uint8 NHWC images) and 'y' (integer labels); any unreadable,
+    corrupt or pickled file is a one-line SearchError naming it (the arrays are checked by check_split)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not {"x", "y"} <= set(npz.files):
+                raise SearchError(f"'{path}' holds the arrays {sorted(npz.files)}, not 'x' (uint8 NHWC images) and "
+                                  f"'y' (integer labels): save it with np.savez(path, x=images, y=labels)")
+            return Split(npz["x"], npz["y"])
+    except SearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever numpy/zipfile raise, the file is not a usable .npz
+        raise SearchError(f"'{path}' is not a readable .npz of arrays ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:120]}); replace it with np.savez(path, x=images, y=labels)") from None
+
+
+def check_split(split: Split, where: str, num_classes: int) -> Split:
+    """Check that `split` is in the documented format: x uint8 (N, H, W, C) with C 1 or 3, y N integer
+    labels in 0..num_classes-1. Returns it with int64 labels; anything else is a SearchError naming `where`."""
+    x, y = split.x, split.y
+    if x.dtype != np.uint8:
+        hint = " (floats in 0..1: multiply by 255 and cast)" if np.issubdtype(x.dtype, np.floating) else ""
+        raise SearchError(f"'{where}': images 'x' must be uint8 pixels 0..255, got {x.dtype}{hint}")
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or min(x.shape[1:], default=0) < 1:
+        nchw = x.ndim == 4 and x.shape[1] in (1, 3)
+        hint = "; it looks like NCHW: transpose(0, 2, 3, 1)" if nchw else ""
+        raise SearchError(f"'{where}': images 'x' must be NHWC (N, H, W, C) with C 1 or 3, got shape {x.shape}{hint}")
+    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) and y.dtype != np.bool_):
+        raise SearchError(f"'{where}': labels 'y' must be a 1-D integer array, got {y.dtype} of shape {y.shape}")
+    if len(y) != len(x):
+        raise SearchError(f"'{where}': {len(x)} images but {len(y)} labels; every image needs one label")
+    if len(y) == 0:
+        raise SearchError(f"'{where}': holds no images")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_classes:
+        raise SearchError(f"'{where}': label {lo if lo < 0 else hi} is outside 0..{num_classes - 1} "
+                          f"({num_classes} classes)")
+    return Split(x, y.astype(np.int64))
+
+
 def _load_cifar10(root: Path) -> tuple[Split, Split]:
     candidates = [root / "cifar10", root]
     for d in candidates:
         if (d / "train.npz").is_file() and (d / "test.npz").is_file():
-            tr, te = np.load(d / "train.npz"), np.load(d / "test.npz")
-            return Split(tr["x"], tr["y"].astype(np.int64)), Split(te["x"], te["y"].astype(np.int64))
+            return read_npz_split(d / "train.npz"), read_npz_split(d / "test.npz")
     for d in [root / "cifar-10-batches-py", root / "cifar10" / "cifar-10-batches-py"]:
         if (d / "test_batch").is_file():
             def read(files: list[str]) -> Split:
                 xs, ys = [], []
                 for f in files:
-                    with open(d / f, "rb") as fh:
-                        batch = pickle.load(fh, encoding="latin1")
-                    xs.append(np.asarray(batch["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-                    ys.append(np.asarray(batch["labels"], np.int64))
+                    try:
+                        with open(d / f, "rb") as fh:
+                            batch = pickle.load(fh, encoding="latin1")
+                        xs.append(np.asarray(batch["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                        ys.append(np.asarray(batch["labels"], np.int64))
+                    except Exception as exc:  # noqa: BLE001 - a missing, corrupt or foreign batch file
+                        raise SearchError(f"'{d / f}' is not a readable CIFAR-10 batch ({type(exc).__name__}); "
+                                          f"download it again") from None
                 return Split(np.concatenate(xs), np.concatenate(ys))
 
             return read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"])
@@ -131,11 +174,16 @@ def _read_image_tree(folder: Path, classes: list[str], size: tuple[int, int] | N
         for f in sorted((folder / cls).iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            img = Image.open(f).convert("RGB")
-            if size is None:
-                size = img.size
-            if img.size != size:
-                img = img.resize(size, Image.BILINEAR)
+            try:
+                with Image.open(f) as opened:
+                    img = opened.convert("RGB")
+                if size is None:
+                    size = img.size
+                if img.size != size:
+                    img = img.resize(size, Image.BILINEAR)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise SearchError(f"image '{f}' cannot be read ({' '.join(str(exc).split())[:100]}): "
+                                  f"replace or remove it") from None
             xs.append(np.asarray(img, np.uint8))
             ys.append(label)
     if not xs:
@@ -186,6 +234,16 @@ def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]
 DATASETS = ("cifar10", "imagefolder", "mnist5k", "digits")
 
 
+def _where(root: Path, name: str, part: str) -> str:
+    """The file or folder a split came from, for error messages."""
+    if name == "cifar10":
+        for d in (root / "cifar10", root):
+            if (d / f"{part}.npz").is_file():
+                return str(d / f"{part}.npz")
+        return str(root / "cifar-10-batches-py")
+    return str(root) if name == "imagefolder" else f"{name} {part} split"
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0, val_fraction: float = 0.1) -> Dataset:
     """Load dataset `name`; the train/val split depends only on `seed`, the test split is fixed."""
     root = Path(data_dir) if data_dir is not None else default_data_root()
@@ -203,6 +261,15 @@ def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0, v
         classes, (mean, std), augment = [str(i) for i in range(10)], _channel_stats(train_all.x), False
     else:
         raise SearchError(f"unknown dataset '{name}'; known datasets: {', '.join(DATASETS)}")
+    train_all = check_split(train_all, _where(root, name, "train"), len(classes))
+    test = check_split(test, _where(root, name, "test"), len(classes))
+    present = np.unique(train_all.y)
+    if len(present) < 2:
+        raise SearchError(f"'{_where(root, name, 'train')}': every training label is {int(present[0])}: "
+                          f"a classifier needs at least two classes")
+    if test.x.shape[1:] != train_all.x.shape[1:]:
+        raise SearchError(f"'{_where(root, name, 'test')}': test images are {test.x.shape[1:]} but training "
+                          f"images {train_all.x.shape[1:]}")
     train, val = _split_train_val(train_all.x, train_all.y, val_fraction, seed)
     return Dataset(name, train, val, test, classes, tuple(mean), tuple(std), augment, {"root": str(root)})
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from search.cost import MixtureCost
+from search.cost import CostModel, MixtureCost
 from search.data import Dataset
 from search.errors import SearchError
 from search.graph import extract_graph
@@ -69,14 +69,15 @@ class EdMIPSConfig:
                 raise SearchError(f"edmips: {message}")
 
 
-def mixture_cost_for(supernet: Supernet, latency_model: Any = None) -> MixtureCost:
-    """The expected-Ω model of the supernet's mixture (candidates: the union over its layers)."""
+def mixture_cost_for(supernet: Supernet, cost_model: CostModel | None = None) -> MixtureCost:
+    """The expected-Ω model of the supernet's mixture (candidates: the union over its layers); BOPs
+    only without the deployment's `cost_model`."""
     graph = extract_graph(supernet.model, supernet.input_shape)
     if graph.layer_names() != supernet.layer_names:
         raise SearchError("the supernet's layers and its execution graph disagree: build the supernet from a zoo model")
     w = sorted({p.bits for p in supernet.players if p.kind == "w"})
     a = sorted({p.bits for p in supernet.players if p.kind == "a"})
-    return MixtureCost(graph, w, a, latency_model)
+    return MixtureCost(graph, w, a, cost_model)
 
 
 def mixture_probs(supernet: Supernet, cost: MixtureCost, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ bn/relu/relu6 whose input is also read by another op, which gets a tensor of its
 
 Parameters are counted as the torch module has them (weights + bias if present). On deploy,
 BatchNorm is folded, so every quantizable layer gets an int32 bias per output channel whether or
-not the torch module has one; the flash formula in :mod:`search.cost` accounts for that.
+not the torch module has one; the deployment's cost model (``deploy/deploy_cost.py``) accounts for that.
 """
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
+from search.budget import OP_TYPES, QUANTIZABLE
 from search.errors import SearchError
 
-QUANTIZABLE = ("conv2d", "depthwise_conv2d", "fully_connected")
-COMPUTE = QUANTIZABLE + ("add", "pool")
+COMPUTE = OP_TYPES  # ops with a cost: the quantizable layers, add and pool
 ZERO_COST = ("bn", "relu", "relu6", "identity", "flatten", "reshape")
 MODIFYING = ("bn", "relu", "relu6")  # zero-cost ops that change values (in place only if sole reader)
 
@@ -76,7 +76,7 @@ class Node:
 class LiveTensor:
     """A tensor with a shape (no batch) and an inclusive lifetime [first_use, last_use] in op steps.
 
-    The base of the graph's :class:`TensorInfo` and the device's :class:`search.cost.RuntimeTensor`.
+    The base of the graph's :class:`TensorInfo` and the device's ``deploy.deploy_cost.RuntimeTensor``.
     """
 
     id: int

@@ -6,8 +6,9 @@ no already-placed buffer whose lifetime overlaps its own. Lifetimes are inclusiv
 ``[first_use, last_use]`` (an op's inputs and outputs are live at the same step, so they never
 share memory).
 
-One implementation for the whole project: the Ω(Q) cost model plans the torch execution graph's
-activations with it and the deploy lowering plans the integer IR's tensors with it.
+One implementation for the whole project, with one lifetime rule (:func:`live_ranges`): the Ω(Q)
+cost model plans the runtime's tensors with it, the ``.smpq`` exporter the blob's arena and the
+lowering the integer IR's tensors.
 """
 from __future__ import annotations
 
@@ -48,6 +49,27 @@ class MemoryPlan:
             if b.name == name:
                 return off
         raise KeyError(name)
+
+
+def live_ranges(n: int, steps: Sequence[tuple[Sequence[int], Sequence[int]]], inputs: Sequence[int] = (),
+                outputs: Sequence[int] = (), end: int | None = None) -> list[tuple[int, int]]:
+    """(first_use, last_use) of tensors 0..n−1 when op i — `steps[i]` = (its input ids, its output ids) — runs at step i.
+
+    The one lifetime rule of every arena in the project: `inputs` are live from step 0, every tensor
+    from the step of its producer to that of its last reader, `outputs` until `end` (default
+    ``len(steps)``: past the last op); a tensor no op touches gets (0, 0).
+    """
+    first = {t: 0 for t in inputs}
+    last = dict(first)
+    for step, (ins, outs) in enumerate(steps):
+        for t in ins:
+            last[t] = step
+        for o in outs:
+            first.setdefault(o, step)
+            last[o] = max(last.get(o, step), step)
+    for t in outputs:
+        last[t] = len(steps) if end is None else end
+    return [(first.get(i, 0), last.get(i, first.get(i, 0))) for i in range(n)]
 
 
 def align_up(n: int, alignment: int) -> int:

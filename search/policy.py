@@ -6,6 +6,7 @@ JSON form (``policy.json`` is this plus whatever the search adds)::
 
 Extras (MACs, scores, Ω, budgets...) are kept verbatim in :attr:`Policy.layer_info` / :attr:`Policy.meta`
 and written back by :meth:`Policy.to_dict`, so the search, deploy and the report share one file format.
+The schema of the ``policy.json`` a search writes is :class:`PolicyFile` (documented in docs/policy-json.md).
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import json
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from search.budget import QUANTIZABLE
 from search.errors import SearchError
+from search.methods import METHODS
 from search.quantizers import ACT_BITS, WEIGHT_BITS
 
 
@@ -157,11 +161,91 @@ class Policy(Mapping[str, LayerBits]):
             raise SearchError(f"policy JSON is not valid JSON: {e}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        from search.atomic import atomic_write_text
+
+        atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
+        """Read a policy.json; every problem is a one-line SearchError that names the file."""
         p = Path(path)
+        if p.is_dir():
+            raise SearchError(f"policy file '{p}' is a folder: pass the policy.json inside it")
         if not p.is_file():
             raise SearchError(f"policy file '{p}' does not exist: run the search first or pass an existing policy.json")
-        return cls.from_json(p.read_text())
+        try:
+            return cls.from_json(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise SearchError(f"policy file '{p}' is not UTF-8 JSON text: pass a policy.json written by the search") from None
+        except SearchError as exc:
+            raise SearchError(f"policy file '{p}': {exc}") from None
+
+
+POLICY_FILE = "policy.json"
+FORMAT = "smpq-policy"
+FORMAT_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------ policy.json schema
+class LayerEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    type: Literal[QUANTIZABLE]  # type: ignore[valid-type]
+    w_bits: int = Field(ge=1, le=8)
+    a_bits: int = Field(ge=2, le=8)
+    macs: int = Field(ge=0)
+    params: int = Field(ge=0)
+    bops: float = Field(ge=0)
+    flash_bytes: int = Field(ge=0)
+    held_8bit: bool
+    scores: dict[Literal["w", "a"], dict[str, float]] | None
+    normalized_scores: dict[Literal["w", "a"], dict[str, float]] | None
+
+
+class BudgetEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: float | None
+    limit: float | None
+    ok: bool
+
+
+class PolicyFile(BaseModel):
+    """The schema of policy.json (docs/policy-json.md documents every field)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal[FORMAT]  # type: ignore[valid-type]
+    version: Literal[FORMAT_VERSION]  # type: ignore[valid-type]
+    method: Literal[METHODS]  # type: ignore[valid-type]
+    model: str
+    dataset: str
+    input_shape: list[int]
+    num_classes: int
+    seed: int
+    fp_checkpoint: str
+    candidate_bits: dict[Literal["w", "a"], list[int]]
+    first_last_8bit: bool
+    layers: list[LayerEntry]
+    omega: dict[Literal["bops", "flash_bytes", "sram_bytes", "latency_s", "macs", "params"], float | None]
+    budget: dict[Literal["bops", "flash_bytes", "sram_bytes", "latency_s"], BudgetEntry]
+    selection: dict[str, Any]
+    method_details: dict[str, Any]
+    value_evaluations: int = Field(ge=0)
+    settings: dict[str, Any]
+    timings_s: dict[str, float]
+    accuracy: dict[str, float | None]
+    files: dict[str, str | None]
+
+
+def validate_policy_file(data: dict[str, Any] | str | Path) -> PolicyFile:
+    """Parse and validate a policy.json (dict, JSON text or path); a problem is a one-line SearchError."""
+    if isinstance(data, Path) or (isinstance(data, str) and not data.lstrip().startswith("{")):
+        data = Path(data).read_text()
+    if isinstance(data, str):
+        data = json.loads(data)
+    try:
+        return PolicyFile.model_validate(data)
+    except Exception as exc:  # pydantic.ValidationError → one line
+        errs = getattr(exc, "errors", lambda: [])()
+        first = errs[0] if errs else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(p) for p in first["loc"])
+        raise SearchError(f"policy.json does not match the schema (docs/policy-json.md): {where}: {first['msg']}") from None

@@ -105,7 +105,7 @@ def _calibrated_only(model: nn.Module, dataset: Dataset, cfg: QATConfig, out: Pa
 def load_qat(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the quantized model saved by :func:`finetune` (CPU, eval mode); returns (model, meta)."""
     path = Path(path)
-    ckpt = read_checkpoint(path, "QAT checkpoint", weights_only=True)
+    ckpt = read_checkpoint(path, "QAT checkpoint", weights_only=True, made_by="smpq-deploy search")
     meta = ckpt.get("meta")
     if not isinstance(meta, dict) or "policy" not in meta or "state_dict" not in ckpt:
         raise SearchError(f"'{path}' is not a QAT checkpoint (no policy in its meta): run `smpq-deploy search` to write qat.pt")

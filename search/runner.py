@@ -14,7 +14,7 @@ Steps (each timed; the figures go into policy.json):
 3. Budget step (:mod:`search.knapsack`): the argmax policy if it meets every budget, else the exact
    multiple-choice knapsack over the scores. Uniform is never altered: a violated budget is an error.
 4. QAT of the final policy from the FP weights (:mod:`search.qat`, the same recipe for every method).
-5. ``policy.json`` (schema :class:`PolicyFile`, documented in docs/policy-json.md), ``qat.pt``; the
+5. ``policy.json`` (schema :class:`search.policy.PolicyFile`, documented in docs/policy-json.md), ``qat.pt``; the
    resumable search state is ``search_state.pt`` (EdMIPS trials: ``search_state_cd<i>.pt`` plus
    finished trials in ``search_state.pt``).
 """
@@ -24,20 +24,22 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from search.budget import Budget, LatencyModel
-from search.cost import Omega, check, layer_options, omega
+from search import distributed
+from search.atomic import atomic_write_text
+from search.budget import Budget
+from search.cost import CostModel, Omega, check
 from search.data import Dataset, load_dataset
 from search.errors import SearchError
 from search.graph import ExecGraph, extract_graph
 from search.knapsack import Option, Selection, layer_scores, select_policy, softmax_scores
-from search.policy import Policy
+from search.methods import METHODS
+from search.policy import FORMAT, FORMAT_VERSION, POLICY_FILE, Policy, validate_policy_file  # noqa: F401
 from search.qat import QAT_FILE, QATConfig, finetune
 from search.search_state import STATE_FILE, args_signature, atomic_save, tensors_digest
 from search.train import load_checkpoint, resolve_device
@@ -45,10 +47,6 @@ from search.train import load_checkpoint, resolve_device
 if TYPE_CHECKING:
     from search.supernet import Supernet
 
-METHODS = ("smpq", "edmips", "uniform")
-POLICY_FILE = "policy.json"
-FORMAT = "smpq-policy"
-FORMAT_VERSION = 1
 BUDGET_KEYS = ("bops", "flash_bytes", "sram_bytes", "latency_s")
 
 
@@ -64,8 +62,7 @@ class SearchSettings:
     model: str | None = None            # optional check against the checkpoint's model
     seed: int = 0
     budget: Budget = field(default_factory=Budget)
-    latency_model: LatencyModel | None = None
-    packed_activations: bool = False
+    cost_model: CostModel | None = None  # Ω of the deployment (deploy.deploy_cost.BlobCostModel); None: BOPs only
     w_bits: tuple[int, ...] = (2, 4, 8)
     a_bits: tuple[int, ...] = (2, 4, 8)
     first_last_8bit: bool = True
@@ -101,7 +98,9 @@ class SearchSettings:
         for k in ("output", "progress", "what", "accelerator", "qat"):
             d.pop(k, None)
         d["budget"] = asdict(self.budget)
-        d["latency_model"] = None if self.latency_model is None else repr(self.latency_model)
+        d.pop("cost_model", None)
+        d.update(self.cost_model.describe() if self.cost_model is not None
+                 else {"latency_model": None, "packed_activations": False})
         return d
 
 
@@ -126,71 +125,6 @@ class SearchOutcome:
     qat_path: Path | None
 
 
-# ------------------------------------------------------------------------------------------ schema
-class LayerEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    type: Literal["conv2d", "depthwise_conv2d", "fully_connected"]
-    w_bits: int = Field(ge=1, le=8)
-    a_bits: int = Field(ge=2, le=8)
-    macs: int = Field(ge=0)
-    params: int = Field(ge=0)
-    bops: float = Field(ge=0)
-    flash_bytes: int = Field(ge=0)
-    held_8bit: bool
-    scores: dict[Literal["w", "a"], dict[str, float]] | None
-    normalized_scores: dict[Literal["w", "a"], dict[str, float]] | None
-
-
-class BudgetEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    value: float | None
-    limit: float | None
-    ok: bool
-
-
-class PolicyFile(BaseModel):
-    """The schema of policy.json (docs/policy-json.md documents every field)."""
-
-    model_config = ConfigDict(extra="forbid")
-    format: Literal["smpq-policy"]
-    version: Literal[1]
-    method: Literal["smpq", "edmips", "uniform"]
-    model: str
-    dataset: str
-    input_shape: list[int]
-    num_classes: int
-    seed: int
-    fp_checkpoint: str
-    candidate_bits: dict[Literal["w", "a"], list[int]]
-    first_last_8bit: bool
-    layers: list[LayerEntry]
-    omega: dict[Literal["bops", "flash_bytes", "sram_bytes", "latency_s", "macs", "params"], float | None]
-    budget: dict[Literal["bops", "flash_bytes", "sram_bytes", "latency_s"], BudgetEntry]
-    selection: dict[str, Any]
-    method_details: dict[str, Any]
-    value_evaluations: int = Field(ge=0)
-    settings: dict[str, Any]
-    timings_s: dict[str, float]
-    accuracy: dict[str, float | None]
-    files: dict[str, str | None]
-
-
-def validate_policy_file(data: dict[str, Any] | str | Path) -> PolicyFile:
-    """Parse and validate a policy.json (dict, JSON text or path); a problem is a one-line SearchError."""
-    if isinstance(data, Path) or (isinstance(data, str) and not data.lstrip().startswith("{")):
-        data = Path(data).read_text()
-    if isinstance(data, str):
-        data = json.loads(data)
-    try:
-        return PolicyFile.model_validate(data)
-    except Exception as exc:  # pydantic.ValidationError → one line
-        errs = getattr(exc, "errors", lambda: [])()
-        first = errs[0] if errs else {"loc": (), "msg": str(exc)}
-        where = ".".join(str(p) for p in first["loc"])
-        raise SearchError(f"policy.json does not match the schema (docs/policy-json.md): {where}: {first['msg']}") from None
-
-
 # ------------------------------------------------------------------------------------------ helpers
 def _log(settings: SearchSettings, msg: str) -> None:
     if settings.progress:
@@ -201,9 +135,16 @@ def _held(names: list[str], first_last_8bit: bool) -> set[str]:
     return {names[0], names[-1]} if first_last_8bit and names else set()
 
 
+def _cost_model(settings: SearchSettings) -> CostModel:
+    if settings.cost_model is None:
+        raise SearchError("the search needs the deployment's cost model (SearchSettings.cost_model, "
+                          "deploy.deploy_cost.BlobCostModel) to price flash, SRAM and latency")
+    return settings.cost_model
+
+
 def evaluate_omega(graph: ExecGraph, policy: Policy, settings: SearchSettings) -> Omega:
-    """Ω of a discrete policy with the settings' latency model and activation storage."""
-    return omega(graph, policy, settings.latency_model, packed_activations=settings.packed_activations)
+    """Ω of a discrete policy under the settings' cost model."""
+    return _cost_model(settings).omega(graph, policy)
 
 
 def _bits_label(bits: tuple[int, ...]) -> str:
@@ -215,9 +156,9 @@ def select(graph: ExecGraph, scores: dict[str, dict[str, dict[int, float]]], set
     """Budget step: the argmax policy if it fits, else the exact knapsack over normalised scores."""
     names = graph.layer_names()
     held = _held(names, settings.first_last_8bit)
-    table = layer_options(graph, settings.w_bits, settings.a_bits, settings.latency_model,
-                          packed_activations=settings.packed_activations)
-    held_table = layer_options(graph, (8,), (8,), settings.latency_model, packed_activations=settings.packed_activations)
+    cost_model = _cost_model(settings)
+    table = cost_model.layer_options(graph, settings.w_bits, settings.a_bits)
+    held_table = cost_model.layer_options(graph, (8,), (8,))
     options: list[list[Option]] = []
     normalized: dict[str, dict[str, dict[int, float]]] = {}
     for lo, held_lo in zip(table, held_table):
@@ -239,7 +180,7 @@ def select(graph: ExecGraph, scores: dict[str, dict[str, dict[int, float]]], set
                 "latency_s": o.latency_s if o.latency_s is not None else 0.0}
 
     limits = settings.budget.items()
-    if "latency_s" in limits and settings.latency_model is None:
+    if "latency_s" in limits and "latency_s" not in table.fixed:
         raise SearchError("a latency budget needs a latency model: pass --device (its cost model) or drop the latency budget")
     sel = select_policy(options, limits, ev, table.fixed, what)
     return policy_of(sel.choice), sel, normalized
@@ -278,6 +219,7 @@ def build_supernet(fp_model: torch.nn.Module, dataset: Dataset, settings: Search
 
 def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, out: Path,
           device: torch.device) -> MethodResult:
+    from search.edmips import mixture_cost_for
     from search.smpq import SMPQConfig, run_smpq
 
     opts = dict(settings.shapley)
@@ -289,7 +231,8 @@ def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset,
     cfg = SMPQConfig(warmup_epochs=settings.warmup_epochs, batch_size=settings.batch_size, subset=settings.subset,
                      seed=settings.seed, progress=settings.progress, **opts)
     sn = build_supernet(fp_model, dataset, settings)
-    res = run_smpq(sn, dataset, cfg, out, device, budget=settings.budget)
+    cost = mixture_cost_for(sn, settings.cost_model) if cfg.value == "tradeoff" else None
+    res = run_smpq(sn, dataset, cfg, out, device, budget=settings.budget, cost=cost)
     return MethodResult(res.scores, res.value_evaluations,
                         {"argmax_policy": {n: list(b) for n, b in res.policy.items()},
                          "saved_by_truncation": res.saved_by_truncation, "rounds": cfg.rounds,
@@ -324,8 +267,9 @@ def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Datase
     fields = {k: v for k, v in settings.signature_fields().items() if k != "edmips_trials"}  # more trials may follow
     signature = args_signature({"method": "edmips", **_jsonable(fields), "fp_digest": tensors_digest(fp_model.state_dict())})
     trials: list[dict[str, Any]] = []
-    if state_path.is_file():
-        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+    saved = distributed.on_main(lambda: torch.load(state_path, map_location="cpu", weights_only=True)
+                                if state_path.is_file() else None)
+    if saved is not None:
         if saved.get("signature") != signature:
             raise SearchError(f"'{state_path}' was written by a search with other settings: rerun with the same "
                               f"arguments to resume, or use a new --output folder / delete it to start afresh")
@@ -383,7 +327,19 @@ def _run_method(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Da
 # ------------------------------------------------------------------------------------------ main
 def run_search(settings: SearchSettings, fp_model: torch.nn.Module | None = None, fp_meta: dict | None = None,
                dataset: Dataset | None = None) -> SearchOutcome:
-    """Run one whole search (see the module docstring); returns the final policy and writes the outputs."""
+    """Run one whole search (see the module docstring); returns the final policy and writes the outputs.
+
+    Under a torchrun launch every rank calls this: it joins the process group (:mod:`search.distributed`),
+    every rank computes the same policy, rank 0 alone writes files and shows progress.
+    """
+    with distributed.session(settings.accelerator):
+        if not distributed.is_main():
+            settings = replace(settings, progress=False, qat=replace(settings.qat, progress=False))
+        return _run_search(settings, fp_model, fp_meta, dataset)
+
+
+def _run_search(settings: SearchSettings, fp_model: torch.nn.Module | None, fp_meta: dict | None,
+                dataset: Dataset | None) -> SearchOutcome:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     out = Path(settings.output)
@@ -486,9 +442,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _write_policy(path: Path, record: dict[str, Any]) -> None:
-    """Validate against the schema, then write atomically."""
+    """Validate against the schema, then write atomically (rank 0 only in a distributed run)."""
     validate_policy_file(_jsonable(record))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(record), indent=2) + "\n")
-    tmp.replace(path)
+    if distributed.is_main():
+        atomic_write_text(path, json.dumps(_jsonable(record), indent=2) + "\n")
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from search import distributed
+from search.atomic import atomic_write_text
 from search.data import BatchLoader, Dataset
 from search.errors import SearchError
 from search.policy import Policy
@@ -63,8 +65,15 @@ def load_state(path: str | Path, signature: str, map_location: str | torch.devic
     """The checkpoint at `path` (RNG states restored), None when there is none.
 
     Raises SearchError when the checkpoint was written by a search with different arguments or is unreadable.
+    In a distributed run rank 0 reads it and every rank gets its contents (and the error, if any).
     """
-    path = Path(path)
+    state = distributed.on_main(lambda: _read_state(Path(path), signature, map_location))
+    if state is not None:
+        restore_rng_states(state["rng"])
+    return state
+
+
+def _read_state(path: Path, signature: str, map_location: str | torch.device) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
@@ -76,7 +85,6 @@ def load_state(path: str | Path, signature: str, map_location: str | torch.devic
     if state.get("signature") != signature:
         raise SearchError(f"search checkpoint '{path}' was written by a search with different arguments: "
                           f"rerun with the same arguments to resume, or delete it (or use a new run folder) to start afresh")
-    restore_rng_states(state["rng"])
     return state
 
 
@@ -134,7 +142,8 @@ class TrainStream:
 
 
 class JsonlLog:
-    """A search's JSONL log (one record per unit of work, each with its `step`), consistent with the checkpoint.
+    """A search's JSONL log (one record per unit of work, each with its `step`), consistent with the checkpoint;
+    only rank 0 of a distributed run touches the file.
 
     Records are written before the checkpoint of their step; on resume, :meth:`truncate` drops the
     records of steps the checkpoint does not contain (they will be redone and logged again).
@@ -144,7 +153,7 @@ class JsonlLog:
         self.path = Path(path)
 
     def truncate(self, steps_done: int) -> None:
-        if not self.path.is_file():
+        if not distributed.is_main() or not self.path.is_file():
             return
         kept = []
         for line in self.path.read_text().splitlines():
@@ -154,12 +163,15 @@ class JsonlLog:
                 continue  # a line cut by a kill
             if int(rec.get("step", 0)) <= steps_done:
                 kept.append(json.dumps(rec))
-        self.path.write_text("".join(k + "\n" for k in kept))
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def reset(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if distributed.is_main():
+            self.path.unlink(missing_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
+        if not distributed.is_main():
+            return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
@@ -183,7 +195,12 @@ class SearchResult:
 
 class SupernetTrainer:
     """SGD (momentum, weight decay on kernels only) on the supernet's weights — never on α — over a
-    resumable train stream, with one cosine learning-rate schedule across the whole search."""
+    resumable train stream, with one cosine learning-rate schedule across the whole search.
+
+    In a distributed run `loader` is a :class:`~search.distributed.ShardedLoader` and every call of
+    :meth:`train` wraps the supernet in DistributedDataParallel (over the parameters that require grad
+    at that moment: EdMIPS' warm-up freezes α); the logged loss and accuracy are over the global batch.
+    """
 
     def __init__(self, supernet: Supernet, loader: BatchLoader, lr: float, momentum: float, weight_decay: float,
                  total_steps: int, device: torch.device) -> None:
@@ -195,6 +212,7 @@ class SupernetTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, LRSchedule(max(total_steps, 1), 0))
         self.stream = TrainStream(loader)
         self.criterion = nn.CrossEntropyLoss()
+        self.sum_criterion = nn.CrossEntropyLoss(reduction="sum")
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -209,29 +227,44 @@ class SupernetTrainer:
               extra_optimizers: Sequence[torch.optim.Optimizer] = (), tick: Callable[[], None] | None = None) -> dict[str, float]:
         """`n_steps` steps of CE (+ `extra_loss()`); `extra_optimizers` (EdMIPS' α) step alongside W."""
         self.supernet.train()
+        net = distributed.wrap_ddp(self.supernet)
         loss_sum = extra_sum = 0.0
         correct = seen = 0
         for _ in range(n_steps):
             x, y = self.stream.next()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            logits = self.supernet(x)
-            loss = self.criterion(logits, y)
+            logits = net(x)
+            if net is self.supernet:
+                loss = self.criterion(logits, y)
+            else:  # this rank's share of the global batch mean (DDP averages the gradients over ranks)
+                ce_sum = self.sum_criterion(logits, y)
+                loss = distributed.scaled_loss(ce_sum, self.stream.loader)
             extra = extra_loss() if extra_loss is not None else None
             total = loss if extra is None else loss + extra
             self.optimizer.zero_grad(set_to_none=True)
             for opt in extra_optimizers:
                 opt.zero_grad(set_to_none=True)
-            total.backward()
+            with distributed.collective("the gradient all-reduce of DDP"):
+                total.backward()
             self.optimizer.step()
             for opt in extra_optimizers:
                 opt.step()
             self.scheduler.step()
-            if not torch.isfinite(total.detach()):
-                raise SearchError(f"supernet training diverged (loss {float(total.detach())}): lower the learning rate")
-            loss_sum += float(loss.detach()) * len(y)
-            extra_sum += float(extra.detach()) * len(y) if extra is not None else 0.0
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            if net is self.supernet:
+                if not torch.isfinite(total.detach()):
+                    raise SearchError(f"supernet training diverged (loss {float(total.detach())}): lower the learning rate")
+                step = [float(loss.detach()) * len(y), float(extra.detach()) * len(y) if extra is not None else 0.0,
+                        int((logits.argmax(1) == y).sum()), len(y)]
+            else:  # global sums, the same on every rank, so every rank stops on divergence together
+                step = distributed.all_sum([float(ce_sum.detach()), float(extra.detach()) * len(y) if extra is not None else 0.0,
+                                            int((logits.argmax(1) == y).sum()), len(y)])
+                if not np.isfinite(step[0] + step[1]):
+                    raise SearchError(f"supernet training diverged (loss {step[0] / step[3] + step[1] / step[3]}): "
+                                      f"lower the learning rate")
+            loss_sum += step[0]
+            extra_sum += step[1]
+            correct += int(step[2])
+            seen += int(step[3])
             if tick is not None:
                 tick()
         n = max(seen, 1)
@@ -294,8 +327,9 @@ class SupernetSearch:
         supernet.to(dev)
         self.train_split = dataset.train.subset(cfg.subset)
         self.val_split = dataset.val.subset(cfg.subset)
-        loader = BatchLoader(self.train_split, dataset, cfg.batch_size, shuffle=True, augment=dataset.augment,
-                             seed=cfg.seed, drop_last=len(self.train_split) > cfg.batch_size)
+        loader = distributed.sharded(BatchLoader(self.train_split, dataset, cfg.batch_size, shuffle=True,
+                                                 augment=dataset.augment, seed=cfg.seed,
+                                                 drop_last=len(self.train_split) > cfg.batch_size))
         self.steps_per_epoch = len(loader)
         self.units, self.work = self._plan()
         total = sum(self.work[k] for k, _ in self.units if k in self.train_kinds)
@@ -356,6 +390,7 @@ class SupernetSearch:
                 self._before_unit()
                 advance(0, f"{self.method} {kind} {index + 1}")
                 record = self._unit(kind, index, advance)
+                distributed.broadcast_module(self.supernet)  # rank 0's BN statistics on every rank
                 self.step += 1
                 record = {"step": self.step, **record}
                 self.history.append(record)

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 ValueFn = Callable[[np.ndarray], float]
+Gather = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -36,12 +37,21 @@ class ShapleyResult:
 
 def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10, threshold: float = 0.5,
                      rng: np.random.Generator | None = None, robust: bool = False,
-                     on_permutation: Callable[[int], None] | None = None) -> ShapleyResult:
+                     on_permutation: Callable[[int], None] | None = None,
+                     permutation_rng: Callable[[int], np.random.Generator] | None = None,
+                     shard: tuple[int, int] = (0, 1), gather: Gather | None = None) -> ShapleyResult:
     """Estimate Shapley values of `value_fn` from `n_permutations` random truncated removal walks.
 
     `threshold` = 0 disables truncation. `robust` returns mean − std over permutations (Shapley-NAS)
     instead of the mean. `on_permutation(p)` is called before walk `p` starts, e.g. to draw a fresh
     validation batch: the game may change between permutations but not within one.
+
+    Sharding (several processes): with ``permutation_rng(p)`` the removal order of walk `p` comes from
+    its own generator instead of successive draws from `rng`, so it does not depend on which process
+    walks it. With ``shard=(r, N)`` this process walks only the permutations p ≡ r (mod N);
+    ``gather(rows)`` must return every process's (n_permutations, ·) array (``search.distributed.
+    gather_rows`` with owner ``p mod N``); the result is then the same on every process and
+    bit-identical to ``shard=(0, 1)``.
     """
     if n_players < 1:
         raise ValueError(f"a game needs at least one player, got n_players={n_players}")
@@ -49,35 +59,52 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
         raise ValueError(f"n_permutations must be ≥ 1, got {n_permutations}")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1) (0 disables truncation), got {threshold}")
+    me, world = shard
+    if world > 1 and (permutation_rng is None or gather is None):
+        raise ValueError("a sharded estimate needs permutation_rng (per-walk generators) and gather")
     rng = rng if rng is not None else np.random.default_rng(0)
-    contributions = np.zeros((n_permutations, n_players), dtype=np.float64)
-    permutations = np.zeros((n_permutations, n_players), dtype=np.int64)
-    full_values = np.zeros(n_permutations, dtype=np.float64)
-    n_eval = n_saved = 0
+    # one row per walk: contributions (n) | removal order (n) | v(full) | evaluations | saved by truncation
+    rows = np.zeros((n_permutations, 2 * n_players + 3), dtype=np.float64)
     for p in range(n_permutations):
-        perm = rng.permutation(n_players)
-        permutations[p] = perm
+        perm = permutation_rng(p).permutation(n_players) if permutation_rng is not None else rng.permutation(n_players)
+        if p % world != me:
+            continue
         if on_permutation is not None:
             on_permutation(p)
-        mask = np.ones(n_players, dtype=bool)
-        v_full = float(value_fn(mask.copy()))
-        n_eval += 1
-        full_values[p] = v_full
-        cutoff = threshold * v_full
-        v_prev = v_full
-        for j, player in enumerate(perm):
-            if threshold > 0 and v_prev < cutoff:
-                n_saved += n_players - j
-                break
-            mask[player] = False
-            v = float(value_fn(mask.copy()))
-            n_eval += 1
-            contributions[p, player] = v_prev - v
-            v_prev = v
+        rows[p] = _walk(value_fn, perm, threshold)
+    if world > 1:
+        assert gather is not None
+        rows = gather(rows)
+    contributions = rows[:, :n_players].copy()
+    permutations = rows[:, n_players:2 * n_players].astype(np.int64)
     psi = contributions.mean(axis=0)
     if robust:
         psi = psi - contributions.std(axis=0)
-    return ShapleyResult(psi, contributions, permutations, full_values, n_eval, n_saved)
+    return ShapleyResult(psi, contributions, permutations, rows[:, 2 * n_players].copy(),
+                         int(rows[:, -2].sum()), int(rows[:, -1].sum()))
+
+
+def _walk(value_fn: ValueFn, perm: np.ndarray, threshold: float) -> np.ndarray:
+    """One truncated removal walk: [contributions | perm | v(full) | evaluations | saved]."""
+    n = len(perm)
+    row = np.zeros(2 * n + 3, dtype=np.float64)
+    row[n:2 * n] = perm
+    mask = np.ones(n, dtype=bool)
+    v_full = float(value_fn(mask.copy()))
+    n_eval, n_saved = 1, 0
+    cutoff = threshold * v_full
+    v_prev = v_full
+    for j, player in enumerate(perm):
+        if threshold > 0 and v_prev < cutoff:
+            n_saved = n - j
+            break
+        mask[player] = False
+        v = float(value_fn(mask.copy()))
+        n_eval += 1
+        row[player] = v_prev - v
+        v_prev = v
+    row[2 * n:] = (v_full, n_eval, n_saved)
+    return row
 
 
 def exact_shapley(value_fn: ValueFn, n_players: int) -> np.ndarray:

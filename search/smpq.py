@@ -27,6 +27,11 @@ being trained, so the next round's values stay fair. ``mixture="uniform"`` train
 
 Scores: the final α per candidate (:attr:`SearchResult.scores`); the argmax policy per layer and kind
 (:meth:`Supernet.derive_policy`, ties → more bits; the budget step is the knapsack's job).
+Randomness of a round: the removal order of walk p in round r comes from its own generator seeded by
+(seed, r, p), and so does its validation batch. Under torch.distributed (:mod:`search.distributed`)
+rank k walks the p ≡ k (mod N) and the walks are gathered on every rank, so ψ, α and the policy are
+bit-identical for any number of processes (given the same W); W training runs under DDP.
+
 Files in the run folder: ``search_state.pt`` (after every unit, atomic), ``smpq_log.jsonl`` (one
 record per unit: ψ, α, evaluations, evaluations saved by truncation, wall time) and ``supernet.pt``.
 """
@@ -41,13 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from search import distributed
 from search.budget import Budget
 from search.cost import MixtureCost
 from search.data import BatchLoader, Dataset
 from search.edmips import mixture_cost_for, mixture_probs
 from search.errors import SearchError
-from search.search_state import (STATE_FILE, SearchResult, SupernetSearch, generator_state,
-                                 restore_generator)
+from search.search_state import STATE_FILE, SearchResult, SupernetSearch
 from search.shapley import estimate_shapley, update_alpha
 from search.supernet import Supernet
 from search.train import deterministic_mode, resolve_device
@@ -130,7 +135,7 @@ def run_smpq(supernet: Supernet, dataset: Dataset, cfg: SMPQConfig, out_dir: str
     """Run (or resume, or just reload) an SMPQ search in `out_dir`; see the module docstring.
 
     `budget` and `cost` are only used by ``value="tradeoff"`` (`cost` defaults to
-    :func:`mixture_cost_for` without a latency model). The same arguments give the same result,
+    :func:`mixture_cost_for` without a cost model: BOPs only). The same arguments give the same result,
     also when the search was killed and restarted at any point.
     """
     out = Path(out_dir)
@@ -170,8 +175,6 @@ class SMPQSearch(SupernetSearch):
         if len(self.game_players) == 0:
             raise SearchError("smpq: no layer has more than one bit-width candidate: give more w/a bit candidates")
         self.q = np.zeros(supernet.num_players)
-        self.perm_rng = np.random.default_rng([cfg.seed, 12])
-        self.val_rng = np.random.default_rng([cfg.seed, 13])
         self.evaluations = self.saved = 0
 
     def _plan(self) -> tuple[list[tuple[str, int]], dict[str, int]]:
@@ -181,12 +184,10 @@ class SMPQSearch(SupernetSearch):
                 {"warmup": self.steps_per_epoch, "train": per_round, "round": cfg.permutations})
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"q": torch.from_numpy(self.q.copy()), "perm_rng": generator_state(self.perm_rng),
-                "val_rng": generator_state(self.val_rng), "evaluations": self.evaluations, "saved": self.saved}
+        return {"q": torch.from_numpy(self.q.copy()), "evaluations": self.evaluations, "saved": self.saved}
 
     def _restore_extra(self, s: dict[str, Any]) -> None:
         self.q = s["q"].cpu().numpy().copy()
-        self.perm_rng, self.val_rng = restore_generator(s["perm_rng"]), restore_generator(s["val_rng"])
         self.evaluations, self.saved = int(s["evaluations"]), int(s["saved"])
 
     def _details(self) -> dict[str, Any]:
@@ -213,12 +214,16 @@ class SMPQSearch(SupernetSearch):
         full = torch.ones(sn.num_players, device=dev)
         players = torch.from_numpy(self.game_players).to(dev)
 
+        walked: list[int] = []
+
         def new_batch(p: int) -> None:
-            idx = self.val_rng.choice(n_val, size=min(cfg.val_batch_size, n_val), replace=False)
+            rng = np.random.default_rng([cfg.seed, 13, r, p])  # walk p's batch: the same whichever rank walks it
+            idx = rng.choice(n_val, size=min(cfg.val_batch_size, n_val), replace=False)
             sel = torch.from_numpy(np.sort(idx)).to(dev)
             batch["x"], batch["y"] = self.val_x[sel], self.val_y[sel]
-            if p:
+            if walked:
                 advance()
+            walked.append(p)
 
         def value(coalition: np.ndarray) -> float:
             mask = full.clone()
@@ -232,9 +237,13 @@ class SMPQSearch(SupernetSearch):
 
         t0 = time.perf_counter()
         with sn.masked():
-            res = estimate_shapley(value, len(self.game_players), cfg.permutations, cfg.threshold, self.perm_rng,
-                                   cfg.robust, new_batch)
-        advance()
+            world = distributed.world_size()
+            res = estimate_shapley(value, len(self.game_players), cfg.permutations, cfg.threshold, robust=cfg.robust,
+                                   on_permutation=new_batch,
+                                   permutation_rng=lambda p: np.random.default_rng([cfg.seed, 12, r, p]),
+                                   shard=(distributed.rank(), world),
+                                   gather=lambda rows: distributed.gather_rows(rows, lambda p: p % world))
+        advance(cfg.permutations - len(walked) + 1)
         psi = np.zeros(sn.num_players)
         psi[self.game_players] = res.psi
         self.alpha, self.q = update_alpha(self.alpha, self.q, psi, cfg.xi, cfg.beta, cfg.lam)

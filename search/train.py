@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from search import distributed
+from search.atomic import atomic_path
 from search.data import BatchLoader, Dataset, Split
 from search.errors import SearchError
 from search.models import build_model
@@ -201,31 +203,40 @@ def deterministic_mode(device: torch.device) -> Iterator[None]:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace (never a half-written file)."""
+    """torch.save through :func:`search.atomic.atomic_path` (never a half-written file); in a distributed
+    run only rank 0 writes."""
+    if not distributed.is_main():
+        return
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def check_finite_weights(model: nn.Module, when: str, lr: float) -> None:
+    """Refuse to save diverged weights: every floating-point parameter and buffer must be finite (the loss
+    check alone misses the last optimizer step)."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise SearchError(f"training diverged: {len(bad)} weight tensor(s) hold inf/NaN {when} (first '{bad[0]}'); "
+                          f"nothing was saved: lower --lr (now {lr})")
+
+
+def read_checkpoint(path: Path, what: str, weights_only: bool, made_by: str = "smpq-deploy train") -> dict[str, Any]:
+    """The dict saved at `path` (torch.load on the CPU); one-line SearchErrors, naming it `what` and the
+    command that writes it (`made_by`), when the file is missing, a folder, unreadable or not a dict."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def read_checkpoint(path: Path, what: str, weights_only: bool) -> dict[str, Any]:
-    """The dict saved at `path` (torch.load on the CPU); one-line SearchErrors, naming it `what`, when the
-    file is missing, unreadable or not a dict."""
+    if path.is_dir():
+        raise SearchError(f"{what} '{path}' is a folder, not a checkpoint file: pass the file "
+                          f"(e.g. '{path / 'fp.pt'}')")
     if not path.is_file():
-        raise SearchError(f"{what} '{path}' not found: train first (smpq-deploy train --output {path.parent}) or pass the right path")
+        raise SearchError(f"{what} '{path}' not found: it is written by `{made_by} --output {path.parent}`; "
+                          f"run that first or pass the right path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise SearchError(f"{what} '{path}' is corrupt or not a torch checkpoint ({type(exc).__name__}): delete it and train again") from None
+        raise SearchError(f"{what} '{path}' is corrupt or not a torch checkpoint ({type(exc).__name__}): delete it and "
+                          f"rerun `{made_by}`") from None
     if not isinstance(obj, dict):
-        raise SearchError(f"{what} '{path}' is not a checkpoint dict: delete it and train again")
+        raise SearchError(f"{what} '{path}' is not a checkpoint dict: delete it and rerun `{made_by}`")
     return obj
 
 
@@ -299,6 +310,7 @@ def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out: Path, dev: t
          resume: bool, extra_meta: dict[str, Any] | None) -> TrainResult:
     _seed_everything(cfg.seed)
     train_loader, val_loader, test_loader = _loaders(dataset, cfg)
+    train_loader = distributed.sharded(train_loader)  # this rank's share of every global batch
     steps_per_epoch = len(train_loader)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(dev, memory_format=fmt)
@@ -307,11 +319,13 @@ def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out: Path, dev: t
     schedule = LRSchedule(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    sum_criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
     history: list[dict[str, float]] = []
     start_epoch = 0
     state_path = out / state_name
-    if resume and state_path.is_file():
-        state = read_checkpoint(state_path, "training state", weights_only=False)
+    state = distributed.on_main(lambda: read_checkpoint(state_path, "training state", weights_only=False)
+                                if resume and state_path.is_file() else None)
+    if state is not None:
         saved = state.get("config", {})
         diff = [f"{k}: saved {saved.get(k)!r} vs now {getattr(cfg, k)!r}" for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
         if diff:
@@ -325,8 +339,10 @@ def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out: Path, dev: t
             raise SearchError(f"'{state_path}' does not fit this model ({type(exc).__name__}): use another --output folder or delete it") from None
         restore_rng_states(state["rng"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
-        print(f"train: resuming from '{state_path}' after epoch {start_epoch}/{cfg.epochs}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"train: resuming from '{state_path}' after epoch {start_epoch}/{cfg.epochs}", file=sys.stderr)
 
+    net = distributed.wrap_ddp(model)  # the model itself with one process
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -337,23 +353,33 @@ def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out: Path, dev: t
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if x.ndim == 4:
                 x = x.contiguous(memory_format=fmt)
-            logits = model(x)
-            loss = criterion(logits, y)
+            logits = net(x)
+            if net is model:
+                loss = criterion(logits, y)
+            else:  # this rank's share of the global batch mean (DDP averages the gradients over ranks)
+                ce_sum = sum_criterion(logits, y)
+                loss = distributed.scaled_loss(ce_sum, train_loader)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with distributed.collective("the gradient all-reduce of DDP"):
+                loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_value = float(loss.detach())
+            if net is model:
+                step = [float(loss.detach()) * len(y), int((logits.argmax(1) == y).sum()), len(y)]
+            else:  # global sums: every rank sees the same loss and stops on divergence together
+                step = distributed.all_sum([float(ce_sum.detach()), int((logits.argmax(1) == y).sum()), len(y)])
+            loss_value = step[0] / step[2]
             if not np.isfinite(loss_value):
                 raise SearchError(f"training diverged (loss {loss_value}) in epoch {epoch + 1}: lower --lr (now {cfg.lr})")
-            loss_sum += loss_value * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            loss_sum += step[0]
+            correct += int(step[1])
+            seen += int(step[2])
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         if bar is not None:
             bar.close()
+        distributed.broadcast_module(model)  # rank 0's BatchNorm statistics on every rank
         val = evaluate(model, val_loader, dev) if len(val_loader.y) else Evaluation(float("nan"), float("nan"))
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
@@ -362,6 +388,7 @@ def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out: Path, dev: t
         if cfg.progress:
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} "
                   f"val_loss {val.loss:.4f} val_acc {val.accuracy:.4f} ({record['seconds']:.1f} s)", file=sys.stderr, flush=True)
+        check_finite_weights(model, f"after epoch {epoch + 1}", cfg.lr)
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch + 1, "rng": capture_rng_states(), "history": history, "config": asdict(cfg)}, state_path)
 
@@ -376,5 +403,6 @@ def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out: Path, dev: t
         "epochs": cfg.epochs, "seed": cfg.seed, "subset": cfg.subset, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "torch": str(torch.__version__), **(extra_meta or {}),
     }
+    check_finite_weights(model, "at the end", cfg.lr)
     atomic_save({"state_dict": model.state_dict(), "meta": meta}, out / final_name)
     return TrainResult(model, meta, history)

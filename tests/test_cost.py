@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from search import cost
+from deploy import deploy_cost as cost
+from deploy.deploy_cost import BlobCostModel, arena_buffers, layer_options, omega, runtime_schedule
+from firmware_harness.format_spec import CHANNEL_BYTES, DATA_ALIGN, HEADER_BYTES, OP_BYTES, TENSOR_BYTES
 from search.budget import Budget, LatencyModel
-from search.cost import (BYTES_PER_OUT_CHANNEL, HEADER_BYTES, LAYER_DATA_ALIGN, OP_RECORD_BYTES, TENSOR_RECORD_BYTES,
-                         MixtureCost, arena_buffers, check, expected_bops, layer_options, omega, runtime_schedule,
-                         uniform_policy)
+from search.cost import MixtureCost, check, expected_bops, uniform_policy
 from search.errors import SearchError
 from search.graph import extract_graph
 from search.models import build_model
@@ -70,7 +70,7 @@ NORMALISE = 20 + 4                    # channel parameters 2 × 9 B → 20, 2 we
 
 
 def test_format_constants_are_the_documented_ones() -> None:
-    assert (HEADER_BYTES, TENSOR_RECORD_BYTES, OP_RECORD_BYTES, BYTES_PER_OUT_CHANNEL, LAYER_DATA_ALIGN) == (32, 24, 64, 9, 4)
+    assert (HEADER_BYTES, TENSOR_BYTES, OP_BYTES, CHANNEL_BYTES, DATA_ALIGN) == (32, 24, 64, 9, 4)
 
 
 def test_runtime_schedule_by_hand(tiny) -> None:
@@ -173,6 +173,19 @@ def test_policy_errors_are_one_line(tiny) -> None:
         layer_options(tiny, [16], [8])
 
 
+def test_blob_cost_model_is_the_protocol_the_search_receives(tiny) -> None:
+    """What deploy hands the search (search.cost.CostModel) is this module's Ω and table, with its settings."""
+    model = BlobCostModel(LM, packed_activations=True)
+    policy = {"conv1": (4, 8), "conv2": (2, 4), "fc": (8, 4)}
+    assert model.omega(tiny, policy).as_dict() == omega(tiny, policy, LM, packed_activations=True).as_dict()
+    table = model.layer_options(tiny, [2, 8], [4, 8], sram_budget=200)
+    assert table == layer_options(tiny, [2, 8], [4, 8], LM, sram_budget=200, packed_activations=True)
+    assert model.describe() == {"latency_model": repr(LM), "packed_activations": True}
+    bops_only = MixtureCost(tiny, [2, 8], [4, 8])  # without a cost model the search still knows BOPs
+    assert bops_only.keys == ("bops",)
+    assert MixtureCost(tiny, [2, 8], [4, 8], model).keys == ("bops", "flash_bytes", "latency_s")
+
+
 def test_layer_options_are_additive_and_flag_sram(tiny) -> None:
     ws, as_ = [2, 4, 8], [4, 8]
     table = layer_options(tiny, ws, as_, LM, sram_budget=200)
@@ -199,7 +212,7 @@ def test_expected_bops_one_hot_equals_discrete_and_has_gradient(tiny) -> None:
 
     alpha = torch.zeros(3, len(ws), requires_grad=True)
     beta = torch.zeros(3, len(as_), requires_grad=True)
-    mix = MixtureCost(tiny, ws, as_, LM)
+    mix = MixtureCost(tiny, ws, as_, BlobCostModel(LM))
     e = mix.bops(alpha.softmax(-1), {"conv1": beta[0].softmax(-1), "conv2": beta[1].softmax(-1), "fc": beta[2].softmax(-1)})
     assert e.item() == pytest.approx(sum(MACS.values()) * (14 / 3) * 6)  # uniform mixture: E[w]·E[a]
     e.backward()

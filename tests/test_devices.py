@@ -141,7 +141,7 @@ def test_profile_from_another_folder_and_from_a_path(profile_dir: Path, monkeypa
     (lambda d: d["sources"].pop("clock_hz"), "device profile {path}: no source for 'clock_hz'"),
     (lambda d: d["allowed_bits"].update(weight=[4, 9]), "'allowed_bits.weight' must be a non-empty list of bit widths in 1..8"),
     (lambda d: d.update(sram_bytes="1MB"), "'sram_bytes' (1048576) exceeds the arena region 'axi_sram'"),
-    (lambda d: d["flash"].update(backend="jtag"), "'flash.backend' must be 'qemu', 'stm32-uart' or 'pyocd', got 'jtag'"),
+    (lambda d: d["flash"].update(backend="jtag"), "'flash.backend' must be 'qemu', 'stm32-uart', 'pyocd' or 'none', got 'jtag'"),
     (lambda d: d.update(name="other"), "{path}: 'name' is 'other' but the file is board.yaml"),
 ])
 def test_malformed_profile_is_one_line_naming_file_and_key(profile_dir: Path, change, expected: str) -> None:

@@ -165,7 +165,7 @@ def test_one_normalise_op_per_input_grid():
     from deploy.lower import _torch_input_codes
 
     from deploy.export_smpq import build_smpq
-    from search.cost import omega
+    from deploy.deploy_cost import omega
     from search.graph import extract_graph
 
     torch.manual_seed(0)

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from deploy.deploy_cost import BlobCostModel, omega, record_bytes
 from search.budget import Budget
-from search.cost import omega, record_bytes
 from search.data import BatchLoader, load_dataset
 from search.errors import SearchError
 from search.graph import extract_graph
 from search.models import build_model
 from search.policy import Policy
 from search.qat import QATConfig, load_qat
-from search.runner import SearchSettings, run_search, validate_policy_file
+from search.policy import validate_policy_file
+from search.runner import SearchSettings, run_search
 from search.train import TrainConfig, evaluate, fit, load_checkpoint
 
 
@@ -33,7 +34,7 @@ def fp(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def _settings(fp: dict, method: str, out: Path, **kw) -> SearchSettings:
     base = dict(method=method, fp=fp["path"], output=str(out), accelerator="cpu", epochs=1, warmup_epochs=0,
                 batch_size=64, progress=False, qat=QATConfig(epochs=0, batch_size=64, progress=False),
-                shapley={"permutations": 2, "rounds": 2, "steps_per_round": 3}, subset=512)
+                shapley={"permutations": 2, "rounds": 2, "steps_per_round": 3}, subset=512, cost_model=BlobCostModel())
     base.update(kw)
     return SearchSettings(**base)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from deploy.deploy_cost import omega
 from search.budget import Budget
-from search.cost import omega
 from search.data import load_dataset
 from search.errors import SearchError
 from search.graph import extract_graph

@@ -203,9 +203,9 @@ def test_layer_instances_store_their_weights_once(model):
 
 @pytest.mark.parametrize("model", ["resnet8", "mbv2"])
 def test_blob_size_is_the_cost_models_flash_and_weights_are_dense(model):
-    """Ω's flash prediction (search/cost.py) is the blob's exact size; packed weights ≤ 1.01 × Σ params·bits/8
+    """Ω's flash prediction (deploy/deploy_cost.py) is the blob's exact size; packed weights ≤ 1.01 × Σ params·bits/8
     (each layer once)."""
-    from search.cost import omega
+    from deploy.deploy_cost import omega
     from search.graph import extract_graph
     from search.models import build_model, quantizable_layers
     from search.policy import Policy

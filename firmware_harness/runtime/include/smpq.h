@@ -14,49 +14,8 @@
 extern "C" {
 #endif
 
-#define SMPQ_FORMAT_VERSION 2u
-
-/* Error codes (negative); keep in sync with firmware_harness/smpq_format.py ERRORS. */
-typedef enum {
-    SMPQ_OK = 0,
-    SMPQ_E_NULL = -1,          /* a NULL pointer argument */
-    SMPQ_E_TRUNCATED = -2,     /* blob shorter than its header or its declared total size */
-    SMPQ_E_MAGIC = -3,         /* not an .smpq blob */
-    SMPQ_E_VERSION = -4,       /* unsupported format version */
-    SMPQ_E_HEADER = -5,        /* header fields inconsistent (sizes, flags, reserved, counts) */
-    SMPQ_E_CRC = -6,           /* CRC32 of the payload does not match */
-    SMPQ_E_TABLE_RANGE = -7,   /* tensor table, op table or data section outside the blob */
-    SMPQ_E_TENSOR = -8,        /* a tensor record is invalid (rank, dims, bits, clamp range) */
-    SMPQ_E_ARENA_RANGE = -9,   /* a tensor or scratch region lies outside the arena */
-    SMPQ_E_OP_KIND = -10,      /* unknown op kind */
-    SMPQ_E_OP_INDEX = -11,     /* an op refers to a tensor that does not exist */
-    SMPQ_E_OP_SHAPE = -12,     /* an op's tensor shapes are inconsistent */
-    SMPQ_E_OP_PARAM = -13,     /* bits, kernel, stride, padding, shift or clamp out of range */
-    SMPQ_E_DATA_RANGE = -14,   /* channel parameters misaligned, outside the data section or overlapping another op's */
-    SMPQ_E_ARENA_SMALL = -15,  /* the caller's arena is smaller than the blob's arena size */
-    SMPQ_E_ALIAS = -16,        /* an op's output overlaps its inputs or its scratch */
-    SMPQ_E_NOT_LOADED = -17,   /* smpq_invoke on a model that did not load */
-    SMPQ_E_PLATFORM = -18,     /* the runtime was built for a big-endian target */
-    SMPQ_E_WEIGHTS_RANGE = -19, /* packed weights misaligned, outside the data section or over channel parameters */
-    SMPQ_E_WEIGHTS_SHARED = -20 /* two ops' packed weights overlap without being the same (offset, bits, codes) */
-} smpq_status;
-
-/* A loaded model: views into the caller's blob and arena (the runtime owns no memory). */
-typedef struct {
-    const uint8_t *blob;
-    const uint8_t *tensors;  /* tensor table */
-    const uint8_t *ops;      /* op table */
-    const uint8_t *data;     /* data section (channel parameters, packed weights) */
-    uint8_t *arena;
-    uint32_t blob_size;
-    uint32_t data_size;
-    uint32_t arena_size;     /* bytes the model needs */
-    uint16_t n_tensors;
-    uint16_t n_ops;
-    uint16_t input;
-    uint16_t output;
-    int loaded;
-} smpq_model;
+/* Format version, status codes (smpq_status) and smpq_model: generated from firmware_harness/format_spec.py. */
+#include "smpq_types.h"
 
 /* Validate `blob` and bind it to `arena` (`arena_capacity` bytes). Returns SMPQ_OK or an error. */
 int smpq_load(smpq_model *m, const uint8_t *blob, uint32_t blob_size, uint8_t *arena, uint32_t arena_capacity);
@@ -66,6 +25,30 @@ uint32_t smpq_arena_size(const uint8_t *blob, uint32_t blob_size);
 
 /* Run all ops once. The input tensor must have been written (see smpq_input). */
 int smpq_invoke(smpq_model *m);
+
+/* A free-running tick counter (wraps modulo 2^32), e.g. a board's cycle or instruction timer. */
+typedef uint32_t (*smpq_clock)(void);
+
+/* smpq_invoke that also stores each op's duration, clock() after minus before, in ticks[0 .. n_ops-1]
+ * (per-op timing hook; `clock` and `ticks` may be NULL, then it is smpq_invoke). */
+int smpq_invoke_timed(smpq_model *m, smpq_clock clock, uint32_t *ticks);
+
+/* One op as the firmware reports it: kind (SMPQ_OP_* of the format), weight bits (0 when it has no
+ * weights) and the bit width of its output activation. */
+typedef struct {
+    uint8_t kind;
+    uint8_t w_bits;
+    uint8_t a_bits;
+} smpq_op_info;
+
+int smpq_op_describe(const smpq_model *m, uint32_t index, smpq_op_info *info);
+
+/* Quantization of tensor `index`: zero point and the IEEE-754 bits of its float32 scale (the runtime
+ * itself does no floating point; a caller that prints dequantised values converts). */
+int smpq_tensor_quant(const smpq_model *m, uint32_t index, int32_t *zero_point, uint32_t *scale_bits);
+
+/* Lower-case name of an op kind ("conv2d", ...), "?" for an unknown kind. */
+const char *smpq_op_kind_name(int kind);
 
 /* Copy each of `n` inputs into the input tensor, invoke, copy the output out (host batches). */
 int smpq_run_batch(smpq_model *m, const int8_t *inputs, uint32_t n, int8_t *outputs);

@@ -8,7 +8,6 @@
 #include "packed.h"
 #include "../src/smpq_format.h"
 
-#define SMPQ_DW_MAX_TAPS 64
 #define SMPQ_DW_BLOCK 16
 
 void smpq_depthwise_conv2d(const smpq_op_args *a) {

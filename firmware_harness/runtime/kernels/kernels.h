@@ -5,9 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* conv2d computes SMPQ_TILE output pixels at a time; its scratch holds SMPQ_TILE int16 patches plus,
- * for weights narrower than 8 bits, one decoded int16 weight row: 2*K*(SMPQ_TILE + (bits < 8)) bytes. */
-#define SMPQ_TILE 4
+#include "../src/smpq_format.h" /* SMPQ_TILE, SMPQ_DW_MAX_TAPS and the scratch sizes (SMPQ_SCRATCH_*) */
 
 /* Geometry and quantization of one op, resolved to pointers by the interpreter. */
 typedef struct {

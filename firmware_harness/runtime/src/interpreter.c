@@ -70,11 +70,49 @@ static void run_op(const smpq_model *m, const uint8_t *r) {
     }
 }
 
-int smpq_invoke(smpq_model *m) {
+int smpq_invoke(smpq_model *m) { return smpq_invoke_timed(m, NULL, NULL); }
+
+int smpq_invoke_timed(smpq_model *m, smpq_clock clock, uint32_t *ticks) {
     if (!m) return SMPQ_E_NULL;
     if (!m->loaded) return SMPQ_E_NOT_LOADED;
-    for (uint32_t i = 0; i < m->n_ops; ++i) run_op(m, m->ops + (size_t)i * SMPQ_OP_RECORD);
+    const int timed = clock != NULL && ticks != NULL;
+    for (uint32_t i = 0; i < m->n_ops; ++i) {
+        const uint32_t t0 = timed ? clock() : 0u;
+        run_op(m, m->ops + (size_t)i * SMPQ_OP_RECORD);
+        if (timed) ticks[i] = clock() - t0;
+    }
     return SMPQ_OK;
+}
+
+static int is_weighted(uint8_t kind) {
+    return kind == SMPQ_OP_CONV2D || kind == SMPQ_OP_DEPTHWISE_CONV2D || kind == SMPQ_OP_FULLY_CONNECTED;
+}
+
+int smpq_op_describe(const smpq_model *m, uint32_t index, smpq_op_info *info) {
+    if (!m || !info) return SMPQ_E_NULL;
+    if (!m->loaded) return SMPQ_E_NOT_LOADED;
+    if (index >= m->n_ops) return SMPQ_E_OP_INDEX;
+    const uint8_t *r = m->ops + (size_t)index * SMPQ_OP_RECORD;
+    const uint16_t out = smpq_ld_u16(r + O_OUT);
+    info->kind = r[O_KIND];
+    info->w_bits = is_weighted(r[O_KIND]) ? r[O_W_BITS] : 0u;
+    info->a_bits = m->tensors[(size_t)out * SMPQ_TENSOR_RECORD + T_BITS];
+    return SMPQ_OK;
+}
+
+int smpq_tensor_quant(const smpq_model *m, uint32_t index, int32_t *zero_point, uint32_t *scale_bits) {
+    if (!m || !zero_point || !scale_bits) return SMPQ_E_NULL;
+    if (!m->loaded) return SMPQ_E_NOT_LOADED;
+    if (index >= m->n_tensors) return SMPQ_E_OP_INDEX;
+    const uint8_t *r = m->tensors + (size_t)index * SMPQ_TENSOR_RECORD;
+    *zero_point = (int8_t)r[T_ZERO_POINT];
+    *scale_bits = smpq_ld_u32(r + T_SCALE);
+    return SMPQ_OK;
+}
+
+const char *smpq_op_kind_name(int kind) {
+    static const char *const names[] = SMPQ_OP_KIND_NAMES; /* generated from firmware_harness/format_spec.py */
+    return kind >= 1 && kind <= SMPQ_OP_KIND_MAX ? names[kind] : names[0];
 }
 
 int8_t *smpq_input(const smpq_model *m, uint32_t *size) {

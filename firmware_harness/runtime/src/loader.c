@@ -6,11 +6,6 @@
 #include "tensor.h"
 #include "../kernels/kernels.h"
 
-#define MAX_K 32768u      /* kh*kw*cin: keeps |accumulator| < 2^31 */
-#define MAX_DW_TAPS 64u   /* depthwise kh*kw (matches SMPQ_DW_MAX_TAPS) */
-#define MAX_ARENA 0x7FFFFFFFu
-#define MAX_WEIGHT_BYTES 0x0FFFFFFFu /* keeps bit indices below 2^31 */
-
 static int is_little_endian(void) {
     const uint16_t one = 1;
     uint8_t b;
@@ -101,7 +96,7 @@ static int check_weights(const smpq_model *m, uint32_t i) {
     const layer_regions a = regions_of(m, r);
     if (a.bits < 1 || a.bits > 8) return SMPQ_E_OP_PARAM;
     if (a.cp_off % SMPQ_DATA_ALIGN || a.cp_off + a.cp_size > m->data_size) return SMPQ_E_DATA_RANGE;
-    if (a.w_bytes > MAX_WEIGHT_BYTES || a.w_off % SMPQ_DATA_ALIGN || a.w_off + a.w_size > m->data_size)
+    if (a.w_bytes > SMPQ_MAX_WEIGHT_BYTES || a.w_off % SMPQ_DATA_ALIGN || a.w_off + a.w_size > m->data_size)
         return SMPQ_E_WEIGHTS_RANGE;
     if (overlaps(a.cp_off, a.cp_size, a.w_off, a.w_size)) return SMPQ_E_WEIGHTS_RANGE;
     for (uint32_t j = 0; j < i; ++j) {
@@ -133,7 +128,7 @@ static int check_op(const smpq_model *m, uint32_t i) {
     const uint8_t *r = m->ops + (size_t)i * SMPQ_OP_RECORD;
     const uint8_t kind = r[O_KIND];
     const uint32_t i0 = smpq_ld_u16(r + O_IN0), i1 = smpq_ld_u16(r + O_IN1), o = smpq_ld_u16(r + O_OUT);
-    if (kind < SMPQ_OP_CONV2D || kind > SMPQ_OP_REQUANTIZE) return SMPQ_E_OP_KIND;
+    if (kind < SMPQ_OP_CONV2D || kind > SMPQ_OP_KIND_MAX) return SMPQ_E_OP_KIND;
     if (i0 >= m->n_tensors || o >= m->n_tensors) return SMPQ_E_OP_INDEX;
     if (kind == SMPQ_OP_ADD ? i1 >= m->n_tensors : i1 != SMPQ_NO_TENSOR) return SMPQ_E_OP_INDEX;
     if (smpq_ld_u16(r + O_RESERVED) != 0) return SMPQ_E_OP_PARAM;
@@ -156,23 +151,23 @@ static int check_op(const smpq_model *m, uint32_t i) {
             if (bad_alias(&out, &in, 0)) return SMPQ_E_ALIAS;
             if (kind == SMPQ_OP_CONV2D) {
                 const uint64_t k = (uint64_t)kh * kw * in.dims[3];
-                if (k > MAX_K) return SMPQ_E_OP_PARAM;
+                if (k > SMPQ_MAX_K) return SMPQ_E_OP_PARAM;
                 if ((st = check_weights(m, i)) != SMPQ_OK) return st;
-                return check_scratch(m, r, 2 * k * (SMPQ_TILE + (r[O_W_BITS] < 8 ? 1u : 0u)), &in, &out);
+                return check_scratch(m, r, SMPQ_SCRATCH_CONV2D(k, r[O_W_BITS]), &in, &out);
             }
             if (kind == SMPQ_OP_DEPTHWISE_CONV2D) {
-                if ((uint64_t)kh * kw > MAX_DW_TAPS || smpq_ld_u32(r + O_SCRATCH_OFFSET) || smpq_ld_u32(r + O_SCRATCH_SIZE))
+                if ((uint64_t)kh * kw > SMPQ_DW_MAX_TAPS || smpq_ld_u32(r + O_SCRATCH_OFFSET) || smpq_ld_u32(r + O_SCRATCH_SIZE))
                     return SMPQ_E_OP_PARAM; /* depthwise takes no scratch */
                 return check_weights(m, i);
             }
             return zero_bytes(r + O_UNION, SMPQ_OP_RECORD - O_UNION) ? SMPQ_OK : SMPQ_E_OP_PARAM; /* pools */
         }
         case SMPQ_OP_FULLY_CONNECTED: {
-            if (in.size > MAX_K) return SMPQ_E_OP_PARAM;
+            if (in.size > SMPQ_MAX_K) return SMPQ_E_OP_PARAM;
             if (out.size != out.dims[3]) return SMPQ_E_OP_SHAPE;
             if (bad_alias(&out, &in, 0)) return SMPQ_E_ALIAS;
             if ((st = check_weights(m, i)) != SMPQ_OK) return st;
-            return check_scratch(m, r, 2 * in.size, &in, &out);
+            return check_scratch(m, r, SMPQ_SCRATCH_FULLY_CONNECTED(in.size, r[O_W_BITS]), &in, &out);
         }
         case SMPQ_OP_ADD: {
             const smpq_tensor in2 = smpq_tensor_at(m, i1);
@@ -222,7 +217,7 @@ int smpq_load(smpq_model *m, const uint8_t *blob, uint32_t blob_size, uint8_t *a
     const uint32_t n_t = smpq_ld_u16(blob + H_N_TENSORS), n_o = smpq_ld_u16(blob + H_N_OPS);
     const uint32_t input = smpq_ld_u16(blob + H_INPUT), output = smpq_ld_u16(blob + H_OUTPUT);
     const uint32_t arena_size = smpq_ld_u32(blob + H_ARENA_SIZE);
-    if (n_t == 0 || n_o == 0 || input >= n_t || output >= n_t || arena_size > MAX_ARENA) return SMPQ_E_HEADER;
+    if (n_t == 0 || n_o == 0 || input >= n_t || output >= n_t || arena_size > SMPQ_MAX_ARENA) return SMPQ_E_HEADER;
     const uint64_t tt = SMPQ_HEADER_SIZE, ot = tt + (uint64_t)n_t * SMPQ_TENSOR_RECORD;
     const uint64_t doff = ot + (uint64_t)n_o * SMPQ_OP_RECORD;
     if (doff > total) return SMPQ_E_TABLE_RANGE;
@@ -254,11 +249,7 @@ fail:
 }
 
 const char *smpq_status_name(int status) {
-    static const char *const names[] = {"OK", "E_NULL", "E_TRUNCATED", "E_MAGIC", "E_VERSION", "E_HEADER",
-                                        "E_CRC", "E_TABLE_RANGE", "E_TENSOR", "E_ARENA_RANGE", "E_OP_KIND",
-                                        "E_OP_INDEX", "E_OP_SHAPE", "E_OP_PARAM", "E_DATA_RANGE",
-                                        "E_ARENA_SMALL", "E_ALIAS", "E_NOT_LOADED", "E_PLATFORM",
-                                        "E_WEIGHTS_RANGE", "E_WEIGHTS_SHARED"};
+    static const char *const names[] = SMPQ_STATUS_NAMES;
     if (status > 0 || status < -(int)(sizeof names / sizeof names[0] - 1)) return "E_UNKNOWN";
     return names[-status];
 }

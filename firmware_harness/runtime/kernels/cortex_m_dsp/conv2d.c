@@ -1,0 +1,166 @@
+/* conv2d (and its 1x1 path) for Cortex-M with the DSP extension; same results as kernels/conv2d.c.
+ * Output pixels are taken SMPQ_TILE (4) at a time: their int16 patches (input offset added, padding 0)
+ * are gathered once, in the order of rows.h. Output channels go two at a time: 8-bit weight rows are read
+ * in place; narrower rows are decoded into two int8 rows (shared by the tile's pixels), so every width
+ * runs the same inner loop on 2 pixels x 2 channels (16 MACs per 4 elements: four patch words, two row
+ * words, four SXTB16, eight SMLAD). When C_in is a multiple of 4 (and the scratch word-aligned) the
+ * patches of pixels 2j and 2j+1 are stored interleaved by groups of 4 for smpq_dsp_mac_2x2 (mac_2x2.c);
+ * otherwise each patch is contiguous and a C loop does the same. Scratch: the 4 patches (2*4*K bytes)
+ * plus, below 8 bits, the two int8 rows (2*K bytes) -- within SMPQ_SCRATCH_CONV2D. */
+#include "../fixedpoint.h"
+#include "../kernels.h"
+#include "../../src/smpq_format.h"
+#include "mac_2x2.h"
+#include "requant.h"
+#include "rows.h"
+#include "simd.h"
+
+/* acc[p*2 + c] = patch p . row c for p, c in {0, 1} over contiguous patches: the first k4 elements (a
+ * multiple of 4) as SIMD pairs, the rest one by one. */
+static void dot_2x2(const int16_t *pa, const int16_t *pb, const int8_t *w0, const int8_t *w1, int32_t k4,
+                    int32_t k, int32_t acc[4]) {
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+    int32_t i = 0;
+    for (; i < k4; i += 4) {
+        const uint32_t xa0 = smpq_ld32(pa + i), xa1 = smpq_ld32(pa + i + 2);
+        const uint32_t xb0 = smpq_ld32(pb + i), xb1 = smpq_ld32(pb + i + 2);
+        const uint32_t r0 = smpq_ld32(w0 + i), r1 = smpq_ld32(w1 + i);
+        uint32_t lo = smpq_sxtb16(r0), hi = smpq_sxtb16_ror8(r0);
+        a00 = smpq_smlad(xa0, lo, a00), a00 = smpq_smlad(xa1, hi, a00);
+        a10 = smpq_smlad(xb0, lo, a10), a10 = smpq_smlad(xb1, hi, a10);
+        lo = smpq_sxtb16(r1), hi = smpq_sxtb16_ror8(r1);
+        a01 = smpq_smlad(xa0, lo, a01), a01 = smpq_smlad(xa1, hi, a01);
+        a11 = smpq_smlad(xb0, lo, a11), a11 = smpq_smlad(xb1, hi, a11);
+    }
+    for (; i < k; ++i) {
+        a00 += pa[i] * w0[i];
+        a01 += pa[i] * w1[i];
+        a10 += pb[i] * w0[i];
+        a11 += pb[i] * w1[i];
+    }
+    acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11;
+}
+
+static inline int32_t sigma(int32_t i) { return (i & ~3) | ((i & 1) << 1) | ((i & 2) >> 1); }
+
+/* The patch of output pixel q: kh*kw taps of in_c values, offset added, groups of 4 in sigma order
+ * (rows.h; paired patches: also a last partial group), group g at dst + g*stride; kp - k zeros after
+ * the k values. Contiguous patches with in_c % 4 != 0: the values go one by one, then sigma. */
+static void gather(const smpq_op_args *a, int32_t q, int16_t *dst, int32_t k, int32_t kp, int32_t stride) {
+    const int32_t cin = a->in_c, oy = q / a->out_w, ox = q % a->out_w;
+    const int32_t iy0 = oy * a->sh - a->pad_t, ix0 = ox * a->sw - a->pad_l;
+    const uint32_t off2 = ((uint32_t)a->in_offset & 0xFFFFu) * 0x10001u;
+    const int words = (cin & 3) == 0, contiguous = stride == 4;
+    for (int32_t g = k >> 2; g < kp >> 2; ++g) smpq_st64(dst + g * stride, 0u, 0u);
+    int16_t *d = dst;
+    int32_t e = 0; /* element index (one-by-one path) */
+    const int row_whole = words && ix0 >= 0 && ix0 + a->kw <= a->in_w; /* each row of taps: one run of kw*cin */
+    for (int32_t ky = 0; ky < a->kh; ++ky) {
+        const int32_t iy = iy0 + ky;
+        const int row_in = iy >= 0 && iy < a->in_h;
+        if (row_whole && row_in) {
+            const int8_t *src = a->in + (iy * a->in_w + ix0) * cin;
+            for (const int8_t *end = src + a->kw * cin; src < end; src += 4, d += stride) {
+                const uint32_t x = smpq_ld32(src);
+                smpq_st64(d, smpq_sxtab16(off2, x), smpq_sxtab16_ror8(off2, x));
+            }
+            continue;
+        }
+        for (int32_t kx = 0; kx < a->kw; ++kx) {
+            const int32_t ix = ix0 + kx;
+            const int inside = row_in && ix >= 0 && ix < a->in_w;
+            const int8_t *src = inside ? a->in + (iy * a->in_w + ix) * cin : a->in;
+            if (words && inside) { /* four values per word, already in sigma order; d is word-aligned */
+                for (const int8_t *end = src + cin; src < end; src += 4, d += stride) {
+                    const uint32_t x = smpq_ld32(src);
+                    smpq_st64(d, smpq_sxtab16(off2, x), smpq_sxtab16_ror8(off2, x));
+                }
+            } else if (words) {
+                for (int32_t c = 0; c < cin; c += 4, d += stride) smpq_st64(d, 0u, 0u);
+            } else if (contiguous) {
+                for (int32_t c = 0; c < cin; ++c) *d++ = inside ? (int16_t)(src[c] + a->in_offset) : 0;
+            } else {
+                for (int32_t c = 0; c < cin; ++c, ++e)
+                    dst[(e >> 2) * stride + (sigma(e) & 3)] = inside ? (int16_t)(src[c] + a->in_offset) : 0;
+            }
+        }
+    }
+    if (!words && contiguous) smpq_dsp_sigma(dst, k);
+}
+
+/* How the tile's patches are laid out and multiplied (see the file comment). */
+enum { SEPARATE, INT8_PAIRS, DECODED_PAIRS, PACKED_PAIRS };
+
+void smpq_conv2d(const smpq_op_args *a) {
+    const int32_t k = a->kh * a->kw * a->in_c, k4 = k & ~3, n = a->out_h * a->out_w, cout = a->out_c;
+    const int bits = (int)a->w_bits;
+    const smpq_dsp_out oc = smpq_dsp_out_of(a);
+    int16_t *patches = a->scratch;
+    int8_t *rows = (int8_t *)(void *)(a->scratch + (size_t)SMPQ_TILE * (size_t)k);
+    /* Pairs of patches (word-aligned scratch): 8-bit rows read in place; 1/2/4-bit rows that start on a
+     * byte read packed (no decoding); other rows decoded into `rows` (then the patches may not be padded).
+     * Paired patches are zero-padded to kp (a whole number of row words); two pairs per tile when they fit
+     * SMPQ_SCRATCH_CONV2D, else one. Otherwise contiguous patches, SMPQ_TILE per tile. */
+    const uint64_t room = SMPQ_SCRATCH_CONV2D((uint64_t)k, (uint32_t)bits);
+    const int32_t c = smpq_dsp_codes_per_word(bits);
+    int mode = SEPARATE;
+    int32_t kp = k;
+    if (((uintptr_t)(void *)patches & 3u) == 0 && (k & 3) == 0) { /* (k % 4 != 0: the one-by-one gather costs more) */
+        if (bits == 8) mode = INT8_PAIRS, kp = (k + 3) & ~3;
+        else if (c && (k * bits) % 8 == 0) mode = PACKED_PAIRS, kp = (k + c - 1) / c * c;
+        else if ((k & 3) == 0) mode = DECODED_PAIRS;
+    }
+    const uint64_t patch_room = mode == DECODED_PAIRS ? room - 2u * (uint64_t)k : room;
+    const int32_t pairs = mode == SEPARATE ? 0 : 8u * (uint64_t)kp <= patch_room ? 2 : 4u * (uint64_t)kp <= patch_room ? 1 : 0;
+    if (!pairs) mode = SEPARATE, kp = k;
+    const int32_t tile = mode == SEPARATE ? SMPQ_TILE : 2 * pairs, stride = mode == SEPARATE ? 4 : 8;
+    for (int32_t q = 0; q < n; q += tile) {
+        const int32_t n_pix = n - q < tile ? n - q : tile;
+        /* pairs: an odd last pixel fills its pair's second slot too (computed, not stored) */
+        const int32_t n_gather = mode == SEPARATE ? n_pix : (n_pix + 1) & ~1;
+        for (int32_t p = 0; p < n_gather; ++p) {
+            int16_t *patch = mode == SEPARATE ? patches + (size_t)p * (size_t)k
+                                              : patches + (size_t)(p >> 1) * 2u * (size_t)kp + (size_t)(p & 1) * 4u;
+            gather(a, q + (p < n_pix ? p : n_pix - 1), patch, k, kp, stride);
+            if (bits < 8) smpq_dsp_permute_patch(patch, kp, bits, stride);
+        }
+        for (int32_t o = 0; o < cout; o += 2) {
+            const int two = o + 1 < cout;
+            const int8_t *w0 = 0, *w1 = 0;
+            const uint8_t *r0 = 0, *r1 = 0;
+            if (mode == PACKED_PAIRS) {
+                const size_t row = (size_t)k * (size_t)bits / 8u;
+                r0 = a->weights + (size_t)o * row;
+                r1 = two ? r0 + row : r0;
+            } else if (bits == 8) {
+                w0 = (const int8_t *)(const void *)a->weights + (size_t)o * (size_t)k;
+                w1 = two ? w0 + k : w0;
+            } else {
+                smpq_dsp_decode_row(rows, a->weights, (uint32_t)o * (uint32_t)k, k, 0, k, bits);
+                if (two) smpq_dsp_decode_row(rows + k, a->weights, (uint32_t)(o + 1) * (uint32_t)k, k, 0, k, bits);
+                w0 = rows;
+                w1 = two ? rows + k : rows;
+            }
+            const smpq_dsp_rq rq0 = smpq_dsp_rq_of(a, o), rq1 = smpq_dsp_rq_of(a, two ? o + 1 : o);
+            for (int32_t p = 0; p < n_pix; p += 2) {
+                int32_t acc[4];
+                const int16_t *pair = patches + (size_t)(p >> 1) * 2u * (size_t)kp;
+                if (mode == PACKED_PAIRS) {
+                    smpq_dsp_mac_2x2_packed(pair, r0, r1, k, bits, acc);
+                } else if (mode != SEPARATE) {
+                    smpq_dsp_mac_2x2(pair, w0, w1, k, acc);
+                } else {
+                    const int16_t *pa = patches + (size_t)p * (size_t)k;
+                    dot_2x2(pa, p + 1 < n_pix ? pa + k : pa, w0, w1, k4, k, acc);
+                }
+                int8_t *out = a->out + (size_t)(q + p) * (size_t)cout + (size_t)o;
+                out[0] = smpq_dsp_rq_apply(&rq0, acc[0], oc);
+                if (two) out[1] = smpq_dsp_rq_apply(&rq1, acc[1], oc);
+                if (p + 1 < n_pix) {
+                    out[cout] = smpq_dsp_rq_apply(&rq0, acc[2], oc);
+                    if (two) out[cout + 1] = smpq_dsp_rq_apply(&rq1, acc[3], oc);
+                }
+            }
+        }
+    }
+}
