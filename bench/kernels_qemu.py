@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from firmware_harness.bench.kernel_bench import WIDTHS, Case, Measurement, build, run  # noqa: E402
+from firmware_harness.bench.kernel_bench import WIDTHS, Case, build, cmsis_dir, run  # noqa: E402
 from search.graph import extract_graph  # noqa: E402
 from search.models import build_model  # noqa: E402
 
@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     per_model = {m: model_cases(m) for m in args.models.split(",")}
     shapes = sorted({c for cs in per_model.values() for c in cs}, key=lambda c: (c.kind, c.label()))
     index = {c: i for i, c in enumerate(shapes)}
+    if not args.no_cmsis and not (cmsis_dir() / "Source").is_dir():
+        print(f"(CMSIS-NN sources not found at {cmsis_dir()}: measuring without them; set SMPQ_CMSIS_NN)")
+        args.no_cmsis = True
     with tempfile.TemporaryDirectory() as tmp:
         elf = build(shapes, args.build_dir or Path(tmp), with_cmsis=not args.no_cmsis)
         results = run(elf, icount_shift=args.icount_shift)

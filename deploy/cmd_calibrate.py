@@ -1,14 +1,14 @@
 """`smpq-deploy calibrate`: measure a device's latency model on the board, through the harness.
 
-    smpq-deploy calibrate --device qemu-mps2-an500 [--kernels cortex_m_dsp] [--models resnet8,mbv2] [--seed 0]
+    smpq-deploy calibrate --device qemu-mps2-an500 [--kernels cortex_m_dsp] [--models resnet8] [--seed 0]
                           [--icount-shift 5] [--out devices/calibrated/<device>.yaml]
 
 Micro-benchmarks: each model (random weights, calibrated on CIFAR-10 test images or seeded noise) is lowered
 at uniform weights of every width the device allows (8-bit activations: the runtime's activations are int8
 containers, so activation bits do not change its work), exported, built into the firmware with the chosen
 kernel set (firmware_harness.build) and run once on the board (QEMU for the emulated board) over the serial
-protocol; the board times every op. A least-squares fit over all ops gives instructions (or cycles) per MAC
-per op type and weight width, per element for add/requantize and pooling, and one per-op overhead. The
+protocol; the board times every op. The fit (:func:`fit`) gives instructions (or cycles) per MAC per op type
+and weight width, per element for add/requantize and pooling, and one per-op overhead. The
 models at a mixed policy (weights 1..8 bits) are held out and predicted with the fit: the error is written
 with the profile. The result, with its provenance (command, date, seed, firmware and kernel hashes), goes to
 ``devices/calibrated/<device>.yaml``; deploy/devices.py takes its cost model for that device when present.
@@ -21,6 +21,7 @@ import datetime
 import hashlib
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,10 @@ OP_WORK = {"conv2d": ("conv2d", "macs"), "depthwise_conv2d": ("depthwise_conv2d"
            "fully_connected": ("fully_connected", "macs"), "add": ("add", "elements"),
            "requantize": ("add", "elements"), "avg_pool": ("pool", "elements"), "max_pool": ("pool", "elements")}
 WEIGHTED = ("conv2d", "depthwise_conv2d", "fully_connected")
+#: an op type and width is calibrated only with at least this much work measured (MACs or elements, all runs
+#: together); below that its ops are mostly overhead (resnet8's 1x1 normalise "depthwise" op, its 640-MAC fully
+#: connected layer) and the device profile keeps its own figure
+MIN_WORK = 100_000
 
 
 def calibrated_path(device: str) -> Path:
@@ -58,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--kernels", default="cortex_m_dsp", choices=sorted(KERNEL_SETS),
                         help="kernel set the firmware is built with (default: cortex_m_dsp)")
-    parser.add_argument("--models", default="resnet8,mbv2", help="micro-benchmark models (default: resnet8,mbv2)")
+    parser.add_argument("--models", default="resnet8",
+                        help="micro-benchmark models, comma-separated (default: resnet8; one rate per op type and "
+                             "width fits the models it was measured on best: docs/performance.md)")
     parser.add_argument("--icount-shift", type=int, default=5, help="QEMU -icount shift (default 5)")
     parser.add_argument("--out", type=Path, default=None, help="output profile (default devices/calibrated/<device>.yaml)")
 
@@ -123,50 +130,50 @@ def measure(graph, work_dir: Path, board: str, kernels: str, icount_shift: int, 
     return [(k, b, n, unit.convert(t)) for (k, b, n), t in zip(work, ticks)], image.fw_hash, unit.unit
 
 
-def columns(rows: list[tuple[str, int, float, float]]) -> list[tuple[str, int]]:
-    """The fit's unknowns: (cost-model op type, weight bits) with work in the rows; weighted types per width."""
-    cols = set()
-    for kind, bits, work, _ in rows:
-        if kind in OP_WORK and work > 0:
-            op = OP_WORK[kind][0]
-            cols.add((op, bits if kind in WEIGHTED else 8))
-    return sorted(cols)
-
-
 def fit(rows: list[tuple[str, int, float, float]]) -> tuple[float, dict[tuple[str, int], float]]:
-    """Least squares in relative error: instructions = overhead + Σ rate[op type, bits] · work, over every op
-    but reshapes (each row divided by its measured count, so small ops weigh as much as large ones)."""
+    """instructions ≈ overhead + rate[op type, bits] · work, over every priced op (not reshapes).
+
+    overhead: the cost of an op without work — the median of the ops measured with none, else the cheapest
+    op. rate: Σ (instructions − overhead) / Σ work over the ops of that type and width, so the model gives
+    each measured run's total exactly (a least-squares fit per op weighs small ops and was worse at
+    predicting held-out policies)."""
     rows = [r for r in rows if r[0] in OP_WORK]
-    cols = columns(rows)
-    a = np.zeros((len(rows), len(cols) + 1))
-    y = np.array([r[3] for r in rows])
-    for i, (kind, bits, work, _) in enumerate(rows):
-        a[i, 0] = 1.0
-        a[i, 1 + cols.index((OP_WORK[kind][0], bits if kind in WEIGHTED else 8))] = work
-    scale = 1.0 / np.maximum(y, 1.0)
-    sol, *_ = np.linalg.lstsq(a * scale[:, None], y * scale, rcond=None)
-    return max(float(sol[0]), 0.0), {c: max(float(v), 1e-3) for c, v in zip(cols, sol[1:])}
-
-
-def predict(rows: list[tuple[str, int, float, float]], overhead: float, rates: dict[tuple[str, int], float]) -> float:
-    """Instructions the fitted model predicts for the ops `rows` (a width it lacks: the nearest at or above)."""
-    total = 0.0
-    for kind, bits, work, _ in rows:
-        if kind not in OP_WORK:
+    idle = [r[3] for r in rows if r[2] <= 0]
+    overhead = float(np.median(idle)) if idle else min((r[3] for r in rows), default=0.0)
+    num: dict[tuple[str, int], float] = {}
+    den: dict[tuple[str, int], float] = {}
+    for kind, bits, work, instr in rows:
+        if work <= 0:
             continue
-        op = OP_WORK[kind][0]
-        widths = sorted(b for (o, b) in rates if o == op) or sorted(b for (o, b) in rates if o == "conv2d")
-        key_op = op if any(o == op for o, _ in rates) else "conv2d"
-        above = [b for b in widths if b >= (bits if kind in WEIGHTED else 8)]
-        total += overhead + work * rates[(key_op, above[0] if above else widths[-1])]
-    return total
+        key = (OP_WORK[kind][0], bits if kind in WEIGHTED else 8)
+        num[key] = num.get(key, 0.0) + instr - overhead
+        den[key] = den.get(key, 0.0) + work
+    return overhead, {k: max(num[k] / den[k], 1e-3) for k in sorted(num) if den[k] >= MIN_WORK}
+
+
+def merged_tables(base: dict[str, dict[int, float]], rates: dict[tuple[str, int], float]) -> dict[str, dict[int, float]]:
+    """The cost model's tables once calibrated: an op type measured replaces its table, the others keep `base`'s."""
+    measured: dict[str, dict[int, float]] = {}
+    for (op, bits), v in rates.items():
+        measured.setdefault(op, {})[bits] = round(v, 3)
+    return {**{op: dict(t) for op, t in base.items()}, **measured}
+
+
+def predict(rows: list[tuple[str, int, float, float]], overhead: float, tables: dict[str, dict[int, float]]) -> float:
+    """Instructions the cost model (search.budget.LatencyModel with these tables) predicts for the ops `rows`."""
+    from search.budget import LatencyModel
+
+    model = LatencyModel(clock_hz=1.0, cycles_per_mac=tables, per_layer_overhead_cycles=overhead)
+    return sum(model.layer_cycles(OP_WORK[k][0], work, bits if k in WEIGHTED else 8)
+               for k, bits, work, _ in rows if k in OP_WORK)
 
 
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from deploy.devices import load_device
+    from deploy.devices import devices_dir, load_device
     from deploy.reference import to_int8_input
+    from deploy.validation import read_yaml
 
     profile = load_device(args.device)
     if profile.flash.backend != "qemu":
@@ -181,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     images = _images(8, seed)
     x = to_int8_input(images[:1])[0]
     widths = list(profile.allowed_bits.weight)
-    work = Path(args.out or calibrated_path(profile.name)).with_suffix(".work")
+    tmp = tempfile.TemporaryDirectory(prefix="smpq-calibrate-")
+    work = Path(tmp.name)
     train: list[tuple[str, int, float, float]] = []
     runs: list[dict[str, object]] = []
     held_out: dict[str, tuple[float, float]] = {}
@@ -196,14 +204,14 @@ def run(args: argparse.Namespace) -> int:
             fw_hashes.add(fw)
             runs.append({"model": model, "policy": f"w{w}a8", "ops": [[k, b, int(n), round(t)] for k, b, n, t in rows]})
     overhead, rates = fit(train)
+    shipped, _ = read_yaml(devices_dir() / f"{profile.name}.yaml")
+    tables = merged_tables(shipped["cost_model"]["cycles_per_mac"], rates)
     for model in models:
         rows, fw, _ = measure(random_ir(model, list(range(1, 9)), [8, 7, 6, 5, 4, 3, 2], images, seed),
                               work / model, profile.name, args.kernels, args.icount_shift, x)
-        held_out[model] = (predict(rows, overhead, rates), sum(r[3] for r in rows if r[0] in OP_WORK))
+        held_out[model] = (predict(rows, overhead, tables), sum(r[3] for r in rows if r[0] in OP_WORK))
         runs.append({"model": model, "policy": "mixed (held out)", "ops": [[k, b, int(n), round(t)] for k, b, n, t in rows]})
-    table: dict[str, dict[int, float]] = {}
-    for (op, bits), v in rates.items():
-        table.setdefault(op, {})[bits] = round(v, 3)
+    table = merged_tables({}, rates)
     command = "smpq-deploy calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else \
         f"smpq-deploy calibrate --device {profile.name}"
     out = {
@@ -217,10 +225,13 @@ def run(args: argparse.Namespace) -> int:
                          "error": round(p / meas - 1, 4)} for m, (p, meas) in held_out.items()},
         "measurements": runs,  # per run: [firmware op kind, weight bits, MACs or elements, instructions] per op
     }
+    tmp.cleanup()
     path = Path(args.out or calibrated_path(profile.name))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Written by smpq-deploy calibrate; do not edit (re-run the command instead).\n"
-                    + yaml.safe_dump(out, sort_keys=False))
+    from search.atomic import atomic_write_text
+
+    atomic_write_text(path, "# Written by smpq-deploy calibrate; do not edit (re-run the command instead).\n"
+                      + yaml.safe_dump(out, sort_keys=False))
     for m, (p, meas) in held_out.items():
         print(f"{m} mixed policy: predicted {p:,.0f}, measured {meas:,.0f} {unit} ({p / meas - 1:+.1%})")
     print(f"calibrated cost model of {profile.name} ({args.kernels}) written to {path}")

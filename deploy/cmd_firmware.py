@@ -1,6 +1,6 @@
 """`smpq-deploy firmware`: build the firmware image of a run for a device's board.
 
-    smpq-deploy firmware --run runs/<name> [--device qemu-mps2-an500|stm32h7] [--kernels reference]
+    smpq-deploy firmware --run runs/<name> [--device qemu-mps2-an500|stm32h7] [--kernels cortex_m_dsp|reference]
 
 Uses ``RUN/model_data.c/.h`` (exported from ``RUN/model.ir.json`` when missing), compiles the C runtime,
 the board support (firmware_harness/boards/<device>/) and the MLPerf Tiny application with
@@ -19,10 +19,10 @@ HELP = "build the firmware image (C runtime + board support + MLPerf Tiny protoc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from firmware_harness.build import KERNEL_SETS
+    from firmware_harness.build import DEFAULT_KERNELS, KERNEL_SETS
 
-    parser.add_argument("--kernels", default="reference", choices=sorted(KERNEL_SETS),
-                        help="kernel set compiled in (default: reference)")
+    parser.add_argument("--kernels", default=DEFAULT_KERNELS, choices=sorted(KERNEL_SETS),
+                        help=f"kernel set compiled in (default: {DEFAULT_KERNELS})")
 
 
 def ensure_model_data(run_dir: Path) -> Path:

@@ -12,14 +12,18 @@ ticks of the last inference, the host↔board transfer rate and the wall time pe
 On a QEMU device (``flash.backend: qemu``) without --port the board is started here on the run's
 firmware (built if needed); its latency is an **instruction count** (SysTick under -icount), never ms.
 Other devices need --port to a board flashed with ``smpq-deploy flash``.
+
+``--mlperf`` (a run made by ``smpq-deploy import`` of an MLPerf Tiny model) runs the MLCommons runner's
+flow instead (deploy/mlperf_tiny.py): accuracy mode on the benchmark's inputs (default 200), each loaded
+and run once with ``infer 1 0``, scored as the runner does (top-1, simplified ROC AUC) and compared with
+TFLite Micro running the run's ``model.tflite``; performance mode with the runner's ``infer I W`` (IC 20 5,
+KWS 70 10, VWW 20 5) in 5 windows, each on a new input, median per inference.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows", type=int, default=5, help="performance windows; the median is reported (default 5)")
     parser.add_argument("--icount-shift", type=int, default=3, help="QEMU -icount shift (default 3)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--mlperf", action="store_true",
+                        help="the MLPerf Tiny runner's flow for an imported MLPerf Tiny model (see deploy/mlperf_tiny.py)")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file next to `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON to `path` atomically (search.atomic: temporary file, fsync, rename)."""
+    from search.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def _test_images(cfg: Any, samples: int | None) -> tuple[Any, Any]:
@@ -84,7 +85,20 @@ def run(args: argparse.Namespace) -> int:
     samples = args.samples or cfg.harness.samples
     port = args.port or cfg.harness.port
     graph = Graph.load(run_dir / "model")
-    x, labels = _test_images(cfg, samples)
+    bench = None
+    if args.mlperf:
+        from deploy import mlperf_tiny
+        from search.data import default_data_root
+
+        bench = mlperf_tiny.benchmark_of(graph)
+        if not (run_dir / "model.tflite").is_file():
+            raise DeployError(f"'{run_dir / 'model.tflite'}' is missing (TFLite Micro runs it): re-run 'smpq-deploy import' "
+                              f"into this run folder")
+        samples = args.samples or 200
+        args.iterations, args.warmup, args.windows = bench.iterations, bench.warmup, mlperf_tiny.PERFORMANCE_WINDOWS
+        x, labels = mlperf_tiny.inputs(bench, graph, samples, Path(cfg.dataset.data_dir or default_data_root()), cfg.seed)
+    else:
+        x, labels = _test_images(cfg, samples)
     ref = reference.run(graph, x)
     console = Console(stderr=True)
 
@@ -106,8 +120,13 @@ def run(args: argparse.Namespace) -> int:
                 task = bar.add_task(f"accuracy mode, {len(x)} images", total=len(x))
                 acc = hil.accuracy_mode(client, x, lambda k: bar.advance(task, k))
                 task = bar.add_task(f"performance mode, {args.windows} windows", total=args.windows)
-                perf = hil.performance_mode(client, x[0], iterations=args.iterations, warmup=args.warmup,
-                                            windows=args.windows, progress=lambda k: bar.advance(task, k))
+                if bench is not None:
+                    perf = hil.mlperf_performance_mode(client, [x[k % len(x)] for k in range(args.windows)],
+                                                       iterations=args.iterations, warmup=args.warmup,
+                                                       progress=lambda k: bar.advance(task, k))
+                else:
+                    perf = hil.performance_mode(client, x[0], iterations=args.iterations, warmup=args.warmup,
+                                                windows=args.windows, progress=lambda k: bar.advance(task, k))
             layers = hil.layer_breakdown(client, unit)
         except HarnessError as exc:
             raise (qemu.explain(exc) if qemu else exc) from None
@@ -138,9 +157,33 @@ def run(args: argparse.Namespace) -> int:
     }
     if unit.unit == "cycles" and unit.hz:
         report["latency"]["ms"] = per_inference / unit.hz * 1e3
+    if bench is not None:
+        report["command"] = report["command"].replace(" --iterations", " --mlperf --iterations")
+        report["mlperf"] = _mlperf_summary(bench, run_dir, x, labels, acc, report["latency"])
     write_json_atomic(run_dir / "board.json", report)
     _print(report)
     return 0
+
+
+def _mlperf_summary(bench: Any, run_dir: Path, x: Any, labels: Any, acc: Any, latency: dict[str, Any]) -> dict[str, Any]:
+    """The MLPerf Tiny part of board.json: runner settings and scores, board vs TFLite Micro, the published figure."""
+    import numpy as np
+
+    from deploy import mlperf_tiny
+    from deploy.tflm import run_tflm
+
+    tflm = run_tflm((run_dir / "model.tflite").read_bytes(), x).reshape(len(x), -1)
+    out: dict[str, Any] = {"benchmark": bench.name, "infer": [bench.iterations, bench.warmup],
+                           "windows": mlperf_tiny.PERFORMANCE_WINDOWS,
+                           "inputs": bench.inputs,
+                           "tflm_mismatched_values": int((acc.raw.reshape(len(x), -1) != tflm).sum()),
+                           "bit_exact_tflm": bool(np.array_equal(acc.raw.reshape(len(x), -1), tflm)),
+                           "published_ms": bench.published_ms, "published_source": mlperf_tiny.PUBLISHED_SOURCE}
+    if labels is not None:
+        out["runner"] = mlperf_tiny.runner_scores(acc.results, labels)
+    if latency["unit"] == "instructions":
+        out["note"] = "QEMU counts instructions, not time: the published milliseconds are for orientation only"
+    return out
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -160,6 +203,13 @@ def _print(r: dict[str, Any]) -> None:
                   f"{lat['per_inference']:,.0f}")
     if "ms" in lat:
         table.add_row("latency (ms)", f"{lat['ms']:.3f}")
+    if "mlperf" in r:
+        m = r["mlperf"]
+        table.add_row(f"MLPerf Tiny {m['benchmark']}: board = TFLite Micro",
+                      f"{'yes' if m['bit_exact_tflm'] else 'no'} ({m['tflm_mismatched_values']} values differ)")
+        if "runner" in m:
+            table.add_row("runner top-1 / AUC", f"{m['runner']['top1']:.4f} / {m['runner']['auc']:.4f}")
+        table.add_row("published board latency (orientation)", f"{m['published_ms']} ms (STM32H7A3, X-CUBE-AI)")
     table.add_row("host→board payload rate", f"{t['payload_bytes_per_s']:,.0f} B/s")
     table.add_row("wall time per image (load + infer + read back)", f"{t['wall_s_per_image'] * 1e3:.1f} ms")
     slowest = sorted(r["layers"], key=lambda x: -x["share"])[:3]

@@ -1,4 +1,4 @@
-"""`smpq-deploy search`: mixed-precision search (smpq | edmips | uniform) → budget-exact policy → QAT.
+"""`smpq-deploy search`: mixed-precision search (smpq | edmips | hawq | uniform) → budget-exact policy → QAT.
 
     smpq-deploy search --method smpq --model resnet8 --dataset cifar10 --fp runs/x/fp.pt --output runs/x \
         [--budget-bops 150M] [--subset N] [--epochs E] [--qat-epochs Q] [--accelerator cpu|cuda|auto] [--nproc N]
@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from search.errors import SearchError
+from search.methods import METHODS
 
-HELP = "mixed-precision search (smpq, edmips or uniform) under hard budgets, then QAT; writes policy.json and qat.pt"
+HELP = "mixed-precision search (smpq, edmips, hawq or uniform) under hard budgets, then QAT; writes policy.json and qat.pt"
 
 _UNIFORM = re.compile(r"^w([1-8])a([1-8])$", re.IGNORECASE)
 
@@ -37,7 +38,7 @@ def _bits(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Search options (the common --model/--dataset/--device/--seed/--output come from cli.py)."""
-    parser.add_argument("--method", choices=("smpq", "edmips", "uniform"), default=None,
+    parser.add_argument("--method", choices=METHODS, default=None,
                         help="search method (default: pipeline.yaml search.method)")
     parser.add_argument("--fp", default=None, metavar="FP.PT",
                         help="FP checkpoint to start from (default: model.checkpoint, else <output>/fp.pt, else the shipped one)")
@@ -45,8 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-flash", default=None, help="flash budget, e.g. 64KB (overrides budgets.flash_bytes)")
     parser.add_argument("--budget-sram", default=None, help="peak SRAM budget, e.g. 32KB (overrides budgets.sram_bytes)")
     parser.add_argument("--budget-latency-ms", default=None, help="latency budget in ms (needs --device)")
-    parser.add_argument("--no-device-budgets", action="store_true",
-                        help="ignore 'auto' flash/SRAM budgets from the device profile (only explicit budgets apply)")
     parser.add_argument("--w-bits", type=_bits, default=None, help="weight bit candidates, e.g. 2,4,8")
     parser.add_argument("--a-bits", type=_bits, default=None, help="activation bit candidates, e.g. 4,8")
     parser.add_argument("--uniform", default=None, metavar="WxAy", help="policy of --method uniform, e.g. w4a4")
@@ -122,10 +121,7 @@ def build_settings(args: argparse.Namespace) -> Any:
     from deploy.pretrained import fp_checkpoint
 
     fp = args.fp or str(fp_checkpoint(cfg, output))
-    if args.no_device_budgets:
-        budget = Budget(bops=cfg.budgets.bops if cfg.budgets.bops != "auto" else None)
-    else:
-        budget = resolve_budget(cfg.budgets, profile)
+    budget = resolve_budget(cfg.budgets, profile)  # a device's flash/SRAM limits always apply (issue 18)
     over = {}
     if args.budget_bops is not None:
         over["bops"] = _count(args.budget_bops, "--budget-bops")
@@ -159,7 +155,7 @@ def build_settings(args: argparse.Namespace) -> Any:
         model=args.model, seed=cfg.seed, budget=budget,
         cost_model=device_cost_model(profile, fp, sorted({*w_bits, uniform[0]}), output, cfg.seed),
         w_bits=tuple(w_bits), a_bits=tuple(a_bits), first_last_8bit=sc.first_last_8bit, uniform_bits=uniform,
-        subset=args.subset, epochs=epochs, warmup_epochs=warmup, shapley=shapley,
+        subset=args.subset, epochs=epochs, warmup_epochs=warmup, shapley=shapley, hawq=sc.hawq.model_dump(),
         edmips_cd=args.cd if args.cd is not None else sc.edmips.cd,
         **({"edmips_trials": args.edmips_trials} if args.edmips_trials is not None else {}),
         qat=QATConfig(epochs=qat_epochs, lr=cfg.qat.lr, subset=args.subset, seed=cfg.seed, progress=progress),

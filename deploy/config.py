@@ -149,6 +149,21 @@ class EdmipsConfig(Section):
     cd: float = Field(default=1e-3, ge=0)  # weight of the complexity loss
 
 
+class HawqSection(Section):
+    """HAWQ-v3 baseline: Hutchinson trace estimator and its calibration batch (search.hawq.HawqConfig)."""
+
+    batch_size: PositiveInt = 256
+    min_samples: PositiveInt = 16
+    max_samples: PositiveInt = 200
+    tol: float = Field(default=1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _samples_ordered(self) -> "HawqSection":
+        if self.min_samples > self.max_samples:
+            raise ValueError(f"min_samples ({self.min_samples}) must not exceed max_samples ({self.max_samples})")
+        return self
+
+
 class UniformConfig(Section):
     w_bits: int = Field(default=8, ge=1, le=8)
     a_bits: int = Field(default=8, ge=1, le=8)
@@ -165,6 +180,7 @@ class SearchConfig(Section):
     first_last_8bit: bool = True
     shapley: ShapleyConfig = Field(default_factory=ShapleyConfig)
     edmips: EdmipsConfig = Field(default_factory=EdmipsConfig)
+    hawq: HawqSection = Field(default_factory=HawqSection)
     uniform: UniformConfig = Field(default_factory=UniformConfig)
 
     @model_validator(mode="after")

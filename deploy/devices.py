@@ -202,12 +202,42 @@ def load_device(name: str) -> DeviceProfile:
         listing = (f"known devices: {', '.join(known)}" if known
                    else f"no profiles found in '{devices_dir()}' (set ${DEVICES_DIR_ENV})")
         raise DeployError(f"unknown device '{name}'; {listing} (or give a path to a profile .yaml)")
-    return _load_profile(path.resolve(), path.stat().st_mtime_ns)
+    cal = calibrated_profile_path(path)
+    return _load_profile(path.resolve(), path.stat().st_mtime_ns, cal.stat().st_mtime_ns if cal.is_file() else 0)
+
+
+def calibrated_profile_path(profile_path: Path) -> Path:
+    """``calibrated/<name>.yaml`` next to a profile: its cost model measured by ``smpq-deploy calibrate``."""
+    return profile_path.parent / "calibrated" / profile_path.name
+
+
+def _with_calibration(data: dict, path: Path) -> dict:
+    """`data` with the cost model of its calibrated profile (when there is one), sourced to the measurement."""
+    cal = calibrated_profile_path(path)
+    if not cal.is_file() or not isinstance(data, dict):
+        return data
+    measured, _ = read_yaml(cal)
+    try:
+        cm = measured["cost_model"]
+        where = (f"measured by `{measured['command']}` on {measured['date']} ({measured['kernels']} kernels, "
+                 f"sha256 {str(measured['kernels_hash'])[:12]}; calibrated/{cal.name})")
+        model = dict(data.get("cost_model") or {})
+        tables = {**(model.get("cycles_per_mac") or {}), **cm["cycles_per_mac"]}
+        model.update(latency_unit=cm["latency_unit"], per_layer_overhead_cycles=cm["per_layer_overhead_cycles"],
+                     cycles_per_mac=tables)
+    except (KeyError, TypeError) as exc:
+        raise DeployError(f"calibrated/{cal.name}: not a profile written by smpq-deploy calibrate ({exc})") from None
+    replaced = {"cost_model.per_layer_overhead_cycles", *(f"cost_model.cycles_per_mac.{op}" for op in cm["cycles_per_mac"])}
+    sources = {k: v for k, v in (data.get("sources") or {}).items()
+               if k not in replaced and not any(k.startswith(r + ".") for r in replaced)}
+    sources.update({k: where for k in replaced})
+    return {**data, "cost_model": model, "sources": sources}
 
 
 @lru_cache(maxsize=64)
-def _load_profile(path: Path, _mtime: int) -> DeviceProfile:
+def _load_profile(path: Path, _mtime: int, _calibrated_mtime: int = 0) -> DeviceProfile:
     data, lines = read_yaml(path)
+    data = _with_calibration(data, path)
     shown = f"devices/{path.name}" if path.parent == _SHIPPED_DIR else str(path)
 
     def source(key: tuple[str, ...]) -> str:

@@ -166,6 +166,9 @@ def build_smpq(g: Graph) -> bytes:
                                       a["in2_shift"], a["out_multiplier"], a["out_shift"])
         elif op.kind == "requantize":
             body = fmt.OP_PARAMS.pack(op.attrs["multiplier"], op.attrs["shift"], 0, 0, 0, 0, 0)
+        elif op.kind == "softmax":
+            a = op.attrs
+            body = fmt.OP_PARAMS.pack(a["input_multiplier"], a["input_left_shift"], a["diff_min"], 0, 0, 0, 0)
         else:
             body = bytes(fmt.OP_WEIGHTED.size)
         table += head + body

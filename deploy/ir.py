@@ -80,6 +80,8 @@ class Op:
       avg_pool / max_pool:       kernel [kh, kw], stride [sh, sw], padding [t, l, b, r], act_min, act_max
       reshape:                   (none; output shape is the output tensor's)
       requantize:                multiplier, shift (int8→int8, TFLite QUANTIZE), act_min, act_max
+      softmax:                   input_multiplier, input_left_shift, diff_min (TFLite int8 SOFTMAX along the
+                                 last axis; output scale 1/256, zero point −128; deploy/softmax_int8.py)
     arrays by kind (conv2d, depthwise_conv2d, fully_connected): weights (int8 codes), bias (int32),
       multiplier (int32 per channel), shift (int32 per channel), w_scale (float32 per channel).
     """

@@ -7,7 +7,8 @@ stays below 2^24, else float64), requantisation goes through :mod:`deploy.fixedp
 Semantics (TFLite reference_integer_ops): conv/depthwise/FC accumulate Σ w·(x − zp_in) with padded
 positions contributing zero, add the int32 bias, requantise per channel, add zp_out, clamp to
 [act_min, act_max]; AVG_POOL averages codes over the in-bounds window, rounding halves away from zero;
-MAX_POOL takes the max of in-bounds codes; ADD and REQUANTIZE are TFLite's int8 ADD and QUANTIZE.
+MAX_POOL takes the max of in-bounds codes; ADD and REQUANTIZE are TFLite's int8 ADD and QUANTIZE;
+SOFTMAX is TFLite's int8 softmax (deploy/softmax_int8.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from deploy.fixedpoint import add_int8, multiply_by_quantized_multiplier, requantize_int8
 from deploy.ir import Graph, IRError, Op
+from deploy.softmax_int8 import softmax_int8
 
 
 def _exact_dtype(w: np.ndarray, fan_in: int) -> type:
@@ -131,6 +133,11 @@ def _requantize(g: Graph, op: Op, x: np.ndarray) -> np.ndarray:
                            op.attrs.get("act_min", -128), op.attrs.get("act_max", 127))
 
 
+def _softmax(g: Graph, op: Op, x: np.ndarray) -> np.ndarray:
+    a = op.attrs
+    return softmax_int8(x, a["input_multiplier"], a["input_left_shift"], a["diff_min"])
+
+
 def _reshape(g: Graph, op: Op, x: np.ndarray) -> np.ndarray:
     shape = g.tensors[op.outputs[0]].shape
     return x.reshape((x.shape[0], *shape[1:]))
@@ -145,6 +152,7 @@ KERNELS: dict[str, Callable[..., np.ndarray]] = {
     "max_pool": lambda g, op, x: _pool(g, op, x, "max"),
     "reshape": _reshape,
     "requantize": _requantize,
+    "softmax": _softmax,
 }
 
 

@@ -9,6 +9,7 @@ verification and stage timings the caller passes in.
 """
 from __future__ import annotations
 
+import ast
 import json
 import platform
 import shlex
@@ -151,15 +152,31 @@ def board_summary(out: Path) -> dict[str, Any] | None:
             "layer_times": times or None, "layer_time_unit": board.get("layer_time_unit") or unit}
 
 
+def search_latency_model(policy: dict[str, Any]) -> Any:
+    """The latency model the search used (``settings.latency_model`` of policy.json, the dataclass's repr of
+    plain literals), so that the report's latency figures agree with the policy's Ω; None if absent."""
+    from search.budget import LatencyModel
+
+    text = (policy.get("settings") or {}).get("latency_model")
+    try:
+        call = ast.parse(str(text), mode="eval").body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "LatencyModel"):
+            return None
+        return LatencyModel(**{k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg})
+    except (SyntaxError, ValueError, TypeError):
+        return None
+
+
 def _graph_and_latency(policy: dict[str, Any], out: Path, device: str) -> tuple[Any, Any]:
-    """The execution graph of the searched model and the device's latency model (None, None if unavailable)."""
+    """The execution graph of the searched model and the latency model of its search (else the device's)."""
     from deploy.devices import latency_model, load_device
     from deploy.errors import USER_ERRORS
     from search.graph import extract_graph
     from search.train import load_checkpoint
 
+    lm = search_latency_model(policy)
     try:
-        lm = latency_model(load_device(device))
+        lm = lm or latency_model(load_device(device))
     except USER_ERRORS:
         lm = None
     for path in (Path(policy.get("fp_checkpoint") or ""), out / "fp.pt"):
@@ -286,11 +303,13 @@ def build_report(out: Path, device: str, verification: dict[str, Any], timings: 
                               "where": f"integer reference (numpy), first {v.get('samples')} test images"},
         "on_board": {"value": (board or {}).get("accuracy"),
                      "where": (f"on the board, {int(board['samples'])} test images" if board and board.get("samples")
-                               else "on the board") if board and board.get("accuracy") is not None else NOT_MEASURED},
+                               else "on the board") + ("" if board.get("bit_exact") is None else
+                                                       f" (outputs = integer reference: {'yes' if board['bit_exact'] else 'NO'})")
+                     if board and board.get("accuracy") is not None else NOT_MEASURED},
     }
     layers = [{k: L[k] for k in ("name", "type", "w_bits", "a_bits", "held_8bit", "macs", "params", "bops", "flash_bytes")}
               for L in policy["layers"]]
-    from deploy.ethosu.stage import report_section
+    from deploy.ethosu.stage import latency_section, report_section
 
     ethos_u = report_section(out, policy.get("budget") or {})  # Vela's estimates for an Ethos-U device, else None
     return {
@@ -299,10 +318,10 @@ def build_report(out: Path, device: str, verification: dict[str, Any], timings: 
         "budget": policy.get("budget"), "omega": policy.get("omega"),
         "deployed": deployed_figures(out, policy.get("budget") or {}), "accuracy": acc, "accuracies": accuracies,
         "layers": layers, "budget_step": _budget_step(policy, graph, lm), "shapley": shapley_history(out),
-        "latency": _latency(policy, graph, lm, device, board),
+        "latency": latency_section(out) if ethos_u else _latency(policy, graph, lm, device, board),
         "host_verification": v, "artifact_bytes": sizes, "stage_seconds": timings,
         "board": board,
-        "board_run": "measured: see board" if board else (ethos_u["board"] if ethos_u else previous.get("board_run",
+        "board_run": (board.get("status") or "measured (board.json)") if board else (ethos_u["board"] if ethos_u else previous.get("board_run",
                      "not run: the firmware build and the board (QEMU) stage are not part of this version")),
         "ethos_u": ethos_u,
     }

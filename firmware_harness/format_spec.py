@@ -107,9 +107,10 @@ OP_WEIGHTED = Record("weighted op fields", "O_", (
 ), base=20)
 
 N_PARAMS = 7  # add: left_shift, in1_multiplier, in1_shift, in2_multiplier, in2_shift, out_multiplier, out_shift
-OP_PARAMS = Record("add / requantize parameters", "O_", (
+OP_PARAMS = Record("add / requantize / softmax parameters", "O_", (
     Field("PARAMS", f"{N_PARAMS}i", f"i32[{N_PARAMS}]", "add: left_shift, in1_multiplier, in1_shift, in2_multiplier, "
-                                                       "in2_shift, out_multiplier, out_shift; requantize: multiplier, shift"),
+                                                       "in2_shift, out_multiplier, out_shift; requantize: multiplier, shift; "
+                                                       "softmax: input_multiplier, input_left_shift, diff_min"),
     Field("PARAMS_END", "16x", "16 bytes", "zero"),
 ), base=20)
 
@@ -134,7 +135,7 @@ class OpKind:
 OP_KIND_TABLE = (
     OpKind("conv2d", 1, True), OpKind("depthwise_conv2d", 2, True), OpKind("fully_connected", 3, True),
     OpKind("add", 4, False), OpKind("avg_pool", 5, False), OpKind("max_pool", 6, False),
-    OpKind("reshape", 7, False), OpKind("requantize", 8, False),
+    OpKind("reshape", 7, False), OpKind("requantize", 8, False), OpKind("softmax", 9, False),
 )
 OP_KINDS = {k.name: k.code for k in OP_KIND_TABLE}
 WEIGHTED = tuple(k.name for k in OP_KIND_TABLE if k.weighted)

@@ -99,9 +99,23 @@ class PerformanceRun:
 def performance_mode(client: DutClient, input_codes: np.ndarray, *, iterations: int, warmup: int,
                      windows: int = 5, progress: Progress | None = None) -> PerformanceRun:
     """`windows` × ``infer iterations warmup`` on one input; the median per-inference ticks."""
-    client.load(np.ascontiguousarray(input_codes, np.int8).tobytes())
+    return _timed_windows(client, [input_codes] + [None] * (windows - 1), iterations, warmup, progress)
+
+
+def mlperf_performance_mode(client: DutClient, inputs: np.ndarray, *, iterations: int, warmup: int,
+                            progress: Progress | None = None) -> PerformanceRun:
+    """The MLCommons runner's performance mode: per window a new input ("download"), then ``infer I W``;
+    one window per input, the median per-inference ticks."""
+    return _timed_windows(client, list(inputs), iterations, warmup, progress)
+
+
+def _timed_windows(client: DutClient, loads: list, iterations: int, warmup: int,
+                   progress: Progress | None) -> PerformanceRun:
+    """One ``infer iterations warmup`` per entry of `loads`, loading the entry first unless it is None."""
     runs = []
-    for _ in range(windows):
+    for x in loads:
+        if x is not None:
+            client.load(np.ascontiguousarray(x, np.int8).tobytes())
         runs.append(client.infer(iterations, warmup))
         if progress:
             progress(1)

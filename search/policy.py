@@ -106,6 +106,11 @@ class Policy(Mapping[str, LayerBits]):
     def resolve(self, model_or_names: nn.Module | Sequence[str], first_last_8bit: bool = False) -> "Policy":
         """This policy validated and completed for the model, in the model's layer order."""
         names = layer_names(model_or_names)
+        extra = [n for n in self._layers if n not in set(names)]
+        if extra:  # first: a layer the model lacks says most about what went wrong
+            raise SearchError(
+                f"policy does not match model: layer '{extra[0]}' is not a quantizable layer of the model "
+                f"(first of {len(extra)} unknown); was the policy made for another model?")
         held = {names[0], names[-1]} if first_last_8bit and names else set()
         out: list[tuple[str, LayerBits]] = []
         for i, n in enumerate(names):
@@ -121,11 +126,6 @@ class Policy(Mapping[str, LayerBits]):
                     f"policy does not match model: layer '{n}' (quantizable layer #{i}) is missing from the policy; "
                     f"the policy must list every layer of the model")
             out.append((n, bits))
-        extra = [n for n in self._layers if n not in set(names)]
-        if extra:
-            raise SearchError(
-                f"policy does not match model: layer '{extra[0]}' is not a quantizable layer of the model "
-                f"(first of {len(extra)} unknown); was the policy made for another model?")
         return Policy(out, self.meta, self.layer_info)
 
     # JSON round trip

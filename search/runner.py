@@ -10,9 +10,11 @@ Steps (each timed; the figures go into policy.json):
    * ``edmips``: the EdMIPS search (:mod:`search.edmips`) → α; with a BOPs budget the complexity
      weight cd is bisected (geometrically) until the argmax policy meets it — which cd reached it is
      reported; each trial is a full, resumable search;
+   * ``hawq``: HAWQ-v3 (:mod:`search.hawq`) → per-layer Hessian-trace sensitivities per bit width;
    * ``uniform``: every layer at fixed (w, a) bits; no scores.
 3. Budget step (:mod:`search.knapsack`): the argmax policy if it meets every budget, else the exact
-   multiple-choice knapsack over the scores. Uniform is never altered: a violated budget is an error.
+   multiple-choice knapsack over the scores (HAWQ: minimise the summed sensitivities instead).
+   Uniform is never altered: a violated budget is an error.
 4. QAT of the final policy from the FP weights (:mod:`search.qat`, the same recipe for every method).
 5. ``policy.json`` (schema :class:`search.policy.PolicyFile`, documented in docs/policy-json.md), ``qat.pt``; the
    resumable search state is ``search_state.pt`` (EdMIPS trials: ``search_state_cd<i>.pt`` plus
@@ -72,6 +74,7 @@ class SearchSettings:
     warmup_epochs: int = 1              # of which the first ones train weights only
     batch_size: int = 128
     shapley: dict[str, Any] = field(default_factory=dict)   # SMPQConfig fields: permutations, threshold, xi, ...
+    hawq: dict[str, Any] = field(default_factory=dict)      # HawqConfig fields: batch_size, min/max_samples, tol
     edmips: dict[str, Any] = field(default_factory=dict)    # further EdMIPSConfig fields
     edmips_cd: float = 1e-3             # the complexity weight (start of the bisection under a BOPs budget)
     edmips_trials: int = 5              # at most this many EdMIPS searches when bisecting cd
@@ -112,6 +115,7 @@ class MethodResult:
     value_evaluations: int
     details: dict[str, Any] = field(default_factory=dict)
     fixed_policy: Policy | None = None                      # uniform
+    sensitivity: bool = False                               # scores are costs to minimise (hawq)
 
 
 @dataclass
@@ -152,8 +156,12 @@ def _bits_label(bits: tuple[int, ...]) -> str:
 
 
 def select(graph: ExecGraph, scores: dict[str, dict[str, dict[int, float]]], settings: SearchSettings,
-           what: str) -> tuple[Policy, Selection, dict[str, dict[str, dict[int, float]]]]:
-    """Budget step: the argmax policy if it fits, else the exact knapsack over normalised scores."""
+           what: str, sensitivity: bool = False) -> tuple[Policy, Selection, dict[str, dict[str, dict[int, float]]]]:
+    """Budget step: the argmax policy if it fits, else the exact knapsack over normalised scores.
+
+    With `sensitivity` the scores are additive costs (HAWQ's Ω): a candidate scores −(Ω_w + Ω_a), all
+    divided by the largest Ω (one positive factor: the optimum is unchanged), and nothing is normalised.
+    """
     names = graph.layer_names()
     held = _held(names, settings.first_last_8bit)
     cost_model = _cost_model(settings)
@@ -161,14 +169,18 @@ def select(graph: ExecGraph, scores: dict[str, dict[str, dict[int, float]]], set
     held_table = cost_model.layer_options(graph, (8,), (8,))
     options: list[list[Option]] = []
     normalized: dict[str, dict[str, dict[int, float]]] = {}
+    scale = max([abs(v) for n, s in scores.items() if n not in held for k in s.values() for v in k.values()] + [0.0])
     for lo, held_lo in zip(table, held_table):
         if lo.name in held:
             c = held_lo.options[0]
             options.append([Option(8, 8, 0.0, c.costs, c.sram_bytes)])
             continue
         s = scores[lo.name]
-        cand = layer_scores(s["w"], s["a"])
-        normalized[lo.name] = {"w": softmax_scores(s["w"]), "a": softmax_scores(s["a"])}
+        if sensitivity:
+            cand = {(w, a): -(s["w"][w] + s["a"][a]) / (scale or 1.0) for w in s["w"] for a in s["a"]}
+        else:
+            cand = layer_scores(s["w"], s["a"])
+            normalized[lo.name] = {"w": softmax_scores(s["w"]), "a": softmax_scores(s["a"])}
         options.append([Option(c.w_bits, c.a_bits, cand[(c.w_bits, c.a_bits)], c.costs, c.sram_bytes) for c in lo.options])
 
     def policy_of(choice: list[int]) -> Policy:
@@ -237,6 +249,26 @@ def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset,
                         {"argmax_policy": {n: list(b) for n, b in res.policy.items()},
                          "saved_by_truncation": res.saved_by_truncation, "rounds": cfg.rounds,
                          "permutations": cfg.permutations, "supernet_file": "supernet.pt"})
+
+
+def _hawq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, names: list[str], out: Path,
+          device: torch.device) -> MethodResult:
+    """HAWQ-v3 on the FP model; the traces' convergence goes into the method details and ``hawq_log.jsonl``."""
+    from search.hawq import LOG_FILE, HawqConfig, run_hawq
+
+    cfg = HawqConfig(seed=settings.seed, **settings.hawq)
+    res = run_hawq(fp_model, dataset, settings.w_bits, settings.a_bits, cfg, settings.subset, device,
+                   _held(names, settings.first_last_8bit))
+    details = res.details()
+    t = res.traces
+    _log(settings, f"HAWQ: Hutchinson traces from {t.n_samples} samples "
+                   f"({'converged' if t.converged else 'max samples reached'}, relative change {t.rel_change:.2g})")
+    if distributed.is_main():
+        atomic_write_text(out / LOG_FILE, "".join(json.dumps({"n": h["n"], "layers": res.layer_names,
+                                                              "mean": h["mean"], "stderr": h["stderr"]}) + "\n"
+                                                  for h in t.history))
+    return MethodResult(res.scores, 0, {**details, "log_file": LOG_FILE,
+                                        "batch_size": cfg.batch_size, "tol": cfg.tol}, sensitivity=True)
 
 
 def _edmips_trial(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, out: Path,
@@ -321,6 +353,8 @@ def _run_method(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Da
         return _uniform(graph.layer_names(), settings)
     if settings.method == "smpq":
         return _smpq(settings, fp_model, dataset, out, device)
+    if settings.method == "hawq":
+        return _hawq(settings, fp_model, dataset, graph.layer_names(), out, device)
     return _edmips(settings, fp_model, dataset, graph, out, device)
 
 
@@ -385,9 +419,11 @@ def _run_search(settings: SearchSettings, fp_model: torch.nn.Module | None, fp_m
                               f"({'; '.join(str(v) for v in bad)}): use fewer uniform bits or --method smpq")
         selection = {"how": "fixed", "score": None, "rounds": 0}
     else:
-        policy, sel, normalized = select(graph, result.scores or {}, settings, what)
+        policy, sel, normalized = select(graph, result.scores or {}, settings, what, result.sensitivity)
         om = evaluate_omega(graph, policy, settings)
-        selection = {"how": sel.how, "score": sel.score, "rounds": sel.rounds, "normalization": "softmax within layer and kind"}
+        selection = {"how": sel.how, "score": sel.score, "rounds": sel.rounds,
+                     "normalization": "minus summed sensitivity / max sensitivity" if result.sensitivity
+                     else "softmax within layer and kind"}
     timings["select"] = time.perf_counter() - t
     held = _held(names, settings.first_last_8bit)
 
@@ -417,7 +453,7 @@ def _run_search(settings: SearchSettings, fp_model: torch.nn.Module | None, fp_m
         "budget": budget_report(om, settings.budget), "selection": selection, "method_details": result.details,
         "value_evaluations": int(result.value_evaluations), "settings": _jsonable(settings_dict),
         "timings_s": {}, "accuracy": {"fp_test": meta.get("test_accuracy"), "qat_val": None, "qat_test": None},
-        "files": {"policy": POLICY_FILE, "qat": None, "search_state": STATE_FILE if settings.method != "uniform" else None},
+        "files": {"policy": POLICY_FILE, "qat": None, "search_state": STATE_FILE if settings.method in ("smpq", "edmips") else None},
     }
     policy_path = out / POLICY_FILE
     record["timings_s"] = {**timings, "total": time.perf_counter() - t_all}

@@ -34,6 +34,11 @@ bit-identical for any number of processes (given the same W); W training runs un
 
 Files in the run folder: ``search_state.pt`` (after every unit, atomic), ``smpq_log.jsonl`` (one
 record per unit: ψ, α, evaluations, evaluations saved by truncation, wall time) and ``supernet.pt``.
+
+Cost of a round: every value is a masked forward pass (masked candidates are skipped) through
+:class:`search.supernet.IncrementalForward`, which recomputes only the graph nodes a walk step's
+mask change reaches and reuses the rest from the walk's previous step; ψ is bit-identical to plain
+forward passes (``tests/test_shapley.py``; timings: ``bench/shapley_speed.py``).
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ from search.edmips import mixture_cost_for, mixture_probs
 from search.errors import SearchError
 from search.search_state import STATE_FILE, SearchResult, SupernetSearch
 from search.shapley import estimate_shapley, update_alpha
-from search.supernet import Supernet
+from search.supernet import IncrementalForward, Supernet
 from search.train import deterministic_mode, resolve_device
 
 LOG_FILE = "smpq_log.jsonl"
@@ -157,6 +162,7 @@ class SMPQSearch(SupernetSearch):
     """Warm-up, then Shapley rounds with α updates, W training between rounds (module docstring)."""
 
     method = "smpq"
+    incremental = True  # masked passes through IncrementalForward (False: plain forward; for bench/shapley_speed.py)
 
     def __init__(self, supernet: Supernet, dataset: Dataset, cfg: SMPQConfig, out: Path, dev: torch.device,
                  cost: MixtureCost | None, limits: dict[str, float], state_name: str, log_name: str) -> None:
@@ -213,6 +219,7 @@ class SMPQSearch(SupernetSearch):
         batch: dict[str, torch.Tensor] = {}
         full = torch.ones(sn.num_players, device=dev)
         players = torch.from_numpy(self.game_players).to(dev)
+        forward = IncrementalForward(sn) if self.incremental else sn
 
         walked: list[int] = []
 
@@ -229,7 +236,7 @@ class SMPQSearch(SupernetSearch):
             mask = full.clone()
             mask[players] = torch.from_numpy(coalition.astype(np.float32)).to(dev)
             sn.set_mask(mask)
-            acc = float((sn(batch["x"]).argmax(1) == batch["y"]).float().mean())
+            acc = float((forward(batch["x"]).argmax(1) == batch["y"]).float().mean())
             if self.limits:
                 assert self.cost is not None
                 acc -= cfg.penalty * _budget_overshoot(sn, self.cost, self.limits, mask)
@@ -249,6 +256,8 @@ class SMPQSearch(SupernetSearch):
         self.alpha, self.q = update_alpha(self.alpha, self.q, psi, cfg.xi, cfg.beta, cfg.lam)
         self.evaluations += res.n_evaluations
         self.saved += res.n_saved_by_truncation
-        return {"kind": "round", "index": r, "psi": psi.tolist(), "alpha": self.alpha.tolist(),
+        reuse = {} if not isinstance(forward, IncrementalForward) else {
+            "nodes_recomputed_fraction": forward.recomputed / max(forward.total, 1)}
+        return {"kind": "round", "index": r, "psi": psi.tolist(), "alpha": self.alpha.tolist(), **reuse,
                 "n_evaluations": res.n_evaluations, "n_saved_by_truncation": res.n_saved_by_truncation,
                 "full_value_mean": float(res.full_values.mean()), "wall_s": time.perf_counter() - t0}

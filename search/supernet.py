@@ -384,3 +384,110 @@ class Supernet(nn.Module):
         fixed.input_shape = self.input_shape  # type: ignore[attr-defined]
         fixed.qpolicy = resolved  # type: ignore[attr-defined]
         return fixed
+
+
+class IncrementalForward:
+    """Exact masked evaluation that recomputes only what a mask change can reach (Shapley walks).
+
+    The supernet's model is traced once with torch.fx (mixed layers as leaves). Each call compares every
+    mixed layer's active candidates and coefficients with the previous call's; a graph node is recomputed
+    only when it is such a changed layer or consumes a recomputed node, every other node returns its
+    value from the previous call. A walk changes one layer per step, so the layers before it (and the
+    branches not fed by it) are reused. The recomputed nodes run the same modules on the same inputs as
+    :meth:`Supernet.forward`, so the logits are bit-identical to it. A new input tensor (another batch),
+    or weights/steps that changed since the previous call, recompute everything. Modules with
+    ``inplace=True`` run out of place while in use (same values; a cached input must not be
+    overwritten); a graph with in-place functions or methods is not cached at all (plain forward).
+    Use under :meth:`Supernet.masked` (eval mode, no gradient).
+    """
+
+    def __init__(self, supernet: Supernet) -> None:
+        from search.qmodel import _trace
+
+        self.sn = supernet
+        self.graph = _trace(supernet.model)
+        self.modules = dict(supernet.model.named_modules())
+        self.nodes = list(self.graph.nodes)
+        self.pos = {n: i for i, n in enumerate(self.nodes)}
+        self.inputs = [[self.pos[a] for a in n.all_input_nodes] for n in self.nodes]
+        by_name = {name: mod for name, mod, _, _ in supernet._layers}
+        self.layer_of = [by_name.get(str(n.target)) if n.op == "call_module" else None for n in self.nodes]
+        self.cacheable = not any(
+            (n.op == "call_method" and str(n.target).endswith("_") and not str(n.target).startswith("__"))
+            or (n.op == "call_function" and getattr(n.target, "__name__", "").startswith("i")
+                and getattr(n.target, "__module__", "") in ("_operator", "operator"))
+            or (n.op == "call_function" and n.kwargs.get("inplace", False))
+            for n in self.nodes)
+        self.values: list = [None] * len(self.nodes)
+        self.key: tuple | None = None
+        self.prev: dict[int, tuple] = {}
+        self.recomputed = self.total = 0   # node evaluations done / that a full forward would do
+
+    def _state_key(self, x: Tensor) -> tuple:
+        params = tuple((p.data_ptr(), p._version) for p in self.sn.weight_parameters())
+        bufs = tuple((b.data_ptr(), b._version) for n, b in self.sn.model.named_buffers())
+        return (id(x), x.data_ptr(), x._version, params, bufs)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        sn = self.sn
+        if not self.cacheable:
+            return sn(x)
+        c = sn.coefficients()
+        key = self._state_key(x)
+        fresh = key != self.key
+        changed: set[int] = set()
+        for i, (_, mod, ws, as_) in enumerate(sn._layers):
+            state = (tuple(mod._active_w), tuple(mod._active_a), c[ws].clone(), c[as_].clone())
+            old = self.prev.get(i)
+            if old is None or old[:2] != state[:2] or not torch.equal(old[2], state[2]) or not torch.equal(old[3], state[3]):
+                changed.add(id(mod))
+            self.prev[i] = state
+        inplace = [m for m in self.modules.values() if getattr(m, "inplace", False) is True]
+        try:
+            for m in inplace:
+                m.inplace = False
+            for _, mod, ws, as_ in sn._layers:
+                mod._pi, mod._rho = c[ws], c[as_]
+            out = self._run(x, fresh, changed)
+        finally:
+            for m in inplace:
+                m.inplace = True
+            for _, mod, _, _ in sn._layers:
+                mod._pi = mod._rho = None
+        self.key = key
+        return out
+
+    def _run(self, x: Tensor, fresh: bool, changed: set[int]) -> Tensor:
+        from torch.fx.node import map_arg
+
+        dirty = [False] * len(self.nodes)
+        vals = self.values
+        for i, n in enumerate(self.nodes):
+            lay = self.layer_of[i]
+            if n.op == "placeholder":
+                dirty[i] = fresh
+            else:
+                dirty[i] = fresh or (lay is not None and id(lay) in changed) or any(dirty[j] for j in self.inputs[i])
+            if n.op == "output":
+                return map_arg(n.args[0], lambda a: vals[self.pos[a]])
+            self.total += 1
+            if not dirty[i] and vals[i] is not None:
+                continue
+            self.recomputed += 1
+            if n.op == "placeholder":
+                vals[i] = x
+                continue
+            args = map_arg(n.args, lambda a: vals[self.pos[a]])
+            kwargs = map_arg(n.kwargs, lambda a: vals[self.pos[a]])
+            if n.op == "call_module":
+                vals[i] = self.modules[str(n.target)](*args, **kwargs)
+            elif n.op == "call_function":
+                vals[i] = n.target(*args, **kwargs)
+            elif n.op == "call_method":
+                vals[i] = getattr(args[0], str(n.target))(*args[1:], **kwargs)
+            elif n.op == "get_attr":
+                obj = self.sn.model
+                for part in str(n.target).split("."):
+                    obj = getattr(obj, part)
+                vals[i] = obj
+        raise SearchError("the traced graph has no output node")

@@ -56,8 +56,9 @@ def _parses(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
-    """(old, new, seconds of one export): two exported run folders of the same FP model, w8a8 and w4a8."""
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, tuple[float, float]]:
+    """(old, new, write window): two exported run folders of the same FP model, w8a8 and w4a8, and the seconds
+    after its start between which an export writes its artifacts (from the files' mtimes)."""
     fx = Fixtures(tmp_path_factory.mktemp("atomic_fixtures"))
     old = fx.base / "old"
     shutil.copytree(fx.run, old)
@@ -68,28 +69,30 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
     proc = smpq("search", "--model", "resnet8", "--device", "stm32h7", "--output", str(new), "--method", "uniform",
                 "--uniform", "w4a8", "--qat-epochs", "0", "--no-progress", cwd=fx.base, data=fx.data)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    t0 = time.perf_counter()
+    t0 = time.time()
     proc = smpq(*_export_argv(new), cwd=fx.base, data=fx.data)
-    seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
+    written = [(new / name).stat().st_mtime - t0 for name in ARTIFACTS]
     for name in ARTIFACTS:
         assert _digest(old / name) != _digest(new / name), f"{name}: old and new must differ for the test to mean anything"
-    return old, new, seconds
+    return old, new, (max(min(written) - 1.0, 0.0), max(written) + 0.5)
 
 
-def test_export_killed_at_random_points_leaves_old_or_new_files(runs: tuple[Path, Path, float], tmp_path: Path) -> None:
-    old, new, seconds = runs
+def test_export_killed_at_random_points_leaves_old_or_new_files(runs: tuple[Path, Path, tuple[float, float]],
+                                                                tmp_path: Path) -> None:
+    old, new, (first, last) = runs
     old_hash = {n: _digest(old / n) for n in ARTIFACTS}
     new_hash = {n: _digest(new / n) for n in ARTIFACTS}
     rng = np.random.default_rng(SEED)
     env = {**os.environ, "PYTHONPATH": str(TREE), "SMPQ_DATA_DIR": str(old.parent / "data"), "OMP_NUM_THREADS": "1"}
-    mixed = 0
+    outcomes: list[str] = []
     for i in range(KILLS):
         run = tmp_path / f"kill{i}"
         shutil.copytree(old, run)
         for name in INPUTS:  # the new policy: the export that gets killed writes the new artifacts
             shutil.copy2(new / name, run / name)
-        delay = float(rng.uniform(0.5, 1.0)) * seconds  # the writes come at the end, after imports and lowering
+        before = {p.name for p in run.iterdir()}
+        delay = float(rng.uniform(first, last))  # around the writes, which come after the imports and the lowering
         proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", *_export_argv(run)], cwd=tmp_path, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -103,14 +106,15 @@ def test_export_killed_at_random_points_leaves_old_or_new_files(runs: tuple[Path
             assert digest in (old_hash[name], new_hash[name]), f"kill {i} after {delay:.1f} s: {name} is torn"
             _parses(run / name)
             states.add("new" if digest == new_hash[name] else "old")
-        mixed += states == {"old", "new"}
-        visible = {p.name for p in run.iterdir() if not p.name.startswith(".")}
-        assert visible <= set(ARTIFACTS) | set(INPUTS) | {"fp.pt", "train_state.pt", "run.json"}, visible
+        outcomes.append("mixed" if len(states) == 2 else states.pop())
+        new_names = {p.name for p in run.iterdir()} - before  # only hidden temporaries may be left beside them
+        assert all(n.startswith(".") and ".tmp" in n for n in new_names), new_names
     # the last folder, exported again to the end, holds exactly the new artifacts
     proc = smpq(*_export_argv(run), cwd=tmp_path, data=old.parent / "data")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {n: _digest(run / n) for n in ARTIFACTS} == new_hash
-    print(f"{KILLS} kills (seed {SEED}, export {seconds:.1f} s): {mixed} left a mix of old and new files")
+    print(f"{KILLS} kills (seed {SEED}) between {first:.1f} and {last:.1f} s: files left "
+          + ", ".join(f"{outcomes.count(k)} {k}" for k in ("old", "mixed", "new")))
 
 
 def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:

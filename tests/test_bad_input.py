@@ -186,6 +186,15 @@ def both(*edits: Callable[[Path], None]) -> Callable[[Path], None]:
     return edit
 
 
+def bad_tflite(kind: str) -> Callable[[Path, Fixtures], None]:
+    """Setup: {tmp}/m.tflite, the MLPerf Tiny IC model damaged as tflite_fixtures.BAD_TFLITE[kind] says."""
+    def setup(tmp: Path, fx: Fixtures) -> None:
+        from tests.tflite_fixtures import BAD_TFLITE, IC
+
+        (tmp / "m.tflite").write_bytes(BAD_TFLITE[kind](IC.read_bytes()))
+    return setup
+
+
 R8 = ("--model", "resnet8")
 TRAIN = ("train", *R8, "--epochs", "1", "--batch-size", "32", "--no-progress", "--output", "{tmp}/out")
 SEARCH = ("search", *R8, "--no-progress", "--output", "{tmp}/out")
@@ -315,6 +324,18 @@ CASES: list[Case] = [
     Case("cost-policy-unknown-layer", ("cost", *R8, "--input-shape", "3,32,32", "--policy", "{tmp}/run/policy.json"),
          ("policy.json", "no_such_layer"), run_with(policy_with_unknown_layer)),
     Case("cost-policy-bad-spec", ("cost", *R8, "--input-shape", "3,32,32", "--policy", "w9a9"), ("w9a9",)),
+    # --- import of .tflite models -------------------------------------------------------------------------------
+    Case("import-tflite-missing", ("import", "{tmp}/nope.tflite", "--output", "{tmp}/out"), ("nope.tflite", "does not exist")),
+    Case("import-tflite-truncated", ("import", "{tmp}/m.tflite", "--output", "{tmp}/out"), ("m.tflite", "truncated"),
+         bad_tflite("truncated")),
+    Case("import-tflite-wrong-magic", ("import", "{tmp}/m.tflite", "--output", "{tmp}/out"), ("m.tflite", "not a TFLite model"),
+         bad_tflite("wrong-magic")),
+    Case("import-tflite-float-model", ("import", "{tmp}/m.tflite", "--output", "{tmp}/out"), ("m.tflite", "FLOAT32", "float model"),
+         bad_tflite("float")),
+    Case("import-tflite-unsupported-op", ("import", "{tmp}/m.tflite", "--output", "{tmp}/out"),
+         ("m.tflite", "operator 12", "MAX_POOL_2D", "not supported"), bad_tflite("unsupported-op")),
+    Case("measure-mlperf-not-imported", ("measure", "--mlperf", "--run", "{tmp}/run", "--device", "qemu-mps2-an500"),
+         ("--mlperf", "MLPerf Tiny"), run_with(lambda run: None)),
     # --- the command line itself -------------------------------------------------------------------------------
     Case("unknown-command", ("trian",), ("unknown command 'trian'", "train")),
     Case("unknown-command-help", ("trian", "--help"), ("unknown command 'trian'", "train")),

@@ -83,8 +83,8 @@ def test_wrong_type_names_key_value_and_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("override, expected", [
-    ({"search.method": "foo"}, "'search.method' must be 'smpq', 'edmips' or 'uniform', got 'foo'"),
-    ({"search.method": "hawq"}, "'search.method' must be 'smpq', 'edmips' or 'uniform', got 'hawq'"),  # not implemented
+    ({"search.method": "foo"}, "'search.method' must be 'smpq', 'edmips', 'hawq' or 'uniform', got 'foo'"),
+    ({"search.hawq.min_samples": "300"}, "'search.hawq': min_samples (300) must not exceed max_samples (200)"),
     ({"search.w_bits": "[2, 9]"}, "'search.w_bits' must be a non-empty list of bit widths in 1..8"),
     ({"deploy.formats": "onnx,tfl"}, "'deploy.formats[1]' must be 'onnx', 'onnx-int', 'tflite', 'smpq' or 'c', got 'tfl'"),
     ({"train.epochs": "0"}, "'train.epochs' must be greater than or equal to 1, got 0"),

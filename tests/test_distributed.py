@@ -30,19 +30,31 @@ ROUND_CFG = dict(warmup_epochs=0, rounds=1, permutations=3, val_batch_size=48, b
 DRIVER = """
 import json, sys
 from pathlib import Path
+import torch.distributed as dist
 from search import distributed
 from search.data import load_dataset
+from search.edmips import EdMIPSConfig, run_edmips
+from search.search_state import tensors_digest
 from search.smpq import SMPQConfig, run_smpq
 from search.supernet import Supernet
 from search.train import load_checkpoint
 with distributed.session("cpu"):
-    model, _ = load_checkpoint(sys.argv[1])
-    res = run_smpq(Supernet(model, seed=0), load_dataset("digits", seed=0), SMPQConfig(**json.loads(sys.argv[3])),
+    ds = load_dataset("digits", seed=0)
+    res = run_smpq(Supernet(load_checkpoint(sys.argv[1])[0], seed=0), ds, SMPQConfig(**json.loads(sys.argv[3])),
                    sys.argv[2], device="cpu")
+    # EdMIPS under DDP (W and alpha by gradient): every rank must end with the same weights and alpha
+    ed = run_edmips(Supernet(load_checkpoint(sys.argv[1])[0], seed=0), ds,
+                    EdMIPSConfig(epochs=1, batch_size=64, subset=192, seed=5, progress=False),
+                    Path(sys.argv[2], "edmips"), device="cpu")
+    mine = [tensors_digest(ed.supernet.state_dict()), ed.alpha.tolist()]
+    every = [None] * distributed.world_size()
+    dist.all_gather_object(every, mine)
     if distributed.is_main():
         Path(sys.argv[2], "result.json").write_text(json.dumps({
             "world": distributed.world_size(), "psi": res.history[0]["psi"], "alpha": res.alpha.tolist(),
-            "evaluations": res.value_evaluations, "policy": {n: list(b) for n, b in res.policy.items()}}))
+            "evaluations": res.value_evaluations, "policy": {n: list(b) for n, b in res.policy.items()},
+            "edmips_ranks_agree": all(e == mine for e in every), "edmips_alpha": ed.alpha.tolist(),
+            "edmips_loss": ed.history[-1]["loss"]}))
 """
 
 
@@ -112,7 +124,8 @@ def test_sharded_loader_cuts_every_global_batch_into_rank_chunks() -> None:
 
 
 def test_two_processes_give_the_same_psi_and_policy_as_one(fp_checkpoint: Path, tmp_path: Path) -> None:
-    """One Shapley round as 1 process and under a plain `torchrun --nproc_per_node 2` (gloo): identical ψ, α, policy."""
+    """One Shapley round as 1 process and under a plain `torchrun --nproc_per_node 2` (gloo): identical ψ, α, policy.
+    The same launch trains EdMIPS under DDP: both ranks end with identical weights and α."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     cfg = json.dumps(ROUND_CFG)
@@ -129,6 +142,8 @@ def test_two_processes_give_the_same_psi_and_policy_as_one(fp_checkpoint: Path, 
     assert np.abs(a["psi"]).max() > 0
     assert a["psi"] == b["psi"] and a["alpha"] == b["alpha"] and a["policy"] == b["policy"]
     assert a["evaluations"] == b["evaluations"]
+    assert b["edmips_ranks_agree"] and np.isfinite(b["edmips_loss"])  # DDP kept W and α identical on both ranks
+    assert np.abs(np.array(b["edmips_alpha"])).max() > 0.01  # α was trained (it starts within ~1e-3 of 0)
     lines = (tmp_path / "two" / LOG_FILE).read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [0, 1]  # written by rank 0 alone
     assert not [p for p in (tmp_path / "two").iterdir() if ".tmp" in p.name]
@@ -157,7 +172,7 @@ def test_killed_rank_stops_the_run_with_one_line_errors_and_it_resumes(fp_checkp
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "deploy.cli", "search", "--method", "smpq", "--fp", str(fp_checkpoint),
            "--dataset", "digits", "--output", str(out), "--subset", "192", "--epochs", "2", "--warmup-epochs", "1",
-           "--qat-epochs", "1", "--no-device-budgets", "--no-progress", "--seed", "1", "--accelerator", "cpu",
+           "--qat-epochs", "1", "--no-progress", "--seed", "1", "--accelerator", "cpu",
            "--set", "search.shapley.permutations=3", "--nproc", "2"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -15,8 +15,8 @@ from deploy import reference
 from deploy.devices import load_device
 from deploy.errors import DeployError
 from deploy.ethosu.cost import VelaCostModel, at_width, relative_error, requantize_codes
-from deploy.ethosu.stage import (REPORT, STEM, export_ethosu, policy_layers, report_section, search_cost_model,
-                                 vela_target)
+from deploy.ethosu.stage import (REPORT, STEM, export_ethosu, latency_section, policy_layers, report_section,
+                                 search_cost_model, vela_target)
 from deploy.ethosu.vela import VelaTarget, compile_tflite
 from deploy.export_tflite import to_tflite
 from deploy.irbuild import IRBuilder, synthetic_graph
@@ -237,6 +237,8 @@ def test_export_ethosu_writes_vela_artifacts_and_report(resnet8, tmp_path):
     np.testing.assert_array_equal(got.reshape(-1), reference.run(g, x).reshape(-1))
     section = report_section(tmp_path, {"flash_bytes": {"limit": 1}})
     assert section["budget"]["flash_bytes"]["ok"] is False and "estimated by Vela" in section["board"]
+    lat = latency_section(tmp_path)  # the report's per-op latency: Vela's cycles, adding up to its total
+    assert lat["predicted_total"] == rep["compiled"]["cycles_total"] == sum(o["predicted"] for o in lat["ops"])
 
 
 def test_cmd_export_ethos_u_format(tmp_path):

@@ -38,6 +38,8 @@ def test_dsp_kernel_set_is_selectable():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "cortex_m_dsp/conv2d.o" in "".join(p.as_posix() for p in (RUNTIME / "build" / "cortex_m_dsp").rglob("*.o"))
     assert _make("host", KERNELS="nonsense").returncode != 0
+    unit = _make("test", KERNELS="cortex_m_dsp")  # the runtime's own C unit tests, DSP set linked in
+    assert unit.returncode == 0 and "all runtime unit tests passed" in unit.stdout, unit.stdout + unit.stderr
 
 
 # Shapes that take every path: 3x3 with padding and stride, C_in not a multiple of 4, 1x1 strided,

@@ -40,6 +40,7 @@ from deploy.deploy_cost import omega as blob_omega
 from deploy.ethosu.vela import VelaResult, VelaTarget, compile_tflite, vela_version
 from deploy.export_tflite import to_tflite
 from deploy.ir import Graph
+from search.atomic import atomic_write_text
 from search.cost import Candidate, LayerOptions, Omega, OptionTable, check_candidates, layer_bops
 from search.errors import SearchError
 from search.graph import ExecGraph
@@ -146,9 +147,7 @@ def compile_cached(g: Graph, target: VelaTarget, cache_dir: str | Path | None) -
             "ops": [op.__dict__ for op in res.ops]}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = path.with_name(f".{path.name}.tmp")
-        tmp_path.write_text(json.dumps(data))
-        tmp_path.replace(path)
+        atomic_write_text(path, json.dumps(data))
     return data, origin
 
 

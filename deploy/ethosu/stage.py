@@ -152,3 +152,17 @@ def report_section(run_dir: str | Path, budget: dict[str, Any]) -> dict[str, Any
     return {"board": data.get("board", BOARD_LABEL), "vela_version": data.get("vela_version"),
             "target": data.get("target"), "compiled": c, "predicted": data.get("predicted"),
             "relative_error": data.get("relative_error"), "cpu_ops": data.get("cpu_ops", []), "budget": checks}
+
+
+def latency_section(run_dir: str | Path) -> dict[str, Any] | None:
+    """The report's per-op latency for an Ethos-U run (Vela's per-operation cycles, its clock), in the
+    shape of the MCU report's latency section; None without ``vela.json``."""
+    try:
+        data = json.loads((Path(run_dir) / REPORT).read_text())
+        c, rows = data["compiled"], data["per_layer"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ops = [{"op": r["ir_op"], "type": "+".join(r["tflite_ops"]) + ("" if r["target"] == "NPU" else " (CPU)"),
+            "w_bits": r["w_bits"], "predicted": r["cycles"], "measured": None} for r in rows]
+    return {"unit": "cycles (estimated by Vela)", "clock_hz": c["clock_hz"], "predicted_total": c["cycles_total"],
+            "measured_unit": None, "ops": ops}

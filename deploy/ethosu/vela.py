@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 from deploy.errors import DeployError
+from search.atomic import atomic_write_bytes, atomic_write_text
 
 VELA_PACKAGE = "ethos-u-vela"
 VELA_TIMEOUT_S = 600
@@ -171,7 +172,7 @@ def compile_tflite(tflite: bytes, target: VelaTarget, out_dir: str | Path, stem:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     src = out / f"{stem}.tflite"
-    src.write_bytes(tflite)
+    atomic_write_bytes(src, tflite)
     cmd = [*vela_command(), str(src), *target.args(), "--output-dir", str(out), "--verbose-performance",
            "--enable-debug-db", *extra_args]
     try:
@@ -189,7 +190,7 @@ def compile_tflite(tflite: bytes, target: VelaTarget, out_dir: str | Path, stem:
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise DeployError(f"Vela {vela_version()} did not write {', '.join(missing)}")
-    (out / f"{stem}_vela.log").write_text(proc.stdout)
+    atomic_write_text(out / f"{stem}_vela.log", proc.stdout)
     files["log"] = out / f"{stem}_vela.log"
     return VelaResult(read_summary(files["summary"]), read_ops(files["debug_db"], files["per_layer"], op_origin), files)
 

@@ -25,7 +25,7 @@ typedef struct {
     const uint8_t *mult;    /* int32[out_c] */
     const int8_t *shift;    /* int8[out_c] */
     int16_t *scratch;       /* conv2d: see SMPQ_TILE; fully connected: K int16 */
-    const int32_t *params;  /* ADD / REQUANTIZE parameters (see smpq_format.h) */
+    const int32_t *params;  /* ADD / REQUANTIZE / SOFTMAX parameters (see smpq_format.h) */
     uint32_t size;          /* elementwise ops: number of elements */
 } smpq_op_args;
 
@@ -38,6 +38,7 @@ void smpq_avg_pool(const smpq_op_args *a);
 void smpq_max_pool(const smpq_op_args *a);
 void smpq_reshape(const smpq_op_args *a);
 void smpq_requantize(const smpq_op_args *a);
+void smpq_softmax(const smpq_op_args *a); /* along the last axis (out_c) */
 
 /* Shared by conv2d and its 1x1 path: all output channels of a tile of n_pix pixels. */
 void smpq_output_tile(const smpq_op_args *a, const int16_t *patches, int32_t n_pix, int32_t k, int8_t *out);

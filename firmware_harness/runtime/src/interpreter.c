@@ -66,6 +66,7 @@ static void run_op(const smpq_model *m, const uint8_t *r) {
         case SMPQ_OP_MAX_POOL: smpq_max_pool(&a); break;
         case SMPQ_OP_RESHAPE: smpq_reshape(&a); break;
         case SMPQ_OP_REQUANTIZE: smpq_requantize(&a); break;
+        case SMPQ_OP_SOFTMAX: smpq_softmax(&a); break;
         default: break; /* unreachable: kinds are validated by smpq_load */
     }
 }

@@ -190,6 +190,13 @@ static int check_op(const smpq_model *m, uint32_t i) {
             }
             if (bad_alias(&out, &in, 1)) return SMPQ_E_ALIAS;
             return SMPQ_OK;
+        case SMPQ_OP_SOFTMAX: /* along the last axis: shapes equal; left shift 0..31, diff_min <= 0 */
+            for (int d = 0; d < 4; ++d)
+                if (in.dims[d] != out.dims[d]) return SMPQ_E_OP_SHAPE;
+            if (p[0] < 0 || p[1] < 0 || p[1] > 31 || p[2] > 0) return SMPQ_E_OP_PARAM;
+            if (!zero_bytes(r + O_PARAMS + 12, SMPQ_OP_RECORD - O_PARAMS - 12)) return SMPQ_E_OP_PARAM;
+            if (bad_alias(&out, &in, 0)) return SMPQ_E_ALIAS;
+            return SMPQ_OK;
         default:
             return SMPQ_E_OP_KIND;
     }

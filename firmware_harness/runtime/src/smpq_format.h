@@ -46,7 +46,7 @@
 #define T_ARENA_OFFSET 20                /* u32 arena offset */
 
 /* op record field offsets */
-#define O_KIND 0                         /* u8 kind: 1 conv2d, 2 depthwise_conv2d, 3 fully_connected, 4 add, 5 avg_pool, 6 max_pool, 7 reshape, 8 requantize */
+#define O_KIND 0                         /* u8 kind: 1 conv2d, 2 depthwise_conv2d, 3 fully_connected, 4 add, 5 avg_pool, 6 max_pool, 7 reshape, 8 requantize, 9 softmax */
 #define O_W_BITS 1                       /* u8 w_bits (weighted ops: 1..8) */
 #define O_ACT_MIN 2                      /* i8 act_min (output clamp) */
 #define O_ACT_MAX 3                      /* i8 act_max, act_min ≤ act_max */
@@ -65,7 +65,7 @@
 #define O_WEIGHTS_OFFSET 32              /* u32 weights offset: the packed weights in the data section (multiple of 4); the instances of one layer hold the same value */
 #define O_WEIGHTED_END 36                /* 28 bytes zero */
 /*   add / requantize: */
-#define O_PARAMS 20                      /* i32[7] add: left_shift, in1_multiplier, in1_shift, in2_multiplier, in2_shift, out_multiplier, out_shift; requantize: multiplier, shift */
+#define O_PARAMS 20                      /* i32[7] add: left_shift, in1_multiplier, in1_shift, in2_multiplier, in2_shift, out_multiplier, out_shift; requantize: multiplier, shift; softmax: input_multiplier, input_left_shift, diff_min */
 #define O_PARAMS_END 48                  /* 16 bytes zero */
 #define SMPQ_N_PARAMS 7
 
@@ -77,11 +77,12 @@ enum {
     SMPQ_OP_AVG_POOL = 5,
     SMPQ_OP_MAX_POOL = 6,
     SMPQ_OP_RESHAPE = 7,
-    SMPQ_OP_REQUANTIZE = 8
+    SMPQ_OP_REQUANTIZE = 8,
+    SMPQ_OP_SOFTMAX = 9
 };
-#define SMPQ_OP_KIND_MAX SMPQ_OP_REQUANTIZE
+#define SMPQ_OP_KIND_MAX SMPQ_OP_SOFTMAX
 /* op kind names, indexed by kind (0: unknown) */
-#define SMPQ_OP_KIND_NAMES {"?", "conv2d", "depthwise_conv2d", "fully_connected", "add", "avg_pool", "max_pool", "reshape", "requantize"}
+#define SMPQ_OP_KIND_NAMES {"?", "conv2d", "depthwise_conv2d", "fully_connected", "add", "avg_pool", "max_pool", "reshape", "requantize", "softmax"}
 
 /* Arena scratch of an op (bytes, uint64_t), K = kh*kw*C_in (conv2d) or input elements (fully connected):
  * 2-byte elements (int16 patches, plus one decoded weight row below 8 bits where noted). */

@@ -1,12 +1,15 @@
 /* conv2d (and its 1x1 path) for Cortex-M with the DSP extension; same results as kernels/conv2d.c.
- * Output pixels are taken SMPQ_TILE (4) at a time: their int16 patches (input offset added, padding 0)
- * are gathered once, in the order of rows.h. Output channels go two at a time: 8-bit weight rows are read
- * in place; narrower rows are decoded into two int8 rows (shared by the tile's pixels), so every width
- * runs the same inner loop on 2 pixels x 2 channels (16 MACs per 4 elements: four patch words, two row
- * words, four SXTB16, eight SMLAD). When C_in is a multiple of 4 (and the scratch word-aligned) the
- * patches of pixels 2j and 2j+1 are stored interleaved by groups of 4 for smpq_dsp_mac_2x2 (mac_2x2.c);
- * otherwise each patch is contiguous and a C loop does the same. Scratch: the 4 patches (2*4*K bytes)
- * plus, below 8 bits, the two int8 rows (2*K bytes) -- within SMPQ_SCRATCH_CONV2D. */
+ * Output pixels go a tile at a time: their int16 patches (input offset added by SXTAB16, padding 0) are
+ * gathered once, in the order of rows.h; then output channels two at a time, each pair of pixels by the
+ * 2 x 2 inner loop of mac_2x2.c (16 MACs per 4 elements: one LDM of four patch words, two row words, four
+ * SXTB16, eight SMLAD). With K a multiple of 4 and a word-aligned scratch the patches of pixels 2j and 2j+1
+ * are stored interleaved by groups of 4 ("pairs"), and
+ *   - 8-bit rows are read in place;
+ *   - 1/2/4-bit rows that start on a byte are read packed, never decoded (patches zero-padded to whole row
+ *     words when that fits the scratch);
+ *   - other widths (3/5/6/7 bits, rows not on a byte) are decoded into two int8 rows shared by the tile.
+ * Otherwise (K % 4 != 0: the 3-channel stem) SMPQ_TILE contiguous patches and a C loop. Scratch: never more
+ * than SMPQ_SCRATCH_CONV2D = 2*K*(SMPQ_TILE + (bits < 8)) bytes. */
 #include "../fixedpoint.h"
 #include "../kernels.h"
 #include "../../src/smpq_format.h"

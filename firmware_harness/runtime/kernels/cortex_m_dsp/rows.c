@@ -4,8 +4,6 @@
 #include "../packed.h"
 #include "simd.h"
 
-static inline int32_t sigma(int32_t i) { return (i & ~3) | ((i & 1) << 1) | ((i & 2) >> 1); }
-
 /* e(): the element held at position i of a decoded row (i inside a body word of c codes, s = 8/bits per byte). */
 static inline int32_t row_element(int32_t i, int32_t c, int32_t s) {
     const int32_t r = i % c;

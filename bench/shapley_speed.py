@@ -1,0 +1,102 @@
+"""Cost of one SMPQ Shapley round, before (plain masked forwards) and after (IncrementalForward).
+
+    python bench/shapley_speed.py --models resnet8,mbv2 --walks 2 --permutations 10 [--fp-resnet8 FP.PT]
+
+Per model: one round (``search.smpq.run_smpq`` with no warm-up and one round, CIFAR-10 validation
+batches of 256, the pipeline's candidate bits w{2,3,4,5,6,8} a{4,6,8}, first/last held at 8 bits) run
+with ``--walks`` permutations, once per path, with the same seed; ψ of the two must be bit-identical
+(checked). Reported: value evaluations per second, the measured round time, and the time of an M =
+``--permutations`` round extrapolated from the walks timed (per-walk time × M), plus the worst case
+without truncation (M × (players + 1) evaluations at the measured rate). Without ``--fp-<model>`` the
+model is randomly initialised: evaluations per second do not depend on the weights, the number of
+evaluations truncation leaves does (say which one you ran).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from search.data import load_dataset  # noqa: E402
+from search.models import build_model  # noqa: E402
+from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, run_smpq  # noqa: E402
+from search.supernet import Supernet  # noqa: E402
+from search.train import load_checkpoint  # noqa: E402
+
+W_BITS, A_BITS = (2, 3, 4, 5, 6, 8), (4, 6, 8)
+
+
+def one_round(model: torch.nn.Module, ds, walks: int, seed: int, incremental: bool) -> dict:
+    sn = Supernet(model, W_BITS, A_BITS, first_last_8bit=True, seed=seed)
+    cfg = SMPQConfig(warmup_epochs=0, rounds=1, permutations=walks, seed=seed, progress=False)
+    SMPQSearch.incremental = incremental
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            run_smpq(sn, ds, cfg, tmp, device="cpu")
+            total = time.perf_counter() - t0
+            rec = [json.loads(x) for x in (Path(tmp) / LOG_FILE).read_text().splitlines() if '"round"' in x][-1]
+    finally:
+        SMPQSearch.incremental = True
+    players = int(sum(1 for p in sn.players if len(sn.candidates(p.layer)[0 if p.kind == "w" else 1]) > 1))
+    return {"wall_s": rec["wall_s"], "run_s": total, "evaluations": rec["n_evaluations"],
+            "evals_per_s": rec["n_evaluations"] / rec["wall_s"], "psi": rec["psi"], "players": players,
+            "nodes_recomputed_fraction": rec.get("nodes_recomputed_fraction")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="resnet8,mbv2")
+    ap.add_argument("--walks", type=int, default=2, help="permutations actually timed per path")
+    ap.add_argument("--permutations", type=int, default=10, help="M of the round to extrapolate to")
+    ap.add_argument("--paths", default="before,after")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--fp-resnet8", default=None)
+    ap.add_argument("--fp-mbv2", default=None)
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+    ds = load_dataset("cifar10", args.data_dir, seed=args.seed)
+    results = {"threads": torch.get_num_threads(), "walks": args.walks, "permutations": args.permutations,
+               "seed": args.seed, "models": {}}
+    for name in args.models.split(","):
+        fp = getattr(args, f"fp_{name}", None)
+        if fp:
+            model, _ = load_checkpoint(fp)
+        else:
+            torch.manual_seed(args.seed)
+            model = build_model(name, ds.input_shape, ds.num_classes)
+        rows = {}
+        for path in args.paths.split(","):
+            r = one_round(model, ds, args.walks, args.seed, incremental=(path == "after"))
+            r["round_s_at_M"] = r["wall_s"] / args.walks * args.permutations
+            r["round_s_at_M_untruncated"] = args.permutations * (r["players"] + 1) / r["evals_per_s"]
+            rows[path] = r
+            print(f"{name:8s} {path:6s} players {r['players']:4d}  {r['evaluations']:5d} evals in {r['wall_s']:7.1f} s "
+                  f"= {r['evals_per_s']:6.2f}/s  M={args.permutations}: {r['round_s_at_M'] / 60:6.1f} min "
+                  f"(untruncated {r['round_s_at_M_untruncated'] / 60:6.1f} min)"
+                  + (f"  nodes recomputed {r['nodes_recomputed_fraction']:.2f}" if r["nodes_recomputed_fraction"] else ""),
+                  flush=True)
+        if "before" in rows and "after" in rows:
+            same = rows["before"]["psi"] == rows["after"]["psi"]
+            print(f"{name:8s} psi bit-identical before/after: {same}; speed-up "
+                  f"{rows['after']['evals_per_s'] / rows['before']['evals_per_s']:.2f}x", flush=True)
+            if not same:
+                raise SystemExit(f"{name}: psi differs between the two paths")
+        for r in rows.values():
+            r.pop("psi")
+        results["models"][name] = {"fp": fp or "random init", **rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
