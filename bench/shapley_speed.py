@@ -1,6 +1,7 @@
 """Cost of one SMPQ Shapley round, before (plain masked forwards) and after (IncrementalForward).
 
-    python bench/shapley_speed.py --models resnet8,mbv2 --walks 2 --permutations 10 [--fp-resnet8 FP.PT]
+    python bench/shapley_speed.py --models resnet8 --walks 2 --permutations 10 [--fp-resnet8 FP.PT]
+    python bench/shapley_speed.py --models resnet8,mbv2 --steps 40      # partial walks, extrapolated
 
 Per model: one round (``search.smpq.run_smpq`` with no warm-up and one round, CIFAR-10 validation
 batches of 256, the pipeline's candidate bits w{2,3,4,5,6,8} a{4,6,8}, first/last held at 8 bits) run
@@ -9,7 +10,9 @@ with ``--walks`` permutations, once per path, with the same seed; ψ of the two 
 ``--permutations`` round extrapolated from the walks timed (per-walk time × M), plus the worst case
 without truncation (M × (players + 1) evaluations at the measured rate). Without ``--fp-<model>`` the
 model is randomly initialised: evaluations per second do not depend on the weights, the number of
-evaluations truncation leaves does (say which one you ran).
+evaluations truncation leaves does (say which one you ran). ``--steps S`` times the first S removals
+of one walk on each path instead (logits compared bit for bit at every step) and extrapolates the rate
+to an untruncated M-permutation round: for models whose whole round is too long to time twice.
 """
 from __future__ import annotations
 
@@ -52,6 +55,44 @@ def one_round(model: torch.nn.Module, ds, walks: int, seed: int, incremental: bo
             "nodes_recomputed_fraction": rec.get("nodes_recomputed_fraction")}
 
 
+def partial_walk(model: torch.nn.Module, ds, steps: int, seed: int) -> dict:
+    """The first `steps` removals of one walk (as a round makes them), timed on both paths; the logits of
+    every step must be bit-identical. Per-evaluation cost is stationary along a walk (the layer a step
+    changes is uniformly random), so the rate extrapolates to whole rounds."""
+    import numpy as np
+
+    from search.data import BatchLoader
+    from search.qmodel import calibrate
+    from search.supernet import IncrementalForward
+
+    sn = Supernet(model, W_BITS, A_BITS, first_last_8bit=True, seed=seed)
+    calibrate(sn, BatchLoader(ds.train, ds, 128, shuffle=True, seed=seed), n_batches=2, seed=seed)
+    val = BatchLoader(ds.val, ds, 256)
+    x = val.normalize(val.x[:256])
+    group = sn.group.numpy()
+    players = np.flatnonzero(np.bincount(group, minlength=sn.num_groups)[group] > 1)
+    order = np.random.default_rng([seed, 12, 0, 0]).permutation(players)[:steps]
+    out: dict = {"players": int(len(players))}
+    logits = {}
+    with sn.masked():
+        for path in ("before", "after"):
+            fwd = IncrementalForward(sn) if path == "after" else sn
+            mask = torch.ones(sn.num_players)
+            sn.set_mask(mask)
+            fwd(x)  # v(full): the first evaluation of a walk is a full pass on both paths
+            got, t0 = [], time.perf_counter()
+            for p in order:
+                mask[p] = 0.0
+                sn.set_mask(mask)
+                got.append(fwd(x))
+            dt = time.perf_counter() - t0
+            logits[path] = got
+            out[path] = {"evaluations": steps, "wall_s": dt, "evals_per_s": steps / dt,
+                         "nodes_recomputed_fraction": fwd.recomputed / fwd.total if path == "after" else None}
+    out["bit_identical"] = all(torch.equal(a, b) for a, b in zip(logits["before"], logits["after"]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="resnet8,mbv2")
@@ -63,6 +104,8 @@ def main() -> None:
     ap.add_argument("--fp-resnet8", default=None)
     ap.add_argument("--fp-mbv2", default=None)
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="time only the first STEPS removals of one walk per path instead of whole rounds")
     args = ap.parse_args()
     ds = load_dataset("cifar10", args.data_dir, seed=args.seed)
     results = {"threads": torch.get_num_threads(), "walks": args.walks, "permutations": args.permutations,
@@ -74,6 +117,20 @@ def main() -> None:
         else:
             torch.manual_seed(args.seed)
             model = build_model(name, ds.input_shape, ds.num_classes)
+        if args.steps:
+            r = partial_walk(model, ds, args.steps, args.seed)
+            for path in ("before", "after"):
+                q = r[path]
+                q["round_s_at_M_untruncated"] = args.permutations * (r["players"] + 1) / q["evals_per_s"]
+                print(f"{name:8s} {path:6s} players {r['players']:4d}  {args.steps} walk steps in {q['wall_s']:7.1f} s "
+                      f"= {q['evals_per_s']:6.2f}/s  M={args.permutations} untruncated round: "
+                      f"{q['round_s_at_M_untruncated'] / 60:6.1f} min", flush=True)
+            print(f"{name:8s} logits bit-identical at every step: {r['bit_identical']}; speed-up "
+                  f"{r['after']['evals_per_s'] / r['before']['evals_per_s']:.2f}x", flush=True)
+            if not r["bit_identical"]:
+                raise SystemExit(f"{name}: the two paths differ")
+            results["models"][name] = {"fp": fp or "random init", "mode": f"first {args.steps} steps of one walk", **r}
+            continue
         rows = {}
         for path in args.paths.split(","):
             r = one_round(model, ds, args.walks, args.seed, incremental=(path == "after"))

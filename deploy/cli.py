@@ -32,8 +32,10 @@ from deploy.errors import USER_ERRORS, DeployError, user_message
 PROG = "smpq-deploy"
 DEFAULT_COMMAND = "run"
 TRACEBACK_ENV = "SMPQ_TRACEBACK"
-#: Common options that take a value (used to find the subcommand among the arguments).
-VALUE_OPTIONS = ("--config", "--device", "--model", "--dataset", "--data-dir", "--seed", "--output", "--run", "--set")
+#: Common options that take a value (used to find the subcommand among the arguments); `run`'s --from/--to
+#: take a stage name, which may also be a command's name (--from search).
+VALUE_OPTIONS = ("--config", "--device", "--model", "--dataset", "--data-dir", "--seed", "--output", "--run", "--set",
+                 "--from", "--to")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,19 +2,22 @@
 
     smpq-deploy --device stm32h7 --model mbv2 [--output runs/x] [--set key=value ...]
 
-Stages, each writing to the run folder and each skipped when its artifacts are already there (so
-a killed pipeline resumes where it stopped; the training and search stages also resume inside
-themselves): FP training (``fp.pt``) → search + QAT (``policy.json``, ``qat.pt``) → export
-(IR + the configured formats) → host verification (integer reference vs the C runtime on the test
-split, and vs ONNX Runtime and TFLite Micro for the files that exist; the blob's flash and arena against
-the budget) → ``report.json``. An export written by an older format version is redone. Each stage is the
-subcommand of the same name, called with the same common options: one implementation of each step.
+Stages: FP training (``fp.pt``) → search + QAT (``policy.json``, ``qat.pt``) → export (IR + the
+configured formats; an Ethos-U device adds Vela) → firmware (``firmware.elf``, for a device with board
+support) → board (QEMU devices: started here; a real board with --port: flashed, then measured →
+``board.json``; otherwise the report says the board was not connected) → host verification (integer
+reference vs the C runtime, ONNX Runtime and TFLite Micro) → ``report.json``/``report.html``.
+Before any stage, every setting is checked (deploy.preflight). Each stage is keyed by its settings
+and inputs (deploy.stages, ``stages.json``): an unchanged stage is skipped, a changed one reruns and so
+does everything after it; a killed run continues (``--resume``) from the stages' own state files.
+Each stage is the subcommand of the same name: one implementation of each step.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,12 @@ from rich.console import Console
 
 from deploy.config import config_from_args
 from deploy.errors import DeployError
+from deploy.stages import STAGES
 
-HELP = "run the whole pipeline: FP training -> search + QAT -> export -> host verification -> report (the default command)"
+STAGE_ORDER = {name: i for i, name in enumerate(STAGES)}
+
+HELP = ("run the whole pipeline: FP training -> search + QAT -> export -> firmware -> board -> host verification -> "
+        "report (the default command)")
 
 FORMAT_FILES = {"onnx": ["model.onnx"], "onnx-int": ["model.int.onnx"], "tflite": ["model.tflite"],
                 "smpq": ["model.smpq"], "c": ["model_data.c", "model_data.h"],
@@ -35,6 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", type=int, default=None,
                         help="train and search on N training images (evenly spread over the split; quick runs)")
     parser.add_argument("--force", action="store_true", help="rerun every stage even if its artifacts exist")
+    parser.add_argument("--from", dest="from_stage", default=None, metavar="STAGE",
+                        help=f"first stage to run ({', '.join(STAGES)}); earlier ones are used as they are")
+    parser.add_argument("--to", dest="to_stage", default=None, metavar="STAGE",
+                        help="last stage to run; host verification and the report follow it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a killed run in this --output folder (an error when none was started there)")
+    parser.add_argument("--port", default=None,
+                        help="serial port of a real board: flash and measure it (QEMU devices need none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -63,14 +78,6 @@ def _stage(console: Console, name: str, argv: list[str]) -> float:
         raise DeployError(f"pipeline stopped: stage '{name}' failed (exit {rc}); fix the error above and rerun the same "
                           "command — finished stages are kept")
     return time.perf_counter() - t0
-
-
-def _fresh(out: Path, files: list[str], newer_than: Path | None = None) -> bool:
-    """Whether every file exists (and is newer than `newer_than`, when given)."""
-    paths = [out / f for f in files]
-    if not all(p.is_file() for p in paths):
-        return False
-    return newer_than is None or not newer_than.exists() or all(p.stat().st_mtime >= newer_than.stat().st_mtime for p in paths)
 
 
 def _written_by_this_version(out: Path) -> bool:
@@ -143,34 +150,92 @@ def verify_on_host(out: Path, dataset: str, data_dir: str | None, samples: int |
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run every stage that has not run yet, then write and print report.json."""
-    from deploy import run_identity
+    """Check every setting, run each stage whose key changed (deploy.stages), then verify and write the report."""
+    from deploy import preflight, stages
+    from deploy.ethosu.stage import is_ethos_u
+    from deploy.ir import IR_VERSION
+    from deploy.pretrained import fp_checkpoint
     from deploy.validation import prepare_output
+    from firmware_harness.build import boards
+    from firmware_harness.smpq_format import VERSION
 
     cfg = config_from_args(args)
+    selected = stages.stage_range(args.from_stage, args.to_stage)
+    preflight.check_run(cfg, args.subset)  # bad settings stop here, before hours of training
     out = prepare_output(Path(cfg.output))
-    if not args.force:
-        run_identity.check_folder(out, cfg)  # the report must describe exactly the artifacts beside it
-    run_identity.record(out, cfg)
+    book = stages.StageBook(out)
+    if args.resume and not book.doc:
+        raise DeployError(f"--resume: '{out}' holds no started run ('{stages.STAGES_FILE}' is missing); run without --resume")
+    stages.record(out, cfg)
     console = Console()
+    if book.unfinished():
+        console.print(f"resuming: stage(s) {', '.join(book.unfinished())} did not finish; they continue from their state")
+    profile = cfg.profile()
+    ethos_u = is_ethos_u(profile)
+    port = args.port or cfg.harness.port
     common = _common(args)
     extra = (["--subset", str(args.subset)] if args.subset else []) + (["--no-progress"] if args.no_progress else [])
     timings: dict[str, float] = {}
-    from deploy.pretrained import fp_checkpoint
-
     fp = fp_checkpoint(cfg, out)
-    if not fp.is_file() or (args.force and fp == out / "fp.pt"):  # a given or shipped checkpoint is not retrained
-        timings["train"] = _stage(console, "FP training", ["train", *common, *extra])
-    if args.force or not _fresh(out, ["policy.json", "qat.pt"], fp):
-        timings["search"] = _stage(console, "search + QAT", ["search", *common, "--fp", str(fp), *extra])
-    from deploy.ethosu.stage import is_ethos_u
+    base = {"model": cfg.model.name, "model_kwargs": cfg.model.model_kwargs, "dataset": cfg.dataset.name,
+            "seed": cfg.seed, "subset": args.subset, "accelerator": cfg.accelerator}
 
-    formats = list(cfg.deploy.formats) + (["ethos-u"] if is_ethos_u(cfg.profile()) and "ethos-u" not in cfg.deploy.formats
+    def step(name: str, title: str, settings: dict[str, Any], inputs: list[Path], outputs: list[str],
+             commands: list[list[str]], applies: bool = True, stale: bool = False) -> None:
+        """Run stage `name` unless its key is recorded as finished with its outputs present."""
+        key = stages.stage_key(settings, inputs)
+        if not applies or (name not in selected and STAGE_ORDER[name] > STAGE_ORDER[selected[-1]]
+                           and (book.doc.get(name) or {}).get("key") != key):
+            book.drop(name)  # outputs made for other settings (or a stage that does not apply) are removed
+            return
+        if name not in selected:
+            return
+        if not args.force and not stale and book.fresh(name, key, outputs):
+            console.print(f"[dim]{title}: up to date (stage key {key[:12]})")
+            return
+        book.start(name, key, restart=args.force)
+        t0 = time.perf_counter()
+        for argv in commands:
+            _stage(console, title, argv)
+        timings[name] = time.perf_counter() - t0
+        book.finish(name, key, outputs)
+
+    if fp == out / "fp.pt":  # a given or shipped checkpoint is not retrained
+        step("train", "FP training", {**base, "train": cfg.train.model_dump()}, [], ["fp.pt"], [["train", *common, *extra]])
+    step("search", "search + QAT", {**base, "device": cfg.device, "budget": asdict(cfg.budget()),
+                                    "search": cfg.search.model_dump(), "qat": cfg.qat.model_dump()},
+         [fp], ["policy.json", "qat.pt"], [["search", *common, "--fp", str(fp), *extra]])
+    formats = list(cfg.deploy.formats) + (["ethos-u"] if ethos_u and "ethos-u" not in cfg.deploy.formats
                                           else [])  # an Ethos-U device adds the Vela stage
     files = ["model.ir.json", "model.ir.npz"] + [f for fmt in formats for f in FORMAT_FILES.get(fmt, [])]
-    if args.force or not _fresh(out, files, out / "qat.pt") or not _written_by_this_version(out):
-        timings["export"] = _stage(console, "export", ["export", *common, "--formats", ",".join(formats),
-                                                       "--opset", str(cfg.deploy.onnx_opset)])
+    step("export", "export", {"dataset": cfg.dataset.name, "seed": cfg.seed, "formats": formats,
+                              "opset": cfg.deploy.onnx_opset, "device": cfg.device if ethos_u else None,
+                              "ir_version": IR_VERSION, "smpq_version": VERSION},
+         [out / "policy.json", out / "qat.pt"], files,
+         [["export", *common, "--formats", ",".join(formats), "--opset", str(cfg.deploy.onnx_opset)]],
+         stale=(out / "model.ir.json").is_file() and not _written_by_this_version(out))
+    has_board = not ethos_u and profile.name in boards()
+    step("firmware", "firmware", {"device": profile.name, "kernels": "reference"},
+         [out / "model.ir.json", out / "model.ir.npz"], ["firmware.elf", "firmware.bin", "firmware.hex"],
+         [["firmware", *common]], applies=has_board)
+    connected = profile.flash.backend == "qemu" or port is not None
+    flash = [["flash", *common, "--port", port]] if port is not None and profile.flash.backend != "qemu" else []
+    measure = ["measure", *common, *(["--port", port] if port is not None else []),
+               *(["--no-progress"] if args.no_progress else [])]
+    step("board", "flash + measure" if flash else "measure on the board",
+         {"device": profile.name, "samples": cfg.harness.samples, "port": port, "dataset": cfg.dataset.name,
+          "seed": cfg.seed}, [out / "firmware.elf", out / "model.ir.json", out / "model.ir.npz"], ["board.json"],
+         [*flash, measure], applies=has_board and connected)
+    previous: dict[str, Any] = {}
+    if not ethos_u and not (out / "board.json").is_file():
+        previous["board_run"] = (f"not connected: the firmware for {profile.name} is built ({out / 'firmware.elf'}); "
+                                 f"give --port to flash and measure it" if has_board and not connected and
+                                 (out / "firmware.elf").is_file() else
+                                 f"not run: no board support for {profile.name}" if not has_board else
+                                 f"not run: the pipeline stopped at --to {selected[-1]}")
+    if not (out / "model.ir.json").is_file():  # --to train / --to search: nothing to verify or report yet
+        console.print(f"stopped after stage '{selected[-1]}': artifacts in {out}/ (no export yet, so no report)")
+        return 0
     console.rule("[bold]host verification")
     t0 = time.perf_counter()
     verification = verify_on_host(out, cfg.dataset.name, cfg.dataset.data_dir and str(cfg.dataset.data_dir),
@@ -179,8 +244,7 @@ def run(args: argparse.Namespace) -> int:
     from deploy.report import build_report, run_command, write_report
 
     report = build_report(out, cfg.device, verification, timings,
-                          run_command(["run", *common, *extra, *(["--force"] if args.force else [])]))
+                          run_command(["run", *common, *extra, *(["--force"] if args.force else [])]), previous)
     json_path, html_path = write_report(out, report, console)
     console.print(f"artifacts: {out}/  report: {json_path} and {html_path}")
     return 0
-

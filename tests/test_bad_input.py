@@ -226,13 +226,16 @@ CASES: list[Case] = [
     Case("w-bits-zero", (*SEARCH, "--w-bits", "0,4"), ("--w-bits", "0")),
     Case("w-bits-not-numbers", (*SEARCH, "--w-bits", "a,b"), ("--w-bits", "a,b")),
     Case("uniform-malformed", (*SEARCH, "--method", "uniform", "--uniform", "w4"), ("--uniform", "w4")),
-    # --- a run folder describes exactly the settings that made it ---------------------------------------------
-    Case("run-folder-for-other-model", ("run", "--model", "resnet20", "--device", "stm32h7", *QUICK, "--output",
-                                        "{tmp}/run"), ("resnet8", "resnet20"), run_with(lambda run: None)),
-    Case("run-folder-for-other-device", ("run", *R8, "--device", "nrf52840", *QUICK, "--output", "{tmp}/run"),
-         ("stm32h7", "nrf52840"), run_with(lambda run: None)),
-    Case("run-folder-for-other-dataset", ("run", *R8, "--device", "stm32h7", "--dataset", "digits", *QUICK,
-                                          "--output", "{tmp}/run"), ("cifar10", "digits"), run_with(lambda run: None)),
+    # --- run checks every stage's settings before the first one starts (tests/test_run_stages.py: reruns) ----
+    Case("run-budget-impossible", ("run", *R8, "--device", "stm32h7", *QUICK, "--set", "search.method=smpq",
+                                   "--set", "budgets.flash_bytes=2KB", "--output", "{tmp}/out"),
+         ("flash", "smallest achievable")),
+    Case("run-uniform-over-budget", ("run", *R8, "--device", "stm32h7", *QUICK, "--set", "budgets.flash_bytes=20KB",
+                                     "--output", "{tmp}/out"), ("uniform W8A8", "flash")),
+    Case("run-unknown-stage", (*RUN_R8, "--from", "deploy"), ("--from deploy", "search")),
+    Case("run-stages-reversed", (*RUN_R8, "--from", "export", "--to", "train"), ("--from export", "--to train")),
+    Case("run-resume-nothing-started", ("run", *R8, "--device", "stm32h7", *QUICK, "--resume", "--output", "{tmp}/out"),
+         ("--resume", "stages.json")),
     Case("run-policy-corrupt", RUN_R8, ("policy.json",), run_with(lambda run: (run / "policy.json").write_text("{oops"))),
     Case("run-blob-truncated", RUN_R8, ("model.smpq",), run_with(truncate("model.smpq"))),
     # --- data is validated when it loads ----------------------------------------------------------------------

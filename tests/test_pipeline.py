@@ -1,4 +1,5 @@
-"""The one command, end to end at toy scale: train → search + QAT → export → host verification → report.json;
+"""The one command, end to end at toy scale up to the export (--to export; tests/hil/test_pipeline_board.py runs
+the board stages): train → search + QAT → export → host verification → report.json;
 a second invocation skips the finished stages and reproduces the verification."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ARGS = ["--device", "qemu-mps2-an500", "--model", "resnet8", "--subset", "512", "--no-progress",
+ARGS = ["--device", "qemu-mps2-an500", "--model", "resnet8", "--subset", "512", "--no-progress", "--to", "export",
         "--set", "train.epochs=1", "--set", "search.epochs=1", "--set", "search.warmup_epochs=1",
         "--set", "qat.epochs=1", "--set", "search.w_bits=[2,4,8]", "--set", "search.a_bits=[4,8]",
         "--set", "search.shapley.permutations=1", "--set", "harness.samples=40"]
