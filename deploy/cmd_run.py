@@ -74,6 +74,8 @@ def _stage(console: Console, name: str, argv: list[str]) -> float:
     console.rule(f"[bold]{name}")
     t0 = time.perf_counter()
     rc = main(argv)
+    if rc == 2:  # a user error: the stage printed its one line; finished stages are kept (stages.json)
+        raise SystemExit(rc)
     if rc != 0:
         raise DeployError(f"pipeline stopped: stage '{name}' failed (exit {rc}); fix the error above and rerun the same "
                           "command — finished stages are kept")

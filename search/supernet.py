@@ -42,6 +42,7 @@ From scores to a policy
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Literal, NamedTuple
@@ -386,6 +387,10 @@ class Supernet(nn.Module):
         return fixed
 
 
+_INPLACE_OPERATORS = frozenset(getattr(operator, f"i{name}") for name in (
+    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"))
+
+
 class IncrementalForward:
     """Exact masked evaluation that recomputes only what a mask change can reach (Shapley walks).
 
@@ -414,8 +419,7 @@ class IncrementalForward:
         self.layer_of = [by_name.get(str(n.target)) if n.op == "call_module" else None for n in self.nodes]
         self.cacheable = not any(
             (n.op == "call_method" and str(n.target).endswith("_") and not str(n.target).startswith("__"))
-            or (n.op == "call_function" and getattr(n.target, "__name__", "").startswith("i")
-                and getattr(n.target, "__module__", "") in ("_operator", "operator"))
+            or (n.op == "call_function" and n.target in _INPLACE_OPERATORS)
             or (n.op == "call_function" and n.kwargs.get("inplace", False))
             for n in self.nodes)
         self.values: list = [None] * len(self.nodes)

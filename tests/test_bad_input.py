@@ -4,8 +4,9 @@ Each :class:`Case` is an id, an argv, the substrings its one error line must hol
 file, key or value) and an optional ``setup(tmp, fx)`` that prepares files in the case's folder.
 Every case asserts: exit status 2, no traceback, exactly one non-empty stderr line starting with
 ``error:`` that holds every expected substring, and that every file in the folder before the
-command is still there, byte for byte. ``{tmp}`` in argv is the case's folder, ``{data}`` the tiny
-CIFAR-10-shaped dataset every case gets through ``$SMPQ_DATA_DIR``.
+command is still there, byte for byte (but ``stages.json``, where ``run`` records the stage it
+started). ``{tmp}`` in argv is the case's folder, ``{data}`` the tiny CIFAR-10-shaped dataset every
+case gets through ``$SMPQ_DATA_DIR``.
 
 Adding a case is one line in :data:`CASES`. ``fx.run`` is a tiny finished run folder (resnet8 on
 the tiny dataset, uniform w8a8, exported to ``.smpq``), built once, on first use.
@@ -67,9 +68,7 @@ class Fixtures:
         model.ir.*, model.smpq, run.json, report.json."""
         if self._run is None:
             run = self.base / "run"
-            argv = ["run", "--model", "resnet8", "--device", "stm32h7", "--output", str(run), "--no-progress",
-                    *(f"--set={s}" for s in ("train.epochs=1", "train.batch_size=32", "search.method=uniform",
-                                             "qat.epochs=1", "deploy.formats=[smpq]", "harness.samples=8"))]
+            argv = [part.replace("{tmp}/run", str(run)) for part in RUN_FX]
             proc = smpq(*argv, cwd=self.base, data=self.data)
             assert proc.returncode == 0, f"building the run fixture: {argv}\n{proc.stderr[-3000:]}"
             self._run = run
@@ -202,6 +201,10 @@ EXPORT_RUN = ("export", "--run", "{tmp}/run", "--formats", "smpq", "--calib-batc
 QUICK = ("--subset", "64", "--set", "train.epochs=1", "--set", "search.method=uniform", "--set", "qat.epochs=1",
          "--set", "deploy.formats=[smpq]", "--set", "harness.samples=8", "--no-progress")  # (if a stage does run)
 RUN_R8 = ("run", *R8, "--device", "stm32h7", *QUICK, "--output", "{tmp}/run")
+#: The settings of `fx.run`: run again on a copy, every stage's key matches, so no stage reruns.
+RUN_FX = ("run", *R8, "--device", "stm32h7", "--output", "{tmp}/run", "--no-progress",
+          *(f"--set={s}" for s in ("train.epochs=1", "train.batch_size=32", "search.method=uniform", "qat.epochs=1",
+                                   "deploy.formats=[smpq]", "harness.samples=8")))
 MAX = ("--device", "max78000")
 
 CASES: list[Case] = [
@@ -236,8 +239,8 @@ CASES: list[Case] = [
     Case("run-stages-reversed", (*RUN_R8, "--from", "export", "--to", "train"), ("--from export", "--to train")),
     Case("run-resume-nothing-started", ("run", *R8, "--device", "stm32h7", *QUICK, "--resume", "--output", "{tmp}/out"),
          ("--resume", "stages.json")),
-    Case("run-policy-corrupt", RUN_R8, ("policy.json",), run_with(lambda run: (run / "policy.json").write_text("{oops"))),
-    Case("run-blob-truncated", RUN_R8, ("model.smpq",), run_with(truncate("model.smpq"))),
+    Case("run-policy-corrupt", RUN_FX, ("policy.json",), run_with(lambda run: (run / "policy.json").write_text("{oops"))),
+    Case("run-blob-truncated", RUN_FX, ("model.smpq",), run_with(truncate("model.smpq"))),
     # --- data is validated when it loads ----------------------------------------------------------------------
     Case("data-labels-shorter", (*TRAIN, "--data-dir", "{tmp}/d"), ("train.npz", "labels"),
          cifar_with(y=np.zeros(N_TRAIN - 10, np.int64))),
@@ -356,8 +359,9 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixtures:
 
 
 def _hashes(folder: Path) -> dict[str, str]:
+    """Every file's hash, but stages.json: `run`'s own record of which stage started (deploy/stages.py)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "stages.json"}
 
 
 def test_case_ids_are_unique() -> None:

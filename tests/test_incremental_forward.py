@@ -58,3 +58,24 @@ def test_psi_of_a_round_is_bit_identical_with_and_without_reuse(tmp_path: Path) 
     for a, b in zip(*rounds):
         assert a["psi"] == b["psi"] and a["alpha"] == b["alpha"] and a["n_evaluations"] == b["n_evaluations"]
         assert 0 < a["nodes_recomputed_fraction"] < 1 and "nodes_recomputed_fraction" not in b
+
+
+class _InPlace(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 2)
+        self.input_shape = (3, 8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).add_(1.0).flatten(1))
+
+
+def test_a_graph_with_in_place_methods_is_not_cached_but_still_exact() -> None:
+    torch.manual_seed(0)
+    sn = Supernet(_InPlace(), (2, 4), (4, 8), seed=0)
+    x = torch.randn(2, 3, 8, 8)
+    with sn.masked():
+        fwd = IncrementalForward(sn)
+        assert not fwd.cacheable
+        assert torch.equal(fwd(x), sn(x))
