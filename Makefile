@@ -10,7 +10,7 @@ setup:
 
 ## The main job on the offline default: pipeline.yaml on the bundled CIFAR-10 copy, for the emulated
 ## board's profile, at demo scale (ResNet-8, 5000 training images, bits {2,4,8}, 4 Shapley permutations,
-## short schedules: ~15-20 min on 2 cores).
+## short schedules; about 25-30 min on 2 cores, an estimate: 23 min measured after FP training on a loaded machine).
 ## `make demo DEMO_ARGS=` runs pipeline.yaml exactly as written (hours on a CPU).
 DEMO_ARGS ?= --device qemu-mps2-an500 --model resnet8 --output runs/demo --subset 5000 \
 	--set train.epochs=8 --set search.epochs=3 --set search.warmup_epochs=1 --set qat.epochs=1 \
