@@ -15,7 +15,6 @@ import platform
 import shlex
 import shutil
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
