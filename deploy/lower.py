@@ -58,7 +58,7 @@ from deploy import reference
 from deploy.ir import Graph, IRError, TensorSpec
 from deploy.irbuild import IRBuilder, f32
 from deploy.fixedpoint import conv_multiplier
-from search.qmodel import QuantConv2d, QuantLayer, QuantLinear, bias_codes, fold_batchnorm, fold_layer
+from search.qmodel import QuantConv2d, QuantLayer, QuantLinear, fit_bias, fold_batchnorm, fold_layer
 
 _LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.Flatten,
            nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
@@ -566,9 +566,8 @@ def _emit_layer(b: IRBuilder, g: _Group, name: str, x: int, out: int, act_min: i
     layer = g.module
     codes, w_scale, bias_real = _fold(layer, g.bn)
     s_in = b.g.tensors[x].scale
-    bias = bias_codes(bias_real, s_in, w_scale)
-    if np.abs(bias).max(initial=0) >= 2**31:
-        raise IRError(f"layer '{g.name}': folded bias overflows int32 (a BatchNorm with a tiny variance?)")
+    depthwise = isinstance(layer, nn.Conv2d) and layer.groups != 1  # 1HWC: channels last
+    codes, w_scale, bias = fit_bias(codes, w_scale, bias_real, s_in, channel_axis=-1 if depthwise else 0)
     if isinstance(layer, nn.Linear):
         kind, stride, pad = "fully_connected", (1, 1), (0, 0, 0, 0)
     else:

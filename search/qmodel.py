@@ -296,6 +296,32 @@ def bias_codes(bias: np.ndarray, in_scale: float, w_scale: np.ndarray) -> np.nda
     return np.round(np.asarray(bias, np.float64) / step).astype(np.int64)
 
 
+#: The largest bias code the IR stores (int32).
+BIAS_CODE_LIMIT = 2**31 - 1
+
+
+def fit_bias(codes: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, in_scale: float, channel_axis: int = 0
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, w_scale, int64 bias codes) with every bias code within ±BIAS_CODE_LIMIT.
+
+    A channel whose folded scale is so small that its bias cannot be stored (a BatchNorm with γ/σ ≈ 0:
+    the channel outputs its bias, its weights contribute less than a bias step) gets zero weight codes
+    (output channels along `channel_axis`)
+    and the smallest float32 scale at which its bias fits. Other channels are returned unchanged, so
+    a model without such channels lowers byte for byte as before. lower.py and fold_batchnorm both call
+    this, so the IR and the deploy-faithful model agree."""
+    step = np.float64(np.float32(in_scale)) * np.asarray(w_scale, np.float32).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        over = ~(np.abs(np.round(np.asarray(bias, np.float64) / step)) <= BIAS_CODE_LIMIT)  # a zero step is over too
+    if not over.any():
+        return codes, w_scale, bias_codes(bias, in_scale, w_scale)
+    codes, w_scale = codes.copy(), np.asarray(w_scale, np.float32).copy()
+    np.moveaxis(codes, channel_axis, 0)[over] = 0
+    need = np.abs(np.asarray(bias, np.float64)[over]) / (np.float64(np.float32(in_scale)) * BIAS_CODE_LIMIT)
+    w_scale[over] = np.nextafter(need.astype(np.float32), np.float32(np.inf))
+    return codes, w_scale, bias_codes(bias, in_scale, w_scale)
+
+
 Requantizer = Callable[[np.ndarray, float, np.ndarray, float], np.ndarray]
 """(int64 accumulators (N, C, ...), input scale, per-channel weight scale (C,), output scale) → int64
 output codes before zero point and clamp, e.g. TFLite's per-channel MultiplyByQuantizedMultiplier."""
@@ -398,11 +424,11 @@ def fold_batchnorm(model: nn.Module, requantize: Requantizer | None = None) -> n
         bn = model.get_submodule(bns[name]) if name in bns else None
         codes, scale, bias = fold_layer(layer, bn)
         s_in = float(np.float32(layer.a_quant.scale()))
+        codes, scale, bias_q = fit_bias(codes, scale, bias, s_in)
         folded[name] = (s_in, scale)
         dev = layer.weight.device
         layer.register_buffer("deployed_codes", torch.from_numpy(codes.astype(np.float64)).to(dev), persistent=False)
-        layer.register_buffer("deployed_bias", torch.from_numpy(bias_codes(bias, s_in, scale).astype(np.float64)).to(dev),
-                              persistent=False)
+        layer.register_buffer("deployed_bias", torch.from_numpy(bias_q.astype(np.float64)).to(dev), persistent=False)
         layer.register_buffer("deployed_acc_scale", torch.from_numpy(s_in * scale.astype(np.float64)).to(dev),
                               persistent=False)
     for name in bns.values():

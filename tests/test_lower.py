@@ -410,3 +410,22 @@ def test_trained_model_integer_fidelity(trained):
     assert acc_fq > 0.3, "the briefly trained model should beat chance clearly"
     assert (pred_int == pred_fq).mean() >= 0.99
     assert abs(acc_int - acc_fq) <= 0.003 + 1e-9
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mbv2"])
+def test_dead_batchnorm_channel_lowers_and_stays_faithful(name):
+    """A BatchNorm channel with γ ≈ 0 leaves a weight scale too small for its bias in int32: the channel gets
+    zero weight codes and the smallest scale that holds its bias (search.qmodel.fit_bias), in the IR and in
+    the deploy-faithful model alike, instead of stopping the export."""
+    q = random_bn_qat(name, seed=3)
+    bns = [m for m in q.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in (bns[1], bns[2]):  # mbv2: bns[1] follows a depthwise conv
+        bn.weight.data[0] = 1e-30
+        bn.bias.data[0] = 0.25
+    g = lower(q, MEAN, STD, normalise(np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3)).astype(np.uint8)))
+    assert all(np.abs(g.const(op, "bias")).max() <= 2**31 - 1 for op in g.ops if op.kind in
+               ("conv2d", "depthwise_conv2d", "fully_connected"))
+    pixels = np.random.default_rng(7).integers(0, 256, (16, 32, 32, 3)).astype(np.uint8)
+    codes = reference.run(g, reference.to_int8_input(pixels)).astype(np.int64)
+    mine = _faithful_codes(faithful_model(q, g), g, pixels)
+    assert (mine == codes).mean() >= 0.99 and np.abs(mine - codes).max() <= 1

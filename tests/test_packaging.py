@@ -21,8 +21,9 @@ def test_wheel_install_ships_pipeline_yaml_and_devices(tmp_path: Path) -> None:
                             text=True, check=True).stdout.strip()
     Path(target, "deps.pth").write_text(site.getsitepackages()[0] + "\n")  # torch etc. from this environment
     (wheel,) = wheels.glob("smpq_deploy-*.whl")
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(env_dir),
-                              str(wheel)], capture_output=True, text=True, timeout=600)
+    # --ignore-installed: without it pip uninstalls the editable checkout from the running venv first
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
+                              "--prefix", str(env_dir), str(wheel)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
     probe = ("import deploy.config as c, deploy.devices as d; print(c.DEFAULT_CONFIG); print(d.devices_dir()); "
              "print(len(d.list_devices()))")
