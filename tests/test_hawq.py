@@ -9,17 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.deploy_cost import BlobCostModel, omega
+from deploy.deploy_cost import BlobCostModel
 from search.budget import Budget
-from search.data import load_dataset
 from search.errors import SearchError
-from search.graph import extract_graph
 from search.hawq import HawqConfig, hessian_traces, hutchinson, weight_error
-from search.models import build_model
-from search.policy import Policy, validate_policy_file
+from search.policy import validate_policy_file
 from search.qat import QATConfig
 from search.runner import SearchSettings, run_search, select
-from search.train import TrainConfig, fit, load_checkpoint
+from tests.digits_fp import fp  # noqa: F401  (a pytest fixture)
 
 
 def test_hutchinson_matches_the_exact_trace_of_a_quadratic_within_its_error_bar() -> None:
@@ -117,18 +114,6 @@ def test_bad_estimator_settings_are_one_line_errors() -> None:
 
 
 # ------------------------------------------------------------------------ whole searches (digits, ResNet-8)
-@pytest.fixture(scope="module")
-def fp(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("fp")
-    ds = load_dataset("digits", seed=0)
-    model = build_model("resnet8", ds.input_shape, ds.num_classes)
-    fit(model, ds, TrainConfig(epochs=1, batch_size=64, lr=0.05, progress=False), out, device="cpu", model_name="resnet8")
-    m, _ = load_checkpoint(out / "fp.pt")
-    graph = extract_graph(m)
-    w4a4 = omega(graph, Policy.uniform(graph.layer_names(), 4, 4, first_last_8bit=True))
-    return {"path": str(out / "fp.pt"), "dataset": ds, "graph": graph, "w4a4": w4a4}
-
-
 def _settings(fp: dict, out: Path, **kw) -> SearchSettings:
     base = dict(method="hawq", fp=fp["path"], output=str(out), accelerator="cpu", progress=False,
                 qat=QATConfig(epochs=0, batch_size=64, progress=False), subset=512, cost_model=BlobCostModel(),

@@ -6,29 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from deploy.deploy_cost import BlobCostModel, omega, record_bytes
+from deploy.deploy_cost import BlobCostModel, record_bytes
 from search.budget import Budget
-from search.data import BatchLoader, load_dataset
+from search.data import BatchLoader
 from search.errors import SearchError
-from search.graph import extract_graph
-from search.models import build_model
 from search.policy import Policy
 from search.qat import QATConfig, load_qat
 from search.policy import validate_policy_file
 from search.runner import SearchSettings, run_search
-from search.train import TrainConfig, evaluate, fit, load_checkpoint
-
-
-@pytest.fixture(scope="module")
-def fp(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("fp")
-    ds = load_dataset("digits", seed=0)
-    model = build_model("resnet8", ds.input_shape, ds.num_classes)
-    fit(model, ds, TrainConfig(epochs=1, batch_size=64, lr=0.05, progress=False), out, device="cpu", model_name="resnet8")
-    m, meta = load_checkpoint(out / "fp.pt")
-    graph = extract_graph(m)
-    w4a4 = omega(graph, Policy.uniform(graph.layer_names(), 4, 4, first_last_8bit=True))
-    return {"path": str(out / "fp.pt"), "dataset": ds, "graph": graph, "w4a4": w4a4}
+from search.train import evaluate
+from tests.digits_fp import fp  # noqa: F401  (a pytest fixture)
 
 
 def _settings(fp: dict, method: str, out: Path, **kw) -> SearchSettings:
