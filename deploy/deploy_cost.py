@@ -35,7 +35,7 @@ Per quantizable layer l with policy (w_l, a_l) — a_l is the bit width of the l
   Packed weights, once per layer and once per ``normalise`` op (8 bits):
   the weights packed at w bits (weights = the torch weight's element count), zero padding to
   ``DATA_ALIGN`` bytes.
-* Peak SRAM = the arena :func:`search.planner.plan_greedy` assigns to the runtime tensors (one step
+* Peak SRAM = the arena :func:`search.planner.plan_arena` (the blob exporter's plan) assigns to the runtime tensors (one step
   per runtime op; the model output lives one step past the last op) and per-op scratch buffers —
   by default the C kernels' int16 patches (:func:`kernel_scratch_bytes`, the format spec's
   ``scratch_bytes`` with K = kh·kw·C_in for conv2d, the inputs for fully connected). Activations are int8
@@ -63,6 +63,7 @@ from search.cost import (Candidate, LayerCost, LayerOptions, Omega, OptionTable,
                          resolve_policy)
 from search.errors import SearchError
 from search.graph import ExecGraph, Node, RuntimeOp, RuntimeTensor, Schedule, runtime_schedule  # noqa: F401 (re-exported)
+from search import planner
 from search.planner import DEFAULT_ALIGNMENT, Buffer, align_up, plan_greedy
 
 ACT_CONTAINER_BITS = 8  # activations are int8 containers unless packed
@@ -144,16 +145,15 @@ def _w_bits(op: RuntimeOp, policy: Mapping[str, Sequence[int]] | None) -> int:
 def arena_buffers(schedule: Schedule, policy: Mapping[str, Sequence[int]] | None = None, *,
                   packed_activations: bool = False,
                   scratch: ScratchHook | None = kernel_scratch_bytes) -> list[Buffer]:
-    """The planner's buffers: one per runtime tensor (``t<id>``), then per-op scratch (``scratch:<op>``)."""
+    """The planner's buffers (:func:`search.planner.arena_buffers`): one per runtime tensor (``t<id>``),
+    then each op's scratch (``scratch:<op>``)."""
     if packed_activations and policy is None:
         raise SearchError("packed activations need a policy (their storage bits come from a_bits)")
     bits = tensor_bits(schedule, policy) if packed_activations else [ACT_CONTAINER_BITS] * len(schedule.tensors)
-    bufs = [Buffer(act_bytes(t.numel, b), t.first_use, t.last_use, f"t{t.id}") for t, b in zip(schedule.tensors, bits)]
-    for op in schedule.ops:
-        size = int(scratch(op, _w_bits(op, policy))) if scratch else 0
-        if size:
-            bufs.append(Buffer(size, op.step, op.step, f"scratch:{op.name}"))
-    return bufs
+    return planner.arena_buffers([act_bytes(t.numel, b) for t, b in zip(schedule.tensors, bits)],
+                                 [(t.first_use, t.last_use) for t in schedule.tensors],
+                                 [int(scratch(op, _w_bits(op, policy))) if scratch else 0 for op in schedule.ops],
+                                 [op.name for op in schedule.ops])
 
 def omega(graph: ExecGraph, policy: Mapping[str, Sequence[int]], latency_model: LatencyModel | None = None, *,
           packed_activations: bool = False, scratch: ScratchHook | None = kernel_scratch_bytes,

@@ -38,8 +38,7 @@ Decisions (each keeps the integer model faithful to the fake-quant PyTorch model
   it reproduces the integer reference's codes (measured bit-exact on trained resnet8 and random mbv2).
   The unfolded QAT model agrees only ~95 % top-1 at 2–5 bits, mostly because TFLite's
   MultiplyByQuantizedMultiplier rounds twice (up to 0.25 LSB off when s_in·s_w/s_out < 1/2).
-* Tensor arena offsets from search/planner.py's greedy planner are recorded in graph.meta
-  (``arena_bytes``, ``arena_offsets`` per tensor index).
+* The arena is not planned here: the runtime's exporter plans it (search/planner.py's ``plan_arena``).
 """
 from __future__ import annotations
 
@@ -448,9 +447,7 @@ def _emit(model: nn.Module, graph: ExecGraph, sched: Schedule, ranges: dict[str,
                 out = view
         ir[op.output] = out
     final = next(t.id for t in sched.tensors if t.source == graph.outputs[0] and t.grid_of is None)
-    graph_ir = b.finish([x_in], [ir[final]], name=name, mean=mean.tolist(), std=std.tolist())
-    plan_ir_arena(graph_ir)
-    return graph_ir
+    return b.finish([x_in], [ir[final]], name=name, mean=mean.tolist(), std=std.tolist())
 
 
 def _emit_pool(b: IRBuilder, op: RuntimeOp, pool: dict[str, Any], src: int) -> int:
@@ -488,15 +485,3 @@ def _emit_layer(b: IRBuilder, layer: QuantLayer, bn: nn.BatchNorm2d | None, name
         stride, pad = tuple(layer.stride), (ph, pw, ph, pw)
     return b.weighted(kind, name, x, out, codes, w_scale, bias.astype(np.int32), layer.w_quant.bits, stride, pad,
                       act_min, act_max)
-
-
-def plan_ir_arena(g: Graph) -> None:
-    """Record the format-independent IR arena in g.meta: every IR tensor (reshapes too), no scratch, output live to the last op."""
-    from search.planner import Buffer, live_ranges, plan_greedy
-
-    lives = live_ranges(len(g.tensors), [(op.inputs, op.outputs) for op in g.ops], g.inputs, g.outputs, end=len(g.ops) - 1)
-    bufs = [Buffer(int(np.prod(t.shape)), *lives[i], t.name) for i, t in enumerate(g.tensors)]
-    plan = plan_greedy(bufs)
-    g.meta["arena_bytes"] = plan.arena_bytes
-    g.meta["arena_offsets"] = list(plan.offsets)
-    g.meta["arena_alignment"] = plan.alignment
