@@ -196,8 +196,10 @@ def faithful_model(model: nn.Module, graph: Graph) -> nn.Module:
     layer's accumulator). Remaining differences are ties of the ADD/pool/requantize roundings.
     Takes the normalised float batches the QAT model takes."""
     folded = fold_batchnorm(model, tflite_requantize)
-    gm, _ = trace_graph(folded)
+    gm, folded_graph = trace_graph(folded)
     fx_graph = gm.graph
+    value_of = {m.fx_name: op for op in runtime_schedule(folded_graph).ops if op.node is not None
+                for m in (op.node, *op.fused)}  # fx node → the op whose output value it holds
     modules = dict(gm.named_modules())
     ops = {op.name: op for op in graph.ops}
     mean, std = (torch.tensor(graph.meta[k], dtype=torch.float64).view(1, -1, 1, 1) for k in ("mean", "std"))
@@ -222,7 +224,9 @@ def faithful_model(model: nn.Module, graph: Graph) -> nn.Module:
 
     def grid(before: fx.Node, tensor: int, arg: fx.Node) -> fx.Node:
         t = graph.tensors[tensor]
-        layer, act = _producer(arg, dict(gm.named_modules()))
+        src = value_of.get(arg.name)  # the op whose output `arg` is (None: an inserted grid, or the input)
+        layer = src.node.name if src is not None and src.node.quantizable else None
+        act = src.act if src is not None else None
         hi = min(t.qmax, t.zero_point + int(np.floor(6.0 / t.scale + 0.5))) if act == "relu6" else t.qmax
         return insert(before, _ToGrid(float(np.float32(t.scale)), t.zero_point, max(t.qmin, t.zero_point) if act
                                       else t.qmin, hi, modules[layer] if layer else None, act == "relu6"), arg)
@@ -255,19 +259,6 @@ def faithful_model(model: nn.Module, graph: Graph) -> nn.Module:
 
 
 _NO_OP = type("_NoOp", (), {"kind": None})()
-
-
-def _producer(n: fx.Node, modules: dict[str, nn.Module]) -> tuple[str | None, str | None]:
-    """(the quantized layer whose output node `n` is, through Identity/ReLU/ReLU6 only, or None; the activation on the way)."""
-    act = None
-    while n.op == "call_module" and not isinstance(modules[str(n.target)], QuantLayer):
-        m = modules[str(n.target)]
-        if isinstance(m, (nn.ReLU, nn.ReLU6)):
-            act = act or ("relu6" if isinstance(m, nn.ReLU6) else "relu")
-        elif not isinstance(m, nn.Identity):
-            return None, act
-        n = n.args[0]
-    return (str(n.target) if n.op == "call_module" else None), act
 
 
 class _PixelCodes(nn.Module):
