@@ -410,9 +410,8 @@ def _emit(model: nn.Module, graph: ExecGraph, sched: Schedule, ranges: dict[str,
         elif op.kind == "requantize":  # an 8-bit value into the reader's grid
             src = ir[op.inputs[0]]
             bits, signed, step = _qkey(layers[op.reader.name])
-            src_name = b.g.tensors[src].name
-            out = b.tensor(f"{src_name}.q{bits}{'s' if signed else 'u'}", nhwc, step, bits, signed)
-            b.requantize(f"{src_name}.requant_{op.reader.name}", src, out)
+            out = b.tensor(f"{op.reader.name}.input", nhwc, step, bits, signed)  # one per reader: a unique name
+            b.requantize(f"{b.g.tensors[src].name}.requant_{op.reader.name}", src, out)
         elif op.kind == "pool":
             out = _emit_pool(b, op, _pool_attrs(model, op.node), ir[op.inputs[0]])
         else:  # a layer or an add, written in its reader's grid or in a calibrated 8-bit tensor
