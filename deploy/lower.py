@@ -18,15 +18,16 @@ Decisions (each keeps the integer model faithful to the fake-quant PyTorch model
   deploy-faithful fake-quant model is what the integer model is compared with (rounding the bias to the
   int32 grid costs up to ~0.4 output LSB at 2–5-bit inputs, so the unfolded QAT model is not the reference).
 * Activation tensors: the QAT model quantizes a value only where a layer reads it (its ``a_quant``).
-  A conv/FC/add is therefore emitted once per distinct input quantizer of its readers, each instance
-  writing directly in that quantizer's a-bit grid (single rounding from the accumulator, exactly as
-  fake quantization rounds the float value; ReLU/ReLU6 and the a-bit range become clamps); the
-  instances share their weight/bias arrays (same npz keys, one copy in every file). Requantising one
-  8-bit tensor into each reader's grid instead would round twice and flip ~s8/s_a of the codes (≈ 9 %
-  at 4 bits), which measurably breaks the agreement with the fake-quant model. Readers that take the
-  float value (residual ADDs, pooling, the logits) get one more instance writing an int8 tensor with a
-  scale calibrated on a few batches of the QAT model (min/max; zero point −128 when never negative,
-  else symmetric). Pooling/reshape outputs reach quantized readers through REQUANTIZE.
+  The lowering emits :func:`search.graph.runtime_schedule` op for op — the schedule the cost model
+  prices — so every node runs once: a conv/FC/add read by exactly one quantized layer writes
+  directly in that layer's a-bit grid (single rounding from the accumulator, as fake quantization
+  rounds the float value; ReLU/ReLU6 and the a-bit range become clamps). Any other value (residual
+  paths, pooling, a value read at several grids, the logits) is written once into an int8 tensor with
+  a scale calibrated on a few batches of the QAT model (min/max; zero point −128 when never negative,
+  else symmetric), and each quantized layer reading it gets a REQUANTIZE into its grid right before it.
+  Requantising rounds twice (the 8-bit grid, then the reader's), which :func:`faithful_model` models
+  exactly; the alternative, running the producer once per reader grid (IR version 1), cost a second
+  convolution/add and its output tensor in the arena (resnet8 W8A8: 442k MACs, arena 65,536 → 50,304 B).
 * Pooling keeps its input's quantisation (TFLite's rule); flatten/reshape is a reshape; the logits are
   8-bit signed, calibrated.
 * Supported torch ops: QuantConv2d (groups 1 or depthwise, zero padding, dilation 1), QuantLinear,
