@@ -216,15 +216,19 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(int(d) for d in meta.shape[1:])
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+def fx_trace(model: nn.Module) -> fx.Graph:
+    """The project's one torch.fx trace of `model` (layers, BN, activations, pools as leaves); one-line SearchError."""
     try:
-        graph = _Tracer().trace(model)
+        return _Tracer().trace(model)
     except SearchError:
         raise
     except Exception as e:  # noqa: BLE001 - fx raises many types; report one line
         raise SearchError(f"torch.fx cannot trace {type(model).__name__}: {str(e).splitlines()[0]} "
                           f"(the model's forward must not branch on tensor values)") from None
-    gm = fx.GraphModule(model, graph)
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+    gm = fx.GraphModule(model, fx_trace(model))
     flags = {m: m.training for m in model.modules()}
     try:
         gm.eval()
