@@ -157,8 +157,7 @@ def run(args: argparse.Namespace) -> int:
             raise DeployError(f"'{run_dir / name}' is a folder, so export cannot write that file there: move it away")
     g = lower_run(run_dir, getattr(args, "data_dir", None), args.calib_batches)
     jpath, _ = g.save(run_dir / "model")
-    print(f"export: IR → {jpath} ({len(g.ops)} ops, packed weights {packed_weight_bytes(g)} B, "
-          f"IR arena plan {g.meta.get('arena_bytes')} B, without kernel scratch)")
+    print(f"export: IR → {jpath} ({len(g.ops)} ops, packed weights {packed_weight_bytes(g)} B)")
     for f in formats:
         path = FORMATS[f](g, run_dir, args)
         print(f"export: {f} → {path} ({path.stat().st_size} B)")

@@ -4,17 +4,17 @@ The one cost model that knows the deployment format. The search receives it as a
 :class:`search.cost.CostModel` (:class:`BlobCostModel`); deploy, the CLI's ``cost`` command and the
 report call it directly. Works on an :class:`~search.graph.ExecGraph`.
 
-What the device runs (:func:`runtime_schedule`) is the graph as deploy/lower.py lowers it: BN and
-ReLU/ReLU6 folded, flatten/reshape/identity as views, and
+What the device runs is :func:`search.graph.runtime_schedule` of the graph — the same function the
+lowering (deploy/lower.py) follows, so the ops priced here are the ops deployed: BN and ReLU/ReLU6
+folded, flatten/reshape/identity as views, every node run once, and
 
 * a ``normalise`` op (a 1×1 depthwise convolution, 8-bit, one code per channel) writing the raw
   input into each first layer's input grid;
-* a layer or add is run once per quantized layer that reads its output (each instance writes
-  directly in that reader's a-bit grid), plus once more into an int8 tensor when anything else
-  reads it (residual adds, pooling) or it is the model output; every instance stores its own channel
-  parameters (per-channel requantisation differs), the packed weights are stored once per layer;
-* pooling keeps its input's int8 tensor; a quantized layer reading a pool output (or the output of
-  a bn/relu that could not be folded) gets a ``requantize`` op into its grid right before it.
+* a layer or add read by exactly one quantized layer writes directly in that reader's a-bit grid;
+  any other value (residual paths, pooling, several reader grids, the model output) is written once
+  into an int8 tensor, and each quantized layer reading it gets a ``requantize`` op into its grid
+  right before it (one op per element, instead of running the producer once per grid);
+* pooling keeps its input's int8 tensor.
 
 Per quantizable layer l with policy (w_l, a_l) — a_l is the bit width of the layer's *input*:
 
@@ -29,20 +29,20 @@ Per quantizable layer l with policy (w_l, a_l) — a_l is the bit width of the l
   ``TENSOR_BYTES`` (24): one record per runtime tensor (shape, bits, zero point, clamp, scale,
   arena offset). ``OP_BYTES`` (64): one fixed-size record per runtime op (kind, bits,
   geometry, tensor indices; weighted ops: channel-parameter and weights offsets, scratch;
-  add/requantize: multipliers). Channel parameters of a weighted op (every instance of a layer, and
+  add/requantize: multipliers). Channel parameters of a weighted op (every layer, and
   ``normalise``): int32 bias[C] (BN folded — always present), int32 multiplier[C], int8 shift[C]
   (``CHANNEL_BYTES`` = 4 + 4 + 1 = 9), zero padding to ``DATA_ALIGN`` (4) bytes.
-  Packed weights, once per layer (its instances share them) and once per ``normalise`` op (8 bits):
+  Packed weights, once per layer and once per ``normalise`` op (8 bits):
   the weights packed at w bits (weights = the torch weight's element count), zero padding to
-  ``DATA_ALIGN`` bytes. In the per-op table the first instance of a layer carries its weights.
-* Peak SRAM = the arena :func:`search.planner.plan_greedy` assigns to the runtime tensors (one step
+  ``DATA_ALIGN`` bytes.
+* Peak SRAM = the arena :func:`search.planner.plan_arena` (the blob exporter's plan) assigns to the runtime tensors (one step
   per runtime op; the model output lives one step past the last op) and per-op scratch buffers —
   by default the C kernels' int16 patches (:func:`kernel_scratch_bytes`, the format spec's
   ``scratch_bytes`` with K = kh·kw·C_in for conv2d, the inputs for fully connected). Activations are int8
   containers (1 byte per element) or, with ``packed_activations``, ⌈n·a/8⌉ bytes for tensors in a
   layer's a-bit grid (8 bits otherwise).
 * Latency = Σ cycles / clock_hz over the runtime ops with a :class:`~search.budget.LatencyModel`:
-  each layer instance ``layer_cycles(op_type, MACs, w, a)``; normalise as depthwise_conv2d with one
+  each layer ``layer_cycles(op_type, MACs, w, a)``; normalise as depthwise_conv2d with one
   MAC per element at 8 bits; add ``layer_cycles('add', output elements)``; requantize
   ``layer_cycles('add', elements)`` (element-wise, priced like add); pool ``layer_cycles('pool',
   input elements)``.
@@ -62,103 +62,13 @@ from search.budget import LatencyModel
 from search.cost import (Candidate, LayerCost, LayerOptions, Omega, OptionTable, check_candidates, layer_bops,
                          resolve_policy)
 from search.errors import SearchError
-from search.graph import QUANTIZABLE, ExecGraph, LiveTensor, Node
-from search.planner import DEFAULT_ALIGNMENT, Buffer, align_up, live_ranges, plan_greedy
+from search.graph import ExecGraph, Node, RuntimeOp, RuntimeTensor, Schedule, runtime_schedule  # noqa: F401 (re-exported)
+from search import planner
+from search.planner import DEFAULT_ALIGNMENT, Buffer, align_up, plan_greedy
 
 ACT_CONTAINER_BITS = 8  # activations are int8 containers unless packed
 NORMALISE_BITS = 8      # weight bits of the input normalisation op
 
-
-# ---------------------------------------------------------------------------- runtime schedule
-@dataclass(frozen=True)
-class RuntimeTensor(LiveTensor):
-    """A tensor in the device's arena: its shape and lifetime (in runtime op steps), the graph tensor whose value it holds.
-
-    `grid_of` names the quantized layer whose input grid the tensor is in (its a_bits apply when
-    activations are packed); None for int8 tensors (input, residual paths, add/pool outputs, logits).
-    """
-
-    source: int
-    grid_of: str | None
-
-@dataclass(frozen=True)
-class RuntimeOp:
-    """One op the device runs: an instance of a graph node (layer, add, pool) or a normalise / requantize."""
-
-    step: int
-    kind: str                  # conv2d, depthwise_conv2d, fully_connected, add, pool, normalise, requantize
-    name: str
-    node: Node | None          # the graph node it runs; None for normalise / requantize
-    instance: int              # k-th op emitted for the same node (one per distinct output grid)
-    inputs: tuple[int, ...]    # runtime tensor ids
-    output: int
-    in_shape: tuple[int, ...]
-
-    @property
-    def weighted(self) -> bool:
-        return self.kind in QUANTIZABLE or self.kind == "normalise"
-
-@dataclass(frozen=True)
-class Schedule:
-    """The runtime ops in execution order and the tensors they use (independent of bit widths)."""
-
-    ops: tuple[RuntimeOp, ...]
-    tensors: tuple[RuntimeTensor, ...]
-
-def runtime_schedule(graph: ExecGraph) -> Schedule:
-    """The ops and tensors the device runs for `graph` (see the module docstring)."""
-    nodes = graph.nodes
-    readers = {t.id: sorted({i for i in t.consumers if not (nodes[i].in_place and nodes[i].output == t.id)})
-               for t in graph.tensors}
-    shapes: list[tuple[int, ...]] = []
-    sources: list[int] = []
-    grids: list[str | None] = []
-    ops: list[tuple[str, str, Node | None, int, tuple[int, ...], int, tuple[int, ...]]] = []
-    value: dict[int, int] = {}                 # graph tensor → runtime tensor of its int8 (float-reader) value
-    in_grid: dict[tuple[int, str], int] = {}   # (graph tensor, layer) → runtime tensor in that layer's input grid
-
-    def tensor(src: int, grid: str | None) -> int:
-        shapes.append(graph.tensors[src].shape), sources.append(src), grids.append(grid)
-        return len(shapes) - 1
-
-    def layer_input(t: int, layer: Node) -> int:
-        """`t` in `layer`'s input grid: produced there directly, else a normalise / requantize op now."""
-        if (t, layer.name) not in in_grid:
-            x = tensor(t, layer.name)
-            kind = "normalise" if t in graph.inputs else "requantize"
-            ops.append((kind, f"{layer.name}.{kind}", None, 0, (value[t],), x, graph.tensors[t].shape))
-            in_grid[(t, layer.name)] = x
-        return in_grid[(t, layer.name)]
-
-    for t in graph.inputs:
-        value[t] = tensor(t, None)
-    for n in nodes:
-        if n.in_place:
-            continue
-        out = n.output
-        if n.quantizable or n.op_type == "add":
-            q_readers = [nodes[i] for i in readers[out] if nodes[i].quantizable]
-            grids_out: list[str | None] = [r.name for r in q_readers]
-            if len(q_readers) < len(readers[out]) or out in graph.outputs or not readers[out]:
-                grids_out.append(None)  # one more instance for readers of the int8 value
-            for k, grid in enumerate(grids_out):
-                ins = (layer_input(n.inputs[0], n),) if n.quantizable else tuple(value[t] for t in n.inputs)
-                o = tensor(out, grid)
-                if grid is None:
-                    value[out] = o
-                else:
-                    in_grid[(out, grid)] = o
-                ops.append((n.op_type, n.name if k == 0 else f"{n.name}#{k}", n, k, ins, o, n.in_shapes[0]))
-        else:  # pool, or a bn/relu that cannot work in place: keeps its input's int8 quantisation
-            o = value[out] = tensor(out, None)
-            kind = "pool" if n.op_type == "pool" else "elementwise"
-            ops.append((kind, n.name, n, 0, tuple(value[t] for t in n.inputs), o, n.in_shapes[0]))
-
-    lives = live_ranges(len(shapes), [(in_ids, (out,)) for *_, in_ids, out, _ in ops],
-                        [value[t] for t in graph.inputs], [value[t] for t in graph.outputs])
-    tensors = tuple(RuntimeTensor(id=i, shape=shapes[i], first_use=lives[i][0], last_use=lives[i][1],
-                                  source=sources[i], grid_of=grids[i]) for i in range(len(shapes)))
-    return Schedule(tuple(RuntimeOp(i, *op) for i, op in enumerate(ops)), tensors)
 
 def kernel_scratch_bytes(op: RuntimeOp, w_bits: int = 8) -> int:
     """Scratch of the C kernels during `op`: the format spec's :func:`scratch_bytes` with
@@ -180,13 +90,13 @@ def channel_param_bytes(channels: int) -> int:
     return align_up(channels * CHANNEL_BYTES, DATA_ALIGN)
 
 def weight_region_bytes(weights: int, w_bits: int) -> int:
-    """Bytes of one layer's packed weights in the blob (dense at w_bits; padded), shared by its instances."""
+    """Bytes of one layer's packed weights in the blob (dense at w_bits; padded)."""
     return align_up(math.ceil(weights * w_bits / 8), DATA_ALIGN)
 
-def layer_flash_bytes(node: Node, w_bits: int, instances: int = 1) -> int:
-    """Bytes of one quantizable layer's data in the blob: each instance's channel parameters plus the
-    packed weights once (its op records are counted in the fixed part). Linear in the w_bits choice."""
-    return instances * channel_param_bytes(node.out_channels) + weight_region_bytes(node.weight_params, w_bits)
+def layer_flash_bytes(node: Node, w_bits: int) -> int:
+    """Bytes of one quantizable layer's data in the blob: its channel parameters plus its packed
+    weights (its op record is counted in the fixed part). Linear in the w_bits choice."""
+    return channel_param_bytes(node.out_channels) + weight_region_bytes(node.weight_params, w_bits)
 
 def op_macs(op: RuntimeOp) -> int:
     """MACs of a runtime op (a normalise op is one MAC per element)."""
@@ -214,11 +124,10 @@ def record_bytes(schedule: Schedule) -> int:
     return HEADER_BYTES + TENSOR_BYTES * len(schedule.tensors) + OP_BYTES * len(schedule.ops)
 
 def op_data_bytes(op: RuntimeOp, w_bits: int | None = None) -> int:
-    """Data-section bytes of a runtime op in the blob: its channel parameters, plus the packed weights
-    for a layer's first instance (later instances share them) and for normalise (8-bit, one code per channel)."""
+    """Data-section bytes of a runtime op in the blob: a layer's channel parameters and packed weights,
+    normalise's (8-bit, one code per channel); other ops: none."""
     if op.node is not None and op.node.quantizable:
-        weights = weight_region_bytes(op.node.weight_params, w_bits) if op.instance == 0 else 0
-        return channel_param_bytes(op.node.out_channels) + weights
+        return layer_flash_bytes(op.node, w_bits)
     if op.kind == "normalise":
         return channel_param_bytes(op.in_shape[0]) + weight_region_bytes(op.in_shape[0], NORMALISE_BITS)
     return 0
@@ -236,16 +145,15 @@ def _w_bits(op: RuntimeOp, policy: Mapping[str, Sequence[int]] | None) -> int:
 def arena_buffers(schedule: Schedule, policy: Mapping[str, Sequence[int]] | None = None, *,
                   packed_activations: bool = False,
                   scratch: ScratchHook | None = kernel_scratch_bytes) -> list[Buffer]:
-    """The planner's buffers: one per runtime tensor (``t<id>``), then per-op scratch (``scratch:<op>``)."""
+    """The planner's buffers (:func:`search.planner.arena_buffers`): one per runtime tensor (``t<id>``),
+    then each op's scratch (``scratch:<op>``)."""
     if packed_activations and policy is None:
         raise SearchError("packed activations need a policy (their storage bits come from a_bits)")
     bits = tensor_bits(schedule, policy) if packed_activations else [ACT_CONTAINER_BITS] * len(schedule.tensors)
-    bufs = [Buffer(act_bytes(t.numel, b), t.first_use, t.last_use, f"t{t.id}") for t, b in zip(schedule.tensors, bits)]
-    for op in schedule.ops:
-        size = int(scratch(op, _w_bits(op, policy))) if scratch else 0
-        if size:
-            bufs.append(Buffer(size, op.step, op.step, f"scratch:{op.name}"))
-    return bufs
+    return planner.arena_buffers([act_bytes(t.numel, b) for t, b in zip(schedule.tensors, bits)],
+                                 [(t.first_use, t.last_use) for t in schedule.tensors],
+                                 [int(scratch(op, _w_bits(op, policy))) if scratch else 0 for op in schedule.ops],
+                                 [op.name for op in schedule.ops])
 
 def omega(graph: ExecGraph, policy: Mapping[str, Sequence[int]], latency_model: LatencyModel | None = None, *,
           packed_activations: bool = False, scratch: ScratchHook | None = kernel_scratch_bytes,
@@ -264,7 +172,7 @@ def omega(graph: ExecGraph, policy: Mapping[str, Sequence[int]], latency_model: 
         cycles = op_cycles(op, latency_model, w or 8, a or 8) if latency_model else None
         rows.append(LayerCost(
             op.name, op.kind, op_macs(op), op.node.params if layer else (op.in_shape[0] if op.kind == "normalise" else 0),
-            w, a, float(layer_bops(op.node, w, a)) if layer and op.instance == 0 else 0.0,
+            w, a, float(layer_bops(op.node, w, a)) if layer else 0.0,
             op_data_bytes(op, w), int(scratch(op, w or 8)) if scratch else 0,
             cycles, cycles / latency_model.clock_hz if latency_model else None))
     plan = plan_greedy(arena_buffers(sched, pol, packed_activations=packed_activations, scratch=scratch), alignment)
@@ -287,26 +195,26 @@ def layer_options(graph: ExecGraph, w_candidates: Sequence[int], a_candidates: S
     sched = runtime_schedule(graph)
     clock = latency_model.clock_hz if latency_model else None
     fixed_cycles, fixed_flash = 0.0, record_bytes(sched)
-    instances: dict[str, list[RuntimeOp]] = {n.name: [] for n in graph.layers()}
+    op_of: dict[str, RuntimeOp] = {}
     for op in sched.ops:
         if op.node is not None and op.node.quantizable:
-            instances[op.node.name].append(op)
+            op_of[op.node.name] = op
         else:
             fixed_cycles += op_cycles(op, latency_model) if latency_model else 0.0
             fixed_flash += op_data_bytes(op)
     layers = []
     for n in graph.layers():
-        ops = instances[n.name]
+        op = op_of[n.name]
         opts = []
         for w in ws:
             for a in as_:
                 costs: dict[str, float] = {"bops": float(layer_bops(n, w, a)),
-                                           "flash_bytes": float(layer_flash_bytes(n, w, len(ops)))}
+                                           "flash_bytes": float(layer_flash_bytes(n, w))}
                 if latency_model:
-                    costs["latency_s"] = sum(op_cycles(op, latency_model, w, a) for op in ops) / clock
-                sram = max(act_bytes(math.prod(op.in_shape), a if packed_activations else ACT_CONTAINER_BITS)
-                           + act_bytes(math.prod(n.out_shape), min(as_) if packed_activations else ACT_CONTAINER_BITS)
-                           + (int(scratch(op, w)) if scratch else 0) for op in ops)
+                    costs["latency_s"] = op_cycles(op, latency_model, w, a) / clock
+                sram = (act_bytes(math.prod(op.in_shape), a if packed_activations else ACT_CONTAINER_BITS)
+                        + act_bytes(math.prod(n.out_shape), min(as_) if packed_activations else ACT_CONTAINER_BITS)
+                        + (int(scratch(op, w)) if scratch else 0))
                 opts.append(Candidate(w, a, costs, sram, sram_budget is None or sram <= sram_budget))
         layers.append(LayerOptions(n.name, tuple(opts)))
     fixed: dict[str, float] = {"bops": 0.0, "flash_bytes": float(fixed_flash)}

@@ -21,7 +21,7 @@ from deploy.errors import DeployError
 from deploy.ir import Graph, Op
 from firmware_harness import smpq_format as fmt
 from search.atomic import atomic_write_bytes, atomic_write_text
-from search.planner import Buffer, live_ranges, plan_greedy
+from search.planner import live_ranges, plan_arena
 
 
 @dataclass(frozen=True)
@@ -62,21 +62,21 @@ def _kernel(g: Graph, op: Op) -> tuple[int, int]:
 
 
 def plan_blob_arena(g: Graph, ops: list[Op], tensors: list[int], alias: dict[int, int]) -> ArenaPlan:
-    """The .smpq runtime's own arena (= Ω's SRAM): blob tensors (reshapes aliased) + C-kernel scratch, output live past the last op."""
+    """The .smpq runtime's own arena (= Ω's SRAM, :func:`search.planner.plan_arena`): blob tensors (reshapes
+    aliased) + C-kernel scratch, output live past the last op."""
     index = {t: i for i, t in enumerate(tensors)}
     ref = lambda t: index[alias.get(t, t)]  # noqa: E731
     lives = live_ranges(len(tensors), [([ref(t) for t in op.inputs], [ref(op.outputs[0])]) for op in ops],
                         [ref(g.inputs[0])], [ref(t) for t in g.outputs])
-    bufs = [Buffer(int(np.prod(g.tensors[t].shape)), *lives[i], f"t{i}") for i, t in enumerate(tensors)]
-    for step, op in enumerate(ops):
+    scratch = []
+    for op in ops:
         shp = g.tensors[op.inputs[0]].shape
         kh, kw = _kernel(g, op)
         k = kh * kw * int(shp[-1]) if op.kind == "conv2d" else int(np.prod(shp))
-        size = fmt.scratch_bytes(op.kind, k, int(op.attrs.get("w_bits", 8)))
-        bufs.append(Buffer(size, step, step, f"s{step}"))
-    plan = plan_greedy(bufs)
+        scratch.append(fmt.scratch_bytes(op.kind, k, int(op.attrs.get("w_bits", 8))))
+    plan = plan_arena([int(np.prod(g.tensors[t].shape)) for t in tensors], lives, scratch)
     n = len(tensors)
-    return ArenaPlan(list(plan.offsets[:n]), [(plan.offsets[n + i], bufs[n + i].size_bytes) for i in range(len(ops))],
+    return ArenaPlan(list(plan.offsets[:n]), [(plan.offsets[n + i], scratch[i]) for i in range(len(ops))],
                      plan.arena_bytes)
 
 

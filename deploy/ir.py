@@ -29,11 +29,11 @@ Conventions fixed by the first lowering (deploy/lower.py, deploy/irbuild.py; fie
   The dataset normalisation is the first op: a 1×1 depthwise_conv2d named ``normalise``.
 * requantize also has act_min, act_max (the clamp of its output's a-bit range).
 * Scalar attributes: ints everywhere (padding/stride/kernel as lists); arrays keyed "<op name>.<key>".
-  Several ops may name the SAME arrays: a layer whose output feeds readers with different input
-  quantizers is emitted once per output grid ("<layer>", "<layer>#1", ...), and the instances share
-  weights/bias/w_scale (own multiplier/shift). Exporters should store a shared array once.
-* graph.meta: ``name``, ``mean``, ``std`` (normalisation), ``arena_bytes``, ``arena_offsets``
-  (per tensor index, greedy plan of search/planner.py, batch 1, int8) and ``arena_alignment``.
+  Several ops may name the SAME arrays (instances of one layer, sharing weights/bias/w_scale with
+  their own multiplier/shift); exporters store a shared array once. The lowering emits every layer
+  once since IR version 2.
+* graph.meta: ``name``, ``mean``, ``std`` (normalisation). The arena is planned by the runtime's
+  exporter (deploy/export_smpq.py, search/planner.py's ``plan_arena``), not stored in the IR.
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ import numpy as np
 
 from firmware_harness.format_spec import OP_KINDS as FORMAT_OP_KINDS
 
-IR_VERSION = 1
+IR_VERSION = 2  # 2: the lowering runs every node once (a value read at several grids is requantised, not
+                # recomputed; exports of residual models change) and the IR no longer stores an arena plan
 OP_KINDS = tuple(FORMAT_OP_KINDS)  # the IR runs exactly the ops the .smpq format encodes
 
 

@@ -13,9 +13,6 @@ import numpy as np
 from deploy.fixedpoint import add_params, conv_multiplier, requantize_multiplier
 from deploy.ir import Graph, Op, TensorSpec
 
-SHARED_ARRAYS = ("weights", "bias", "w_scale")  # what two ops computing one layer into two grids share
-
-
 def f32(x: float) -> float:
     """A scale as TFLite stores it (float32), returned as a Python float."""
     return float(np.float32(x))
@@ -75,14 +72,9 @@ class IRBuilder:
 
     # ops ---------------------------------------------------------------------------------------
     def _op(self, kind: str, name: str, inputs: list[int], outputs: list[int], attrs: dict,
-            arrays: dict[str, np.ndarray] | None = None, share: Op | None = None) -> Op:
-        """Append an op; with `share`, the arrays weights/bias/w_scale are that op's (same constants)."""
-        keys = {}
-        for k, v in (arrays or {}).items():
-            if share is not None and k in SHARED_ARRAYS and np.array_equal(self.g.consts[share.arrays[k]], v):
-                keys[k] = share.arrays[k]
-            else:
-                keys[k] = self._const(f"{name}.{k}", v)
+            arrays: dict[str, np.ndarray] | None = None) -> Op:
+        """Append an op and its arrays (keys "<name>.<array>")."""
+        keys = {k: self._const(f"{name}.{k}", v) for k, v in (arrays or {}).items()}
         op = Op(kind, name, list(inputs), list(outputs), attrs, keys)
         self.g.ops.append(op)
         return op
@@ -90,7 +82,7 @@ class IRBuilder:
     def weighted(self, kind: str, name: str, x: int, out: int, weights: np.ndarray, w_scale: np.ndarray,
                  bias: np.ndarray, w_bits: int, stride: tuple[int, int] = (1, 1),
                  padding: tuple[int, int, int, int] = (0, 0, 0, 0), act_min: int | None = None,
-                 act_max: int | None = None, share: Op | None = None) -> Op:
+                 act_max: int | None = None) -> Op:
         """conv2d (OHWI), depthwise_conv2d (1HWC) or fully_connected (OI) with int8 codes, float32
         per-channel weight scales and an int32 bias (scale input_scale·w_scale)."""
         lo, hi = weight_code_range(w_bits)
@@ -110,7 +102,7 @@ class IRBuilder:
             "shift": np.array([s for _, s in mult_shift], np.int32),
             "w_scale": w_scale,
         }
-        return self._op(kind, name, [x], [out], attrs, arrays, share)
+        return self._op(kind, name, [x], [out], attrs, arrays)
 
     def add(self, name: str, a: int, b: int, out: int, act_min: int | None = None, act_max: int | None = None) -> Op:
         t = self.g.tensors

@@ -18,15 +18,16 @@ Decisions (each keeps the integer model faithful to the fake-quant PyTorch model
   deploy-faithful fake-quant model is what the integer model is compared with (rounding the bias to the
   int32 grid costs up to ~0.4 output LSB at 2–5-bit inputs, so the unfolded QAT model is not the reference).
 * Activation tensors: the QAT model quantizes a value only where a layer reads it (its ``a_quant``).
-  A conv/FC/add is therefore emitted once per distinct input quantizer of its readers, each instance
-  writing directly in that quantizer's a-bit grid (single rounding from the accumulator, exactly as
-  fake quantization rounds the float value; ReLU/ReLU6 and the a-bit range become clamps); the
-  instances share their weight/bias arrays (same npz keys, one copy in every file). Requantising one
-  8-bit tensor into each reader's grid instead would round twice and flip ~s8/s_a of the codes (≈ 9 %
-  at 4 bits), which measurably breaks the agreement with the fake-quant model. Readers that take the
-  float value (residual ADDs, pooling, the logits) get one more instance writing an int8 tensor with a
-  scale calibrated on a few batches of the QAT model (min/max; zero point −128 when never negative,
-  else symmetric). Pooling/reshape outputs reach quantized readers through REQUANTIZE.
+  The lowering emits :func:`search.graph.runtime_schedule` op for op — the schedule the cost model
+  prices — so every node runs once: a conv/FC/add read by exactly one quantized layer writes
+  directly in that layer's a-bit grid (single rounding from the accumulator, as fake quantization
+  rounds the float value; ReLU/ReLU6 and the a-bit range become clamps). Any other value (residual
+  paths, pooling, a value read at several grids, the logits) is written once into an int8 tensor with
+  a scale calibrated on a few batches of the QAT model (min/max; zero point −128 when never negative,
+  else symmetric), and each quantized layer reading it gets a REQUANTIZE into its grid right before it.
+  Requantising rounds twice (the 8-bit grid, then the reader's), which :func:`faithful_model` models
+  exactly; the alternative, running the producer once per reader grid (IR version 1), cost a second
+  convolution/add and its output tensor in the arena (resnet8 W8A8: 442k MACs, arena 65,536 → 50,304 B).
 * Pooling keeps its input's quantisation (TFLite's rule); flatten/reshape is a reshape; the logits are
   8-bit signed, calibrated.
 * Supported torch ops: QuantConv2d (groups 1 or depthwise, zero padding, dilation 1), QuantLinear,
@@ -38,54 +39,28 @@ Decisions (each keeps the integer model faithful to the fake-quant PyTorch model
   it reproduces the integer reference's codes (measured bit-exact on trained resnet8 and random mbv2).
   The unfolded QAT model agrees only ~95 % top-1 at 2–5 bits, mostly because TFLite's
   MultiplyByQuantizedMultiplier rounds twice (up to 0.25 LSB off when s_in·s_w/s_out < 1/2).
-* Tensor arena offsets from search/planner.py's greedy planner are recorded in graph.meta
-  (``arena_bytes``, ``arena_offsets`` per tensor index).
+* The arena is not planned here: the runtime's exporter plans it (search/planner.py's ``plan_arena``).
 """
 from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
-from torch.nn import functional as F
 
 from deploy import reference
-from deploy.ir import Graph, IRError, TensorSpec
+from deploy.ir import Graph, IRError, Op, TensorSpec
 from deploy.irbuild import IRBuilder, f32
 from deploy.fixedpoint import conv_multiplier
-from search.qmodel import QuantConv2d, QuantLayer, QuantLinear, fit_bias, fold_batchnorm, fold_layer
+from search.errors import SearchError
+from search.graph import MODIFYING, QUANTIZABLE, ExecGraph, Node, RuntimeOp, Schedule, runtime_schedule, trace_graph
+from search.qmodel import QuantLayer, fit_bias, fold_batchnorm, fold_layer
 
-_LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.Flatten,
-           nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
 NORMALISE_CODE = 127
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
-
-
-@dataclass
-class _Group:
-    """A fused op of the torch graph: layer(+BN)(+ReLU/ReLU6), add(+ReLU), pool, reshape or the input."""
-
-    kind: str                       # input | layer | add | pool | reshape
-    name: str
-    inputs: list["_Group"]
-    shape: tuple[int, ...]          # torch shape without batch (C, H, W) or (N,)
-    module: nn.Module | None = None
-    bn: nn.BatchNorm2d | None = None
-    act: str | None = None          # relu | relu6
-    pool: dict[str, Any] = field(default_factory=dict)
-    node: fx.Node | None = None     # fx node whose value is this group's output
-    readers: list["_Group"] = field(default_factory=list)
-    lo: float = math.inf
-    hi: float = -math.inf
+_VIEWS = ("flatten", "reshape")
 
 
 def _qkey(layer: QuantLayer) -> tuple[int, bool, float]:
@@ -93,143 +68,100 @@ def _qkey(layer: QuantLayer) -> tuple[int, bool, float]:
     return (int(a.bits), bool(a.signed), f32(a.scale()))
 
 
-def _trace(model: nn.Module, shape: tuple[int, ...]) -> fx.GraphModule:
+def _trace(model: nn.Module, shape: tuple[int, ...]) -> tuple[fx.GraphModule, ExecGraph, Schedule]:
+    """The model's execution graph and the schedule the device runs (search/graph.py, shared with the cost model)."""
     try:
-        gm = fx.GraphModule(model, _Tracer().trace(model))
-    except Exception as e:  # noqa: BLE001 - fx raises many types
-        raise IRError(f"cannot trace {type(model).__name__} with torch.fx: {str(e).splitlines()[0]}") from None
-    with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros(1, *shape))
-    return gm
+        gm, graph = trace_graph(model, shape)
+    except SearchError as e:
+        raise IRError(str(e)) from None
+    return gm, graph, runtime_schedule(graph)
 
 
-def _shape(n: fx.Node) -> tuple[int, ...]:
-    return tuple(int(d) for d in n.meta["tensor_meta"].shape[1:])
+def _label(n: Node) -> str:
+    return n.module or n.fx_name
 
 
-def _is_global_pool(n: fx.Node, m: nn.Module | None) -> bool:
-    if isinstance(m, nn.AdaptiveAvgPool2d):
-        return m.output_size in (1, (1, 1))
-    if n.op == "call_function" and n.target is F.adaptive_avg_pool2d:
-        return n.args[1] in (1, (1, 1))
-    if (n.op == "call_method" and n.target == "mean") or (n.op == "call_function" and n.target is torch.mean):
-        dims = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
-        dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
-        return sorted(d % 4 for d in dims) == [2, 3]
-    return False
-
-
-def _groups(gm: fx.GraphModule) -> list[_Group]:
-    """Fuse the fx graph into groups (see module docstring); unsupported ops raise IRError."""
-    modules = dict(gm.named_modules())
-    of: dict[fx.Node, _Group] = {}
-    groups: list[_Group] = []
-
-    def new(g: _Group, n: fx.Node) -> None:
-        g.node = n
-        for i in g.inputs:
-            i.readers.append(g)
-        groups.append(g)
-        of[n] = g
-
-    def fuse_target(n: fx.Node, what: str) -> _Group:
-        src = of[n.args[0]]
-        if len(n.args[0].users) != 1:
-            raise IRError(f"{what} '{n.name}' reads a value that other ops also read; only a {what} right after a "
-                          f"layer{' or add' if what != 'BatchNorm' else ''} can be lowered")
-        return src
-
-    for n in gm.graph.nodes:
-        if n.op == "placeholder":
-            new(_Group("input", "input", [], _shape(n)), n)
-            continue
-        if n.op == "output":
-            continue
-        m = modules.get(str(n.target)) if n.op == "call_module" else None
-        label = str(n.target) if m is not None else getattr(n.target, "__name__", str(n.target))
-        if isinstance(m, (QuantConv2d, QuantLinear)):
-            if isinstance(m, QuantConv2d):
-                if m.groups not in (1, m.in_channels) or (m.groups != 1 and m.out_channels != m.in_channels):
-                    raise IRError(f"layer '{label}': grouped convolution (groups={m.groups}) is not supported")
+def _check(model: nn.Module, graph: ExecGraph, sched: Schedule) -> None:
+    """One-line IRErrors for what the integer IR cannot express (the graph walker accepts more)."""
+    for n in graph.nodes:
+        m = model.get_submodule(n.module) if n.module else None
+        if n.quantizable:
+            if not isinstance(m, QuantLayer):
+                raise IRError(f"layer '{_label(n)}' ({type(m).__name__}) is not quantized: lower a QAT model "
+                              f"(search.qmodel.quantize_model)")
+            if isinstance(m, nn.Conv2d):
+                if m.groups != 1 and m.out_channels != m.in_channels:
+                    raise IRError(f"layer '{_label(n)}': grouped convolution (groups={m.groups}) is not supported")
                 if tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
-                    raise IRError(f"layer '{label}': only dilation 1 and explicit zero padding are supported")
-            new(_Group("layer", str(n.target), [of[n.args[0]]], _shape(n), m), n)
-        elif isinstance(m, (nn.Conv2d, nn.Linear)):
-            raise IRError(f"layer '{label}' ({type(m).__name__}) is not quantized: lower a QAT model (search.qmodel.quantize_model)")
-        elif isinstance(m, nn.BatchNorm2d):
-            src = fuse_target(n, "BatchNorm")
-            if src.kind != "layer" or src.bn is not None or src.act is not None or not isinstance(src.module, nn.Conv2d):
-                raise IRError(f"BatchNorm '{label}' does not directly follow a convolution; it cannot be folded")
-            src.bn, src.node = m, n
-            of[n] = src
-        elif isinstance(m, (nn.ReLU, nn.ReLU6)) or (n.op != "call_module" and (
-                n.target in (F.relu, torch.relu, F.relu6) or n.target == "relu"
-                or (n.target is F.hardtanh and tuple(n.args[1:3]) == (0.0, 6.0)))):
-            src = fuse_target(n, "ReLU")
-            if src.kind not in ("layer", "add") or src.act is not None:
-                raise IRError(f"activation '{label}' follows a {src.kind}; only ReLU/ReLU6 after a layer or add can be lowered")
-            src.act = "relu6" if isinstance(m, nn.ReLU6) or n.target in (F.relu6, F.hardtanh) else "relu"
-            src.node = n
-            of[n] = src
-        elif isinstance(m, (nn.Identity, nn.Dropout)) or (n.op == "call_method" and n.target == "contiguous") \
-                or (n.op == "call_function" and n.target is F.dropout):
-            of[n] = of[n.args[0]]
-        elif n.op in ("call_function", "call_method") and n.target in (operator.add, torch.add, "add", operator.iadd):
-            args = [a for a in n.args if isinstance(a, fx.Node)]
-            if len(args) != 2 or len(n.args) != 2 or n.kwargs:
-                raise IRError(f"add '{n.name}' must add exactly two tensors")
-            new(_Group("add", n.name, [of[a] for a in args], _shape(n)), n)
-        elif _is_global_pool(n, m):
-            new(_Group("pool", label if m is not None else n.name, [of[n.args[0]]], _shape(n),
-                       pool={"kind": "avg_pool", "global": True}), n)
-            if n.op != "call_module" and n.target in ("mean", torch.mean) and len(_shape(n)) != 3:
-                groups[-1].pool["flat"] = True  # mean without keepdim also flattens
-        elif isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
-            pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-            if getattr(m, "ceil_mode", False) or (isinstance(m, nn.MaxPool2d) and pair(m.dilation) != (1, 1)):
-                raise IRError(f"pooling '{label}': ceil_mode/dilation are not supported")
-            if isinstance(m, nn.AvgPool2d) and any(pair(m.padding)) and m.count_include_pad:
-                raise IRError(f"pooling '{label}': padded AvgPool2d must use count_include_pad=False (TFLite's rule)")
-            new(_Group("pool", label, [of[n.args[0]]], _shape(n), pool={
-                "kind": "avg_pool" if isinstance(m, nn.AvgPool2d) else "max_pool", "kernel": pair(m.kernel_size),
-                "stride": pair(m.stride or m.kernel_size), "padding": pair(m.padding)}), n)
-        elif isinstance(m, nn.Flatten) or (n.op == "call_function" and n.target in (torch.flatten, torch.reshape)) \
-                or (n.op == "call_method" and n.target in ("flatten", "view", "reshape")):
-            src = of[n.args[0]]
-            if len(src.shape) == 3 and src.shape[1:] != (1, 1):
-                raise IRError(f"reshape '{label}' flattens a {src.shape[1]}×{src.shape[2]} map; only 1×1 maps can be "
-                              f"flattened (add global pooling first)")
-            new(_Group("reshape", n.name, [src], _shape(n)), n)
-        elif n.op == "call_function" and n.target is getattr and n.args[1] == "shape" or \
-                (n.op == "call_method" and n.target == "size"):
-            continue
-        else:
-            kind = type(m).__name__ if m is not None else label
-            raise IRError(f"op '{kind}' (graph node '{n.name}') cannot be lowered to the integer IR; supported: quantized "
-                          f"Conv2d/Linear, BatchNorm2d, ReLU, ReLU6, add, avg/max/global pooling, flatten")
-    return groups
+                    raise IRError(f"layer '{_label(n)}': only dilation 1 and explicit zero padding are supported")
+        if n.in_place and n.op_type in MODIFYING and n.output in graph.inputs:
+            raise IRError(f"'{_label(n)}' modifies the model input; only a BatchNorm/ReLU after a layer or add can be lowered")
+        if n.in_place and n.op_type in _VIEWS and len(n.in_shapes[0]) == 3 and n.in_shapes[0][1:] != (1, 1):
+            raise IRError(f"reshape '{n.fx_name}' flattens a {n.in_shapes[0][1]}×{n.in_shapes[0][2]} map; only 1×1 maps "
+                          f"can be flattened (add global pooling first)")
+    for op in sched.ops:
+        if op.kind == "elementwise":
+            what = "BatchNorm" if op.node.op_type == "bn" else "ReLU"
+            raise IRError(f"{what} '{_label(op.node)}' reads a value that other ops also read; only a {what} right "
+                          f"after a layer{' or add' if what != 'BatchNorm' else ''} can be lowered")
+        folded = [m for m in op.fused if m.op_type in MODIFYING]
+        for i, m in enumerate(folded):
+            if m.op_type == "bn":
+                if i or op.kind != "conv2d" and op.kind != "depthwise_conv2d" or \
+                        not isinstance(model.get_submodule(m.module or ""), nn.BatchNorm2d):
+                    raise IRError(f"BatchNorm '{_label(m)}' does not directly follow a convolution; it cannot be folded")
+            elif op.kind not in QUANTIZABLE + ("add",) or any(f.op_type != "bn" for f in folded[:i]):
+                after = op.kind if op.kind == "pool" or i == 0 else folded[i - 1].op_type
+                raise IRError(f"activation '{_label(m)}' follows a {after}; only ReLU/ReLU6 after a layer or add can be lowered")
+        if op.kind == "pool":
+            _pool_attrs(model, op.node)
+
+
+def _pool_attrs(model: nn.Module, n: Node) -> dict[str, Any]:
+    """The IR attributes of a pool node (global average, or a module AvgPool2d / MaxPool2d); IRError otherwise."""
+    kind = n.attrs["kind"]
+    if kind in ("adaptive_avg", "mean"):
+        if len(n.out_shape) == 3 and n.out_shape[1:] != (1, 1):
+            raise IRError(f"pooling '{_label(n)}': adaptive pooling to {n.out_shape[1]}×{n.out_shape[2]} is not supported "
+                          f"(only global pooling to 1×1)")
+        return {"kind": "avg_pool", "global": True, "flat": len(n.out_shape) != 3}
+    m = model.get_submodule(n.module) if n.module else None
+    if not isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+        raise IRError(f"pooling '{_label(n)}': functional avg/max pooling cannot be lowered; use nn.AvgPool2d / nn.MaxPool2d")
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    if getattr(m, "ceil_mode", False) or (isinstance(m, nn.MaxPool2d) and pair(m.dilation) != (1, 1)):
+        raise IRError(f"pooling '{_label(n)}': ceil_mode/dilation are not supported")
+    if isinstance(m, nn.AvgPool2d) and any(pair(m.padding)) and m.count_include_pad:
+        raise IRError(f"pooling '{_label(n)}': padded AvgPool2d must use count_include_pad=False (TFLite's rule)")
+    return {"kind": "avg_pool" if isinstance(m, nn.AvgPool2d) else "max_pool", "kernel": pair(m.kernel_size),
+            "stride": pair(m.stride or m.kernel_size), "padding": pair(m.padding)}
+
+
+def _value_node(op: RuntimeOp) -> str:
+    """The fx node holding `op`'s output value (after the in-place ops folded into it)."""
+    return (op.fused[-1] if op.fused else op.node).fx_name
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the traced QAT model and records min/max of every group output."""
+    """Runs the traced QAT model and records min/max of the watched fx nodes' outputs."""
 
-    def __init__(self, gm: fx.GraphModule, watch: dict[fx.Node, _Group]) -> None:
+    def __init__(self, gm: fx.GraphModule, watch: set[str]) -> None:
         super().__init__(gm)
-        self.watch = watch
+        self.range = {name: (math.inf, -math.inf) for name in watch}
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
-        g = self.watch.get(n)
-        if g is not None:
-            g.lo, g.hi = min(g.lo, float(out.min())), max(g.hi, float(out.max()))
+        if n.name in self.range:
+            lo, hi = self.range[n.name]
+            self.range[n.name] = min(lo, float(out.min())), max(hi, float(out.max()))
         return out
 
 
-def _calibrated(b: IRBuilder, name: str, g: _Group, nhwc: list[int]) -> int:
-    """An 8-bit int8 tensor covering the calibrated range of group `g`."""
-    if g.lo >= 0:
-        return b.tensor(name, nhwc, max(g.hi, 1e-8) / 255, 8, signed=False)
-    return b.tensor(name, nhwc, max(abs(g.lo), abs(g.hi), 1e-8) / 127, 8, signed=True)
+def _calibrated(b: IRBuilder, name: str, lo: float, hi: float, nhwc: list[int]) -> int:
+    """An 8-bit int8 tensor covering the calibrated range [lo, hi]."""
+    if lo >= 0:
+        return b.tensor(name, nhwc, max(hi, 1e-8) / 255, 8, signed=False)
+    return b.tensor(name, nhwc, max(abs(lo), abs(hi), 1e-8) / 127, 8, signed=True)
 
 
 def _nhwc(shape: tuple[int, ...]) -> list[int]:
@@ -265,8 +197,10 @@ def faithful_model(model: nn.Module, graph: Graph) -> nn.Module:
     layer's accumulator). Remaining differences are ties of the ADD/pool/requantize roundings.
     Takes the normalised float batches the QAT model takes."""
     folded = fold_batchnorm(model, tflite_requantize)
-    fx_graph = _Tracer().trace(folded)
-    gm = fx.GraphModule(folded, fx_graph)
+    gm, folded_graph = trace_graph(folded)
+    fx_graph = gm.graph
+    value_of = {m.fx_name: op for op in runtime_schedule(folded_graph).ops if op.node is not None
+                for m in (op.node, *op.fused)}  # fx node → the op whose output value it holds
     modules = dict(gm.named_modules())
     ops = {op.name: op for op in graph.ops}
     mean, std = (torch.tensor(graph.meta[k], dtype=torch.float64).view(1, -1, 1, 1) for k in ("mean", "std"))
@@ -291,7 +225,9 @@ def faithful_model(model: nn.Module, graph: Graph) -> nn.Module:
 
     def grid(before: fx.Node, tensor: int, arg: fx.Node) -> fx.Node:
         t = graph.tensors[tensor]
-        layer, act = _producer(arg, modules)
+        src = value_of.get(arg.name)  # the op whose output `arg` is (None: an inserted grid, or the input)
+        layer = src.node.name if src is not None and src.node.quantizable else None
+        act = src.act if src is not None else None
         hi = min(t.qmax, t.zero_point + int(np.floor(6.0 / t.scale + 0.5))) if act == "relu6" else t.qmax
         return insert(before, _ToGrid(float(np.float32(t.scale)), t.zero_point, max(t.qmin, t.zero_point) if act
                                       else t.qmin, hi, modules[layer] if layer else None, act == "relu6"), arg)
@@ -313,9 +249,10 @@ def faithful_model(model: nn.Module, graph: Graph) -> nn.Module:
                 user.replace_input_with(n, out)
         elif n.op == "call_module" and isinstance(modules[str(n.target)], QuantLayer):
             src = next((op for op in graph.ops if ops[str(n.target)].inputs[0] in op.outputs), None)
-            if src is not None and src.kind == "requantize":
+            if src is not None and src.kind == "requantize":  # the 8-bit value, then the requantisation into the grid
                 ti, to = graph.tensors[src.inputs[0]], graph.tensors[src.outputs[0]]
-                n.replace_input_with(n.args[0], insert(n, _Requantize(ti, to, src.attrs), n.args[0]))
+                n.replace_input_with(n.args[0], insert(n, _Requantize(ti, to, src.attrs),
+                                                       grid(n, src.inputs[0], n.args[0])))
         elif n.op == "output":
             n.replace_input_with(n.args[0], grid(n, graph.outputs[0], n.args[0]))
     gm.recompile()
@@ -323,19 +260,6 @@ def faithful_model(model: nn.Module, graph: Graph) -> nn.Module:
 
 
 _NO_OP = type("_NoOp", (), {"kind": None})()
-
-
-def _producer(n: fx.Node, modules: dict[str, nn.Module]) -> tuple[str | None, str | None]:
-    """(the quantized layer whose output node `n` is, through Identity/ReLU/ReLU6 only, or None; the activation on the way)."""
-    act = None
-    while n.op == "call_module" and not isinstance(modules[str(n.target)], QuantLayer):
-        m = modules[str(n.target)]
-        if isinstance(m, (nn.ReLU, nn.ReLU6)):
-            act = act or ("relu6" if isinstance(m, nn.ReLU6) else "relu")
-        elif not isinstance(m, nn.Identity):
-            return None, act
-        n = n.args[0]
-    return (str(n.target) if n.op == "call_module" else None), act
 
 
 class _PixelCodes(nn.Module):
@@ -407,15 +331,17 @@ def lower(model: nn.Module, mean: Iterable[float], std: Iterable[float], calib: 
     if mean.shape != (shape[0],) or std.shape != (shape[0],) or (std <= 0).any():
         raise IRError(f"normalisation mean/std must have {shape[0]} entries (one per input channel) and std > 0")
     model = model.eval()
-    gm = _trace(model, shape)
-    groups = _groups(gm)
+    gm, graph, sched = _trace(model, shape)
+    _check(model, graph, sched)
+    if len(graph.outputs) != 1:
+        raise IRError(f"the model has {len(graph.outputs)} outputs; exactly one is supported")
     with torch.no_grad():
-        rec = _Recorder(gm, {g.node: g for g in groups})
+        rec = _Recorder(gm, {_value_node(op) for op in sched.ops if op.node is not None})
         for x in ([calib] if isinstance(calib, torch.Tensor) else calib):
             rec.run(x[0] if isinstance(x, (tuple, list)) else x)
-    if not np.isfinite(groups[-1].hi):
+    if not all(np.isfinite(v).all() for v in rec.range.values()):
         raise IRError("calibration got no batches: pass at least one normalised input batch")
-    return _emit(groups, mean, std, shape, name)
+    return _emit(model, graph, sched, rec.range, mean, std, shape, name)
 
 
 def _torch_input_codes(layer: QuantLayer, mean: np.ndarray, std: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -463,108 +389,82 @@ def normalise_params(mean: np.ndarray, std: np.ndarray, out: TensorSpec, layer: 
     return np.array(codes), np.array(biases, np.int64)
 
 
-def _emit(groups: list[_Group], mean: np.ndarray, std: np.ndarray, shape: tuple[int, ...], name: str) -> Graph:
+def _emit(model: nn.Module, graph: ExecGraph, sched: Schedule, ranges: dict[str, tuple[float, float]],
+          mean: np.ndarray, std: np.ndarray, shape: tuple[int, ...], name: str) -> Graph:
+    """The IR of `sched`: one IR op per runtime op, in its order (plus a reshape per folded view)."""
     b = IRBuilder()
-    tensor_of: dict[int, int] = {}            # id(group) → IR tensor of its value
-    quantized: dict[tuple[int, tuple], int] = {}  # (id(group), quantizer key) → IR tensor in that grid
-    outputs = [g for g in groups if not g.readers]
     x_in = b.tensor("input", [1, shape[1], shape[2], shape[0]], 1 / 255, 8, signed=True, zero_point=-128)
-
-    def q_tensor(src: _Group, layer: QuantLayer) -> int:
-        """The IR tensor holding `src`'s value in `layer`'s input-quantizer grid (requantizing if needed)."""
-        key = _qkey(layer)
-        if (id(src), key) in quantized:
-            return quantized[(id(src), key)]
-        bits, signed, step = key
-        nhwc = _nhwc(src.shape)
-        if src.kind == "input":
-            t = b.tensor(f"{layer_name(layer)}.input", nhwc, step, bits, signed)
-            code, bias = normalise_params(mean, std, b.g.tensors[t], layer, shape)
+    ir = {t.id: x_in for t in sched.tensors if t.source in graph.inputs and t.grid_of is None}  # runtime → IR tensor
+    layers: dict[str, QuantLayer] = {n.name: model.get_submodule(n.module) for n in graph.layers()}
+    normalised = 0
+    for op in sched.ops:
+        nhwc = _nhwc(sched.tensors[op.output].shape)
+        if op.kind == "normalise":  # the raw input into the reader's grid
+            layer = layers[op.reader.name]
+            bits, signed, step = _qkey(layer)
+            out = b.tensor(f"{op.reader.name}.input", nhwc, step, bits, signed)
+            code, bias = normalise_params(mean, std, b.g.tensors[out], layer, shape)
             w_scale = np.array([f32(1.0 / (k * sd)) for k, sd in zip(code, std)], np.float32)
-            k = sum(op.name.split("#")[0] == "normalise" for op in b.g.ops)  # one per input grid
-            b.weighted("depthwise_conv2d", f"normalise#{k}" if k else "normalise", x_in, t,
+            b.weighted("depthwise_conv2d", f"normalise#{normalised}" if normalised else "normalise", x_in, out,
                        code.astype(np.int8).reshape(1, 1, 1, -1), w_scale, bias.astype(np.int32), 8)
-        else:
-            src_t = tensor_of[id(src)]
-            st = b.g.tensors[src_t]
-            if (st.scale, st.bits, st.zero_point) == (step, bits, -128 if not signed else 0):
-                t = src_t
+            normalised += 1
+        elif op.kind == "requantize":  # an 8-bit value into the reader's grid
+            src = ir[op.inputs[0]]
+            bits, signed, step = _qkey(layers[op.reader.name])
+            out = b.tensor(f"{op.reader.name}.input", nhwc, step, bits, signed)  # one per reader: a unique name
+            b.requantize(f"{b.g.tensors[src].name}.requant_{op.reader.name}", src, out)
+        elif op.kind == "pool":
+            out = _emit_pool(b, op, _pool_attrs(model, op.node), ir[op.inputs[0]])
+        else:  # a layer or an add, written in its reader's grid or in a calibrated 8-bit tensor
+            grid = sched.tensors[op.output].grid_of
+            if grid is not None:
+                bits, signed, step = _qkey(layers[grid])
+                out = b.tensor(op.name, nhwc, step, bits, signed)
             else:
-                t = b.tensor(f"{src.name}.q{bits}{'s' if signed else 'u'}", nhwc, step, bits, signed)
-                b.requantize(f"{src.name}.requant_{layer_name(layer)}", src_t, t)
-        quantized[(id(src), key)] = t
-        return t
-
-    names = {}
-
-    def layer_name(layer: QuantLayer) -> str:
-        return names.get(id(layer), "layer")
-
-    for g in groups:
-        if g.kind == "layer":
-            names[id(g.module)] = g.name
-    for g in groups:
-        if g.kind == "input":
-            continue
-        nhwc = _nhwc(g.shape)
-        if g.kind in ("layer", "add"):
-            # one op instance per distinct reader quantizer (single rounding, like the fake-quant model),
-            # plus one into a calibrated 8-bit tensor for readers that take the float value
-            keys = list(dict.fromkeys(_qkey(r.module) for r in g.readers if r.kind == "layer"))
-            targets = []
-            for key in keys:
-                bits, signed, step = key
-                t = b.tensor(g.name if not targets else f"{g.name}.q{bits}{'s' if signed else 'u'}", nhwc, step, bits, signed)
-                quantized[(id(g), key)] = t
-                targets.append(t)
-            if any(r.kind != "layer" for r in g.readers) or g in outputs:
-                targets.append(_calibrated(b, g.name if not targets else f"{g.name}.float8", g, nhwc))
-            first = None
-            for i, out in enumerate(targets):
-                op_name = g.name if i == 0 else f"{g.name}#{i}"
-                ot = b.g.tensors[out]
-                act_min = ot.zero_point if g.act else None
-                act_max = ot.zero_point + int(np.floor(6.0 / ot.scale + 0.5)) if g.act == "relu6" else None
-                if g.kind == "layer":
-                    op = _emit_layer(b, g, op_name, q_tensor(g.inputs[0], g.module), out, act_min, act_max, first)
-                    first = first or op
-                else:
-                    a, c = (tensor_of[id(inp)] for inp in g.inputs)
-                    b.add(op_name, a, c, out, act_min, act_max)
-            out = targets[-1]
-        elif g.kind == "pool":
-            src = tensor_of[id(g.inputs[0])]
-            in_shape = b.g.tensors[src].shape
-            if g.pool.get("global"):
-                kernel, stride, pad = (in_shape[1], in_shape[2]), (1, 1), (0, 0, 0, 0)
-                pooled = b.like(g.name, src, [1, 1, 1, in_shape[3]])
+                out = _calibrated(b, op.name, *ranges[_value_node(op)], nhwc)
+            ot = b.g.tensors[out]
+            act_min = ot.zero_point if op.act else None
+            act_max = ot.zero_point + int(np.floor(6.0 / ot.scale + 0.5)) if op.act == "relu6" else None
+            if op.node.quantizable:
+                bn = next((m for m in op.fused if m.op_type == "bn"), None)
+                _emit_layer(b, layers[op.name], bn and model.get_submodule(bn.module), op.name, ir[op.inputs[0]], out,
+                            act_min, act_max)
             else:
-                kernel, stride = g.pool["kernel"], g.pool["stride"]
-                ph, pw = g.pool["padding"]
-                pad = (ph, pw, ph, pw)
-                pooled = b.like(g.name, src, [1, g.shape[1], g.shape[2], g.shape[0]])
-            b.pool(g.pool["kind"], g.name, src, pooled, kernel, stride, pad)
-            out = pooled
-            if g.pool.get("flat"):
-                out = b.like(g.name + ".flat", pooled, nhwc)
-                b.reshape(g.name + ".flat", pooled, out)
-        elif g.kind == "reshape":
-            src = tensor_of[id(g.inputs[0])]
-            out = b.like(g.name, src, nhwc)
-            b.reshape(g.name, src, out)
-        tensor_of[id(g)] = out
-    if len(outputs) != 1:
-        raise IRError(f"the model has {len(outputs)} outputs; exactly one is supported")
-    graph = b.finish([x_in], [tensor_of[id(outputs[0])]], name=name, mean=mean.tolist(), std=std.tolist())
-    plan_ir_arena(graph)
-    return graph
+                b.add(op.name, ir[op.inputs[0]], ir[op.inputs[1]], out, act_min, act_max)
+        for v in op.fused:  # views: a reshape op each
+            if v.op_type in _VIEWS:
+                view = b.like(v.fx_name, out, _nhwc(v.out_shape))
+                b.reshape(v.fx_name, out, view)
+                out = view
+        ir[op.output] = out
+    final = next(t.id for t in sched.tensors if t.source == graph.outputs[0] and t.grid_of is None)
+    return b.finish([x_in], [ir[final]], name=name, mean=mean.tolist(), std=std.tolist())
 
 
-def _emit_layer(b: IRBuilder, g: _Group, name: str, x: int, out: int, act_min: int | None, act_max: int | None,
-                share=None):
-    """One conv2d / depthwise_conv2d / fully_connected op of layer group `g` (BN folded)."""
-    layer = g.module
-    codes, w_scale, bias_real = _fold(layer, g.bn)
+def _emit_pool(b: IRBuilder, op: RuntimeOp, pool: dict[str, Any], src: int) -> int:
+    """An avg_pool / max_pool op (global pooling: kernel = the input map), then a reshape when it also flattens."""
+    in_shape = b.g.tensors[src].shape
+    n = op.node
+    if pool.get("global"):
+        kernel, stride, pad = (in_shape[1], in_shape[2]), (1, 1), (0, 0, 0, 0)
+        pooled = b.like(op.name, src, [1, 1, 1, in_shape[3]])
+    else:
+        kernel, stride = pool["kernel"], pool["stride"]
+        ph, pw = pool["padding"]
+        pad = (ph, pw, ph, pw)
+        pooled = b.like(op.name, src, [1, n.out_shape[1], n.out_shape[2], n.out_shape[0]])
+    b.pool(pool["kind"], op.name, src, pooled, kernel, stride, pad)
+    if not pool.get("flat"):
+        return pooled
+    out = b.like(op.name + ".flat", pooled, _nhwc(n.out_shape))
+    b.reshape(op.name + ".flat", pooled, out)
+    return out
+
+
+def _emit_layer(b: IRBuilder, layer: QuantLayer, bn: nn.BatchNorm2d | None, name: str, x: int, out: int,
+                act_min: int | None, act_max: int | None) -> Op:
+    """One conv2d / depthwise_conv2d / fully_connected op of `layer` (BN folded)."""
+    codes, w_scale, bias_real = _fold(layer, bn)
     s_in = b.g.tensors[x].scale
     depthwise = isinstance(layer, nn.Conv2d) and layer.groups != 1  # 1HWC: channels last
     codes, w_scale, bias = fit_bias(codes, w_scale, bias_real, s_in, channel_axis=-1 if depthwise else 0)
@@ -575,16 +475,4 @@ def _emit_layer(b: IRBuilder, g: _Group, name: str, x: int, out: int, act_min: i
         ph, pw = layer.padding
         stride, pad = tuple(layer.stride), (ph, pw, ph, pw)
     return b.weighted(kind, name, x, out, codes, w_scale, bias.astype(np.int32), layer.w_quant.bits, stride, pad,
-                      act_min, act_max, share)
-
-
-def plan_ir_arena(g: Graph) -> None:
-    """Record the format-independent IR arena in g.meta: every IR tensor (reshapes too), no scratch, output live to the last op."""
-    from search.planner import Buffer, live_ranges, plan_greedy
-
-    lives = live_ranges(len(g.tensors), [(op.inputs, op.outputs) for op in g.ops], g.inputs, g.outputs, end=len(g.ops) - 1)
-    bufs = [Buffer(int(np.prod(t.shape)), *lives[i], t.name) for i, t in enumerate(g.tensors)]
-    plan = plan_greedy(bufs)
-    g.meta["arena_bytes"] = plan.arena_bytes
-    g.meta["arena_offsets"] = list(plan.offsets)
-    g.meta["arena_alignment"] = plan.alignment
+                      act_min, act_max)

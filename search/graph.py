@@ -57,6 +57,7 @@ class Node:
     bias_params: int = 0
     out_channels: int = 0
     attrs: dict[str, Any] = field(default_factory=dict)
+    fx_name: str = ""              # the torch.fx node it was traced from
 
     @property
     def params(self) -> int:
@@ -215,15 +216,19 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(int(d) for d in meta.shape[1:])
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+def fx_trace(model: nn.Module) -> fx.Graph:
+    """The project's one torch.fx trace of `model` (layers, BN, activations, pools as leaves); one-line SearchError."""
     try:
-        graph = _Tracer().trace(model)
+        return _Tracer().trace(model)
     except SearchError:
         raise
     except Exception as e:  # noqa: BLE001 - fx raises many types; report one line
         raise SearchError(f"torch.fx cannot trace {type(model).__name__}: {str(e).splitlines()[0]} "
                           f"(the model's forward must not branch on tensor values)") from None
-    gm = fx.GraphModule(model, graph)
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+    gm = fx.GraphModule(model, fx_trace(model))
     flags = {m: m.training for m in model.modules()}
     try:
         gm.eval()
@@ -242,6 +247,12 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
 
 def extract_graph(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> ExecGraph:
     """Trace `model` for inputs of shape (C, H, W) (default: ``model.input_shape``) into an ExecGraph."""
+    return trace_graph(model, input_shape)[1]
+
+
+def trace_graph(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> tuple[fx.GraphModule, ExecGraph]:
+    """:func:`extract_graph` plus the traced module whose fx nodes the graph's nodes name (``Node.fx_name``),
+    for callers that run the model node by node (calibration of the lowering)."""
     shape = tuple(input_shape or getattr(model, "input_shape", None) or ())
     if not shape:
         raise SearchError(f"extract_graph needs the input shape of {type(model).__name__} (pass input_shape=(C, H, W))")
@@ -322,11 +333,12 @@ def extract_graph(model: nn.Module, input_shape: tuple[int, ...] | None = None) 
             shapes[out_id] = out_shape  # a view: same bytes, the consumers' shape
         tensor_of[fn] = out_id
         nodes.append(Node(index, name, op_type, module, in_ids, out_id, in_shapes, out_shape,
-                          macs, weight, bias, out_ch, attrs))
+                          macs, weight, bias, out_ch, attrs, fn.name))
 
     if not nodes:
         raise SearchError(f"{type(model).__name__} has no operations to run")
-    return ExecGraph(tuple(nodes), _lifetimes(nodes, shapes, producers, outputs), tuple(inputs), tuple(outputs), shape)
+    return gm, ExecGraph(tuple(nodes), _lifetimes(nodes, shapes, producers, outputs), tuple(inputs), tuple(outputs),
+                         shape)
 
 
 def _lifetimes(nodes: list[Node], shapes: list[tuple[int, ...]], producers: list[int],
@@ -344,3 +356,121 @@ def _lifetimes(nodes: list[Node], shapes: list[tuple[int, ...]], producers: list
         infos.append(TensorInfo(id=t, shape=s, first_use=first, last_use=end, producer=producers[t],
                                 consumers=tuple(sorted(readers[t]))))
     return tuple(infos)
+
+
+# ---------------------------------------------------------------------------- what the device runs
+@dataclass(frozen=True)
+class RuntimeTensor(LiveTensor):
+    """A tensor the device stores: shape and lifetime (in runtime op steps), the graph tensor whose value it holds.
+
+    `grid_of` names the quantized layer whose input grid the tensor is in (its a_bits apply when
+    activations are packed); None for an 8-bit tensor calibrated on the value (the input, and any value
+    that is not read by exactly one quantized layer: residual paths, pooling, the logits).
+    """
+
+    source: int
+    grid_of: str | None
+
+
+@dataclass(frozen=True)
+class RuntimeOp:
+    """One op the device runs: a graph node (layer, add, pool) with the in-place ops folded into it, or a
+    normalise / requantize writing a tensor into the input grid of the quantized layer `reader`."""
+
+    step: int
+    kind: str                  # conv2d, depthwise_conv2d, fully_connected, add, pool, elementwise, normalise, requantize
+    name: str
+    node: Node | None          # the graph node it runs; None for normalise / requantize
+    inputs: tuple[int, ...]    # runtime tensor ids
+    output: int
+    in_shape: tuple[int, ...]
+    reader: Node | None = None           # normalise / requantize: the layer whose input grid it writes
+    fused: tuple[Node, ...] = ()         # the in-place nodes on the output, in order (bn, relu, relu6, identity, views)
+
+    @property
+    def weighted(self) -> bool:
+        return self.kind in QUANTIZABLE or self.kind == "normalise"
+
+    @property
+    def act(self) -> str | None:
+        """The activation folded into the op (relu / relu6), if any."""
+        return next((m.op_type for m in self.fused if m.op_type in ("relu", "relu6")), None)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The runtime ops in execution order and the tensors they use (independent of bit widths)."""
+
+    ops: tuple[RuntimeOp, ...]
+    tensors: tuple[RuntimeTensor, ...]
+
+    def producer(self, tensor: int) -> RuntimeOp | None:
+        """The op writing runtime tensor `tensor` (None for the graph input)."""
+        return next((op for op in self.ops if op.output == tensor), None)
+
+
+def runtime_schedule(graph: ExecGraph) -> Schedule:
+    """The ops and tensors the device runs for `graph` — the lowering emits exactly these, the cost model prices them.
+
+    BN, ReLU/ReLU6, identity and views are folded into the op producing their input. Every node runs once:
+    a layer or add writes directly into the input grid of its reader when exactly one quantized layer
+    reads it (single rounding from the accumulator, as fake quantization rounds); any other value is
+    written once into a calibrated 8-bit tensor, and each quantized layer reading it gets a
+    ``requantize`` op into its own grid right before it (one op per element instead of running the
+    producer again per grid). The graph input reaches each first layer through a ``normalise`` op.
+    Pooling (and a bn/relu that cannot work in place, ``elementwise``) keeps its input's 8-bit tensor.
+    """
+    from search.planner import live_ranges
+
+    nodes = graph.nodes
+    readers = {t.id: sorted({i for i in t.consumers if not (nodes[i].in_place and nodes[i].output == t.id)})
+               for t in graph.tensors}
+    shapes: list[tuple[int, ...]] = []
+    sources: list[int] = []
+    grids: list[str | None] = []
+    ops: list[dict[str, Any]] = []
+    value: dict[int, int] = {}                 # graph tensor → runtime tensor of its 8-bit value
+    in_grid: dict[tuple[int, str], int] = {}   # (graph tensor, layer) → runtime tensor in that layer's input grid
+
+    def tensor(src: int, grid: str | None) -> int:
+        shapes.append(graph.tensors[src].shape), sources.append(src), grids.append(grid)
+        return len(shapes) - 1
+
+    def layer_input(t: int, layer: Node) -> int:
+        """`t` in `layer`'s input grid: produced there directly, else a normalise / requantize op now."""
+        if (t, layer.name) not in in_grid:
+            x = tensor(t, layer.name)
+            kind = "normalise" if t in graph.inputs else "requantize"
+            ops.append(dict(kind=kind, name=f"{layer.name}.{kind}", node=None, inputs=(value[t],), output=x,
+                            in_shape=graph.tensors[t].shape, reader=layer))
+            in_grid[(t, layer.name)] = x
+        return in_grid[(t, layer.name)]
+
+    for t in graph.inputs:
+        value[t] = tensor(t, None)
+    for n in nodes:
+        if n.in_place:
+            continue
+        out = n.output
+        fused = tuple(m for m in nodes[n.index + 1:] if m.in_place and m.output == out)
+        if n.quantizable or n.op_type == "add":
+            q_readers = [nodes[i] for i in readers[out] if nodes[i].quantizable]
+            one_grid = len(q_readers) == len(readers[out]) == 1 and out not in graph.outputs
+            ins = (layer_input(n.inputs[0], n),) if n.quantizable else tuple(value[t] for t in n.inputs)
+            o = tensor(out, q_readers[0].name if one_grid else None)
+            if one_grid:
+                in_grid[(out, q_readers[0].name)] = o
+            else:
+                value[out] = o
+            ops.append(dict(kind=n.op_type, name=n.name, node=n, inputs=ins, output=o, in_shape=n.in_shapes[0],
+                            fused=fused))
+        else:  # pool, or a bn/relu that cannot work in place: keeps its input's 8-bit quantisation
+            o = value[out] = tensor(out, None)
+            ops.append(dict(kind="pool" if n.op_type == "pool" else "elementwise", name=n.name, node=n,
+                            inputs=tuple(value[t] for t in n.inputs), output=o, in_shape=n.in_shapes[0], fused=fused))
+
+    lives = live_ranges(len(shapes), [(op["inputs"], (op["output"],)) for op in ops],
+                        [value[t] for t in graph.inputs], [value[t] for t in graph.outputs])
+    tensors = tuple(RuntimeTensor(id=i, shape=shapes[i], first_use=lives[i][0], last_use=lives[i][1],
+                                  source=sources[i], grid_of=grids[i]) for i in range(len(shapes)))
+    return Schedule(tuple(RuntimeOp(step=i, **op) for i, op in enumerate(ops)), tensors)

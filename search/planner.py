@@ -6,9 +6,10 @@ no already-placed buffer whose lifetime overlaps its own. Lifetimes are inclusiv
 ``[first_use, last_use]`` (an op's inputs and outputs are live at the same step, so they never
 share memory).
 
-One implementation for the whole project, with one lifetime rule (:func:`live_ranges`): the Ω(Q)
-cost model plans the runtime's tensors with it, the ``.smpq`` exporter the blob's arena and the
-lowering the integer IR's tensors.
+One implementation for the whole project, with one lifetime rule (:func:`live_ranges`) and one arena
+plan (:func:`plan_arena`: tensors, then per-step kernel scratch): the Ω(Q) cost model plans the
+runtime schedule's tensors with it, the ``.smpq`` exporter the blob's arena — the same plan, so the
+predicted peak SRAM is the blob's arena size.
 """
 from __future__ import annotations
 
@@ -70,6 +71,22 @@ def live_ranges(n: int, steps: Sequence[tuple[Sequence[int], Sequence[int]]], in
     for t in outputs:
         last[t] = len(steps) if end is None else end
     return [(first.get(i, 0), last.get(i, first.get(i, 0))) for i in range(n)]
+
+
+def arena_buffers(sizes: Sequence[int], lives: Sequence[tuple[int, int]], scratch: Sequence[int] = (),
+                  scratch_names: Sequence[str] | None = None) -> list[Buffer]:
+    """The buffers of a static arena: tensor i (``t<i>``, `sizes[i]` bytes, live over `lives[i]` from
+    :func:`live_ranges`), then step s's scratch (``scratch:<name>``, `scratch[s]` bytes, live during step s)."""
+    bufs = [Buffer(int(size), *life, f"t{i}") for i, (size, life) in enumerate(zip(sizes, lives))]
+    names = scratch_names or [str(s) for s in range(len(scratch))]
+    return bufs + [Buffer(int(size), s, s, f"scratch:{names[s]}") for s, size in enumerate(scratch)]
+
+
+def plan_arena(sizes: Sequence[int], lives: Sequence[tuple[int, int]], scratch: Sequence[int] = (),
+               alignment: int = DEFAULT_ALIGNMENT, scratch_names: Sequence[str] | None = None) -> MemoryPlan:
+    """The one arena plan of the project (the ``.smpq`` blob's, and the cost model's peak SRAM):
+    :func:`plan_greedy` of :func:`arena_buffers`. Offsets: tensors first, then one scratch buffer per step."""
+    return plan_greedy(arena_buffers(sizes, lives, scratch, scratch_names), alignment)
 
 
 def align_up(n: int, alignment: int) -> int:

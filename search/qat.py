@@ -9,8 +9,10 @@ batches (MSE-optimal), then weights, BN and LSQ steps are trained by :func:`sear
 
 Files in the run folder: ``qat_state_<policy hash>.pt`` (per-epoch resume state; the hash keeps a
 state of another policy from being resumed) and ``qat.pt`` = {"state_dict", "meta"} with
-``meta["policy"]`` (the policy's JSON form), ``meta["first_last_8bit"]`` and ``meta["qat"]``;
-:func:`load_qat` rebuilds the quantized model from it (what the deploy lowering reads).
+``meta["first_last_8bit"]``, ``meta["qat"]`` and the policy: stored once, in the run's ``policy.json``,
+which ``meta["policy_file"]`` names and ``meta["policy_hash"]`` (:func:`policy_hash`) pins; without a
+policy file (a standalone fine-tuning, or a run written before) the policy's JSON form is
+``meta["policy"]``. :func:`load_qat` rebuilds the quantized model from it (what the deploy lowering reads).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from torch import nn
 from search.data import BatchLoader, Dataset
 from search.errors import SearchError
 from search.models import build_model
-from search.policy import Policy
+from search.policy import POLICY_FILE, Policy
 from search.qmodel import calibrate, quantize_model
 from search.train import TrainConfig, TrainResult, atomic_save, evaluate, fit, read_checkpoint
 
@@ -74,11 +76,16 @@ def build_qat_model(fp_model: nn.Module, policy: Policy, dataset: Dataset, cfg: 
 def finetune(fp_model: nn.Module, policy: Policy, dataset: Dataset, cfg: QATConfig, out_dir: str | Path,
              model_name: str, device: str = "cpu", first_last_8bit: bool = True,
              extra_meta: dict[str, Any] | None = None, resume: bool = True,
-             model_kwargs: dict[str, Any] | None = None) -> TrainResult:
-    """QAT of `policy` from the FP weights; writes ``<out_dir>/qat.pt`` and returns fit's result."""
+             model_kwargs: dict[str, Any] | None = None, policy_file: str | None = None) -> TrainResult:
+    """QAT of `policy` from the FP weights; writes ``<out_dir>/qat.pt`` and returns fit's result.
+
+    `policy_file`: the policy.json in `out_dir` that holds `policy` (qat.pt then references it by hash
+    instead of storing a copy; :func:`load_qat` checks the hash)."""
     resolved = policy.resolve(fp_model, first_last_8bit)
     model = build_qat_model(fp_model, resolved, dataset, cfg, first_last_8bit)
-    meta = {"policy": Policy(resolved.items()).to_dict(), "first_last_8bit": first_last_8bit,
+    ref = {"policy_file": policy_file, "policy_hash": policy_hash(resolved)} if policy_file is not None \
+        else {"policy": Policy(resolved.items()).to_dict()}
+    meta = {**ref, "first_last_8bit": first_last_8bit,
             "qat": {**asdict(cfg), "start": "fp"}, "quantized": True, **(extra_meta or {})}
     if cfg.epochs == 0:
         return _calibrated_only(model, dataset, cfg, Path(out_dir), model_name, model_kwargs, meta)
@@ -102,15 +109,31 @@ def _calibrated_only(model: nn.Module, dataset: Dataset, cfg: QATConfig, out: Pa
     return TrainResult(model, full, [])
 
 
+def qat_policy(path: Path, meta: dict[str, Any]) -> Policy:
+    """The policy a qat.pt at `path` was trained for: its policy file (checked against the hash) or, in a
+    checkpoint that stores it inline, ``meta["policy"]``."""
+    if "policy_hash" not in meta:
+        return Policy.from_dict(meta["policy"])
+    pfile = path.parent / str(meta.get("policy_file") or POLICY_FILE)
+    if not pfile.is_file():
+        raise SearchError(f"'{path}' keeps its policy in '{pfile}', which is missing: keep qat.pt and {pfile.name} "
+                          f"together (or rerun `smpq-deploy search`)")
+    policy = Policy.load(pfile)
+    if policy_hash(policy) != meta["policy_hash"]:
+        raise SearchError(f"'{pfile}' (policy {policy_hash(policy)}) is not the policy '{path}' was trained for "
+                          f"({meta['policy_hash']}): restore that policy.json or rerun QAT for this one")
+    return policy
+
+
 def load_qat(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the quantized model saved by :func:`finetune` (CPU, eval mode); returns (model, meta)."""
     path = Path(path)
     ckpt = read_checkpoint(path, "QAT checkpoint", weights_only=True, made_by="smpq-deploy search")
     meta = ckpt.get("meta")
-    if not isinstance(meta, dict) or "policy" not in meta or "state_dict" not in ckpt:
+    if not isinstance(meta, dict) or not ({"policy", "policy_hash"} & set(meta)) or "state_dict" not in ckpt:
         raise SearchError(f"'{path}' is not a QAT checkpoint (no policy in its meta): run `smpq-deploy search` to write qat.pt")
     model = build_model(meta["model"], tuple(meta["input_shape"]), len(meta["classes"]), **(meta.get("model_kwargs") or {}))
-    qmodel = quantize_model(model, Policy.from_dict(meta["policy"]), bool(meta.get("first_last_8bit", False)))
+    qmodel = quantize_model(model, qat_policy(path, meta), bool(meta.get("first_last_8bit", False)))
     try:
         qmodel.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

@@ -341,65 +341,24 @@ class _Requant:
     relu6: bool = False
 
 
-_PASS = (nn.Identity, nn.Dropout)
-
-
-def _trace(model: nn.Module) -> Any:
-    from torch import fx
-
-    class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, QuantLayer) or super().is_leaf_module(m, qualname)
-
-    try:
-        return _Tracer().trace(model)
-    except Exception as e:  # noqa: BLE001 - fx raises many types
-        raise SearchError(f"cannot trace {type(model).__name__} with torch.fx to fold BatchNorm: {str(e).splitlines()[0]}") from None
-
-
-def _act_of(n: Any, modules: dict[str, nn.Module]) -> str | None:
-    m = modules.get(str(n.target)) if n.op == "call_module" else None
-    if isinstance(m, nn.ReLU6) or (n.op == "call_function" and n.target in (F.relu6,)):
-        return "relu6"
-    if n.op == "call_function" and n.target is F.hardtanh and tuple(n.args[1:3]) == (0.0, 6.0):
-        return "relu6"
-    if isinstance(m, nn.ReLU) or (n.op != "call_module" and (n.target in (F.relu, torch.relu) or n.target == "relu")):
-        return "relu"
-    return None
-
-
 def _graph_links(model: nn.Module) -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
-    """(layer → the BatchNorm2d that directly and only reads it, reader layer → (producer layer, activation)
-    for every quantized layer whose input is another quantized layer's output through only BN/ReLU/ReLU6)."""
-    from torch import fx
+    """(conv layer → the BatchNorm2d folded into it, reader layer → (producer layer, activation) for every
+    quantized layer whose input the producer writes directly into its grid), both read off
+    :func:`search.graph.runtime_schedule` — the schedule the lowering emits."""
+    from search.graph import extract_graph, runtime_schedule
 
-    graph = _trace(model)
-    modules = dict(model.named_modules())
-    layer_of = lambda n: str(n.target) if isinstance(n, fx.Node) and n.op == "call_module" \
-        and isinstance(modules.get(str(n.target)), QuantLayer) else None  # noqa: E731
+    sched = runtime_schedule(extract_graph(model))
     bns, sources = {}, {}
-    for n in graph.nodes:
-        if n.op == "call_module" and isinstance(modules.get(str(n.target)), nn.BatchNorm2d):
-            src = n.args[0]
-            if layer_of(src) and len(src.users) == 1 and isinstance(modules[str(src.target)], nn.Conv2d):
-                bns[str(src.target)] = str(n.target)
-    for n in graph.nodes:
-        if not layer_of(n):
+    for op in sched.ops:
+        if op.node is None or not op.node.quantizable:
             continue
-        a, act, first = n.args[0], None, True
-        while isinstance(a, fx.Node) and not layer_of(a):
-            m = modules.get(str(a.target)) if a.op == "call_module" else None
-            kind = _act_of(a, modules)
-            if kind and act is None:
-                act = kind
-            elif not (isinstance(m, _PASS) or (isinstance(m, nn.BatchNorm2d) and layer_of(a.args[0]) in bns)):
-                break
-            if not first and len(a.users) != 1:
-                break
-            a, first = a.args[0], False
-        else:
-            if layer_of(a) and (first or len(a.users) == 1):
-                sources[str(n.target)] = (layer_of(a), act)
+        bn = next((m for m in op.fused if m.op_type in ("bn", "relu", "relu6")), None)
+        if bn is not None and bn.op_type == "bn" and op.kind != "fully_connected" \
+                and isinstance(model.get_submodule(bn.module or ""), nn.BatchNorm2d):
+            bns[op.node.name] = bn.module
+        src = sched.producer(op.inputs[0])
+        if src is not None and src.node is not None and src.node.quantizable:
+            sources[op.node.name] = (src.node.name, src.act)
     return bns, sources
 
 

@@ -462,7 +462,7 @@ def _run_search(settings: SearchSettings, fp_model: torch.nn.Module | None, fp_m
     t = time.perf_counter()
     _log(settings, f"QAT of the final policy: {settings.qat.epochs} epoch(s) from the FP weights")
     res = finetune(fp_model, policy, dataset, settings.qat, out, model_name, str(device), settings.first_last_8bit,
-                   extra_meta={"method": settings.method, "policy_file": POLICY_FILE},
+                   extra_meta={"method": settings.method}, policy_file=POLICY_FILE,
                    model_kwargs=meta.get("model_kwargs"))
     timings["qat"] = time.perf_counter() - t
     record["accuracy"].update({"qat_val": res.meta.get("val_accuracy"), "qat_test": res.meta.get("test_accuracy")})

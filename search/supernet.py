@@ -407,10 +407,10 @@ class IncrementalForward:
     """
 
     def __init__(self, supernet: Supernet) -> None:
-        from search.qmodel import _trace
+        from search.graph import fx_trace
 
         self.sn = supernet
-        self.graph = _trace(supernet.model)
+        self.graph = fx_trace(supernet.model)
         self.modules = dict(supernet.model.named_modules())
         self.nodes = list(self.graph.nodes)
         self.pos = {n: i for i, n in enumerate(self.nodes)}

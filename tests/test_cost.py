@@ -60,10 +60,10 @@ def tiny():
 
 # Hand figures of Tiny on 2×6×6: conv1 MACs 4·6·6·(2·9) = 2592, 72 weights; conv2 MACs 144·4 = 576,
 # 16 weights (+4 bias); fc MACs 12, 12 weights (+3 bias).
-# Runtime ops (8): normalise (input → conv1's grid), conv1 (into conv2's grid), conv1#1 (int8, for the
-# residual add), conv2, add, pool, requantize (pool → fc's grid), fc. Runtime tensors (9): input 72,
-# normalised 72, y in conv2's grid 144, y int8 144, conv2 out 144, add out 144, pool 4, pool in fc's grid 4,
-# logits 3.
+# Runtime ops (8): normalise (input → conv1's grid), conv1 (int8: read by conv2 and the residual add),
+# requantize (y → conv2's grid), conv2, add, pool, requantize (pool → fc's grid), fc. Runtime tensors (9):
+# input 72, normalised 72, y int8 144, y in conv2's grid 144, conv2 out 144, add out 144, pool 4, pool in
+# fc's grid 4, logits 3.
 MACS = {"conv1": 2592, "conv2": 576, "fc": 12}
 RECORDS = 32 + 9 * 24 + 8 * 64       # header + tensor records + op records
 NORMALISE = 20 + 4                    # channel parameters 2 × 9 B → 20, 2 weight bytes → 4
@@ -75,21 +75,21 @@ def test_format_constants_are_the_documented_ones() -> None:
 
 def test_runtime_schedule_by_hand(tiny) -> None:
     sched = runtime_schedule(tiny)
-    assert [op.kind for op in sched.ops] == ["normalise", "conv2d", "conv2d", "conv2d", "add", "pool",
+    assert [op.kind for op in sched.ops] == ["normalise", "conv2d", "requantize", "conv2d", "add", "pool",
                                              "requantize", "fully_connected"]
-    assert [(op.name, op.instance) for op in sched.ops[1:3]] == [("conv1", 0), ("conv1#1", 1)]
+    assert [op.name for op in sched.ops[1:3]] == ["conv1", "conv2.requantize"]  # conv1 runs once (issue 12)
     assert [t.numel for t in sched.tensors] == [72, 72, 144, 144, 144, 144, 4, 4, 3]
-    assert [t.grid_of for t in sched.tensors] == [None, "conv1", "conv2", None, None, None, None, "fc", None]
-    assert [(t.first_use, t.last_use) for t in sched.tensors[2:4]] == [(1, 3), (2, 4)]  # int8 y kept for the add
+    assert [t.grid_of for t in sched.tensors] == [None, "conv1", None, "conv2", None, None, None, "fc", None]
+    assert [(t.first_use, t.last_use) for t in sched.tensors[2:4]] == [(1, 4), (2, 3)]  # int8 y kept for the add
+    assert [m.op_type for m in sched.ops[1].fused] == ["bn", "relu"] and sched.ops[1].act == "relu"
     assert sched.tensors[-1].last_use == len(sched.ops)  # the logits outlive the last op
 
 
 def test_uniform_8bit_by_hand(tiny) -> None:
     o = omega(tiny, uniform_policy(tiny, 8, 8))
     assert o.bops == (2592 + 576 + 12) * 64 == 203_520
-    # + conv1 (channel parameters 4·9 = 36 per instance, its 72 weight bytes once) + conv2 (36 + 16)
-    # + fc (27 → 28, + 12)
-    assert o.flash_bytes == RECORDS + NORMALISE + (2 * 36 + 72) + (36 + 16) + (28 + 12) == 1020
+    # + conv1 (channel parameters 4·9 = 36, 72 weight bytes) + conv2 (36 + 16) + fc (27 → 28, + 12)
+    assert o.flash_bytes == RECORDS + NORMALISE + (36 + 72) + (36 + 16) + (28 + 12) == 984
     assert (o.macs, o.params) == (3180, 72 + 20 + 15)
 
 
@@ -97,23 +97,23 @@ def test_mixed_policy_by_hand(tiny) -> None:
     policy = {"conv1": (3, 8), "conv2": (2, 4), "fc": (8, 2)}
     o = omega(tiny, policy)
     assert o.bops == 2592 * 3 * 8 + 576 * 2 * 4 + 12 * 8 * 2 == 67_008
-    # conv1: 2 · 36 + ⌈72·3/8⌉ = 27 → 28; conv2: 36 + ⌈16·2/8⌉ = 4; fc: 27 → 28, + 12
-    assert o.flash_bytes == RECORDS + NORMALISE + (2 * 36 + 28) + (36 + 4) + (28 + 12) == 964
+    # conv1: 36 + ⌈72·3/8⌉ = 27 → 28; conv2: 36 + ⌈16·2/8⌉ = 4; fc: 27 → 28, + 12
+    assert o.flash_bytes == RECORDS + NORMALISE + (36 + 28) + (36 + 4) + (28 + 12) == 928
     rows = {r.name: r for r in o.layers}
     assert (rows["conv1"].w_bits, rows["conv1"].a_bits, rows["conv1"].flash_bytes) == (3, 8, 36 + 28)
-    assert rows["conv1#1"].flash_bytes == 36  # the second instance shares conv1's weights
+    assert rows["conv2.requantize"].flash_bytes == 0 and rows["conv2.requantize"].macs == 0
     assert rows["add"].w_bits is None and rows["add"].bops == 0
 
 
 def test_peak_sram_residual_by_hand(tiny) -> None:
     o = omega(tiny, uniform_policy(tiny, 8, 8), alignment=1)
-    # at conv1#1 (step 2): the normalised input 72, conv1's two outputs (conv2's grid; int8 for the
-    # residual add) 144 each, and conv1's CONV_TILE = 4 int16 patches of K = 3·3·2: 2·18·4 = 144 B
-    assert o.sram_bytes == 72 + 2 * 144 + 144 == 504
+    # at conv2 (step 3): y int8 (kept for the residual add), y in conv2's grid and conv2's output, 144 each,
+    # and conv2's CONV_TILE = 4 int16 patches of K = 1·1·4: 2·4·4 = 32 B (conv1's step: 72 + 144 + 144)
+    assert o.sram_bytes == 3 * 144 + 32 == 464
     check_plan(o.plan)
     assert o.sram_bytes <= naive_sum(arena_buffers(runtime_schedule(tiny), uniform_policy(tiny, 8, 8)), 1)
-    # below 8 bits a conv2d also decodes one int16 weight row: conv1 at w4 needs 2·18·5 = 180 B
-    assert omega(tiny, {"conv1": (4, 8), "conv2": (8, 8), "fc": (8, 8)}, alignment=1).sram_bytes == 72 + 2 * 144 + 180
+    # below 8 bits a conv2d also decodes one int16 weight row: conv2 at w4 needs 2·4·5 = 40 B
+    assert omega(tiny, {"conv1": (8, 8), "conv2": (4, 8), "fc": (8, 8)}, alignment=1).sram_bytes == 3 * 144 + 40
     # without scratch the peak is at conv2 / the add: three 144 B tensors
     assert omega(tiny, uniform_policy(tiny, 8, 8), alignment=1, scratch=None).sram_bytes == 3 * 144
     assert omega(tiny, uniform_policy(tiny, 8, 8)).sram_bytes % 16 == 0
@@ -145,7 +145,7 @@ LM = LatencyModel(clock_hz=100e6, per_layer_overhead_cycles=50.0,
 def test_latency_by_hand(tiny) -> None:
     o = omega(tiny, {"conv1": (4, 8), "conv2": (8, 8), "fc": (2, 8)}, LM)
     cycles = ((50 + 72 * 1.0)                            # normalise: depthwise (→ conv2d table), 1 MAC/element
-              + 2 * (50 + 2592 * 0.5)                    # conv1 at 4 bits, two instances
+              + (50 + 2592 * 0.5) + (50 + 144 * 3.0)     # conv1 at 4 bits, once; y → conv2's grid (priced like add)
               + (50 + 576 * 1.0) + (50 + 144 * 3.0)      # conv2; add of 144 elements
               + (50 + 144 * 0.25) + (50 + 4 * 3.0)       # pool over 144 inputs; requantize (priced like add)
               + (50 + 12 * 2.0))                         # fc (2 bits → the 8-bit entry)
@@ -236,15 +236,16 @@ def test_zoo_omega_consistency(name: str) -> None:
     assert o8.bops == 64 * g.macs and o4.bops == 16 * g.macs
     sched = runtime_schedule(g)
     layer_ops = [op for op in sched.ops if op.node is not None and op.node.quantizable]
-    assert len(layer_ops) > len(g.layers())  # layer instances: their weights are stored once
+    assert [op.node for op in layer_ops] == g.layers()  # every layer runs once (issue 12: no work done twice)
     weights = sum(n.weight_params for n in g.layers())
     assert o8.flash_bytes - o4.flash_bytes == pytest.approx(weights / 2, abs=4 * len(g.layers()))
     bufs = cost.arena_buffers(sched)
     assert peak_live_bytes(bufs) <= o8.sram_bytes <= sum(b.size_bytes for b in bufs)
-    # the first add's second instance: its two int8 inputs and its outputs in the grids of
-    # layers.1.conv1 and layers.1.shortcut.0, 16×32×32 bytes each
-    assert [op.name for op in sched.ops[5:7]] == ["add", "add#1"]
-    assert o8.sram_bytes == 4 * 16 * 32 * 32
+    # the add's output (read by layers.1.conv1 and layers.1.shortcut.0) is requantised right before each
+    assert [op.name for op in sched.ops[5:7]] == ["add", "layers.1.conv1.requantize"]
+    # peak at layers.0.conv1: conv1's int8 output (kept for the add), its copy in layers.0.conv1's grid and
+    # the output, 16×32×32 bytes each, + 4 int16 patches of K = 3·3·16: 1,152 B
+    assert o8.sram_bytes == 3 * 16 * 32 * 32 + 1152
 
 
 def _args(**kw) -> argparse.Namespace:

@@ -11,7 +11,8 @@ from search.budget import Budget
 from search.data import BatchLoader
 from search.errors import SearchError
 from search.policy import Policy
-from search.qat import QATConfig, load_qat
+from search.qat import QATConfig, load_qat, policy_hash
+from search.qmodel import policy_of
 from search.policy import validate_policy_file
 from search.runner import SearchSettings, run_search
 from search.train import evaluate
@@ -51,7 +52,17 @@ def test_uniform_search_writes_valid_policy_and_loadable_qat(fp: dict, tmp_path:
     model, meta = load_qat(outcome.qat_path)
     test = BatchLoader(fp["dataset"].test, fp["dataset"], 500)
     assert evaluate(model, test).accuracy == pytest.approx(record["accuracy"]["qat_test"], abs=1e-9)
-    assert Policy.from_dict(meta["policy"]) == outcome.policy
+    assert policy_of(model) == outcome.policy and "policy" not in meta  # stored once: in policy.json
+    assert meta["policy_file"] == "policy.json" and meta["policy_hash"] == policy_hash(outcome.policy)
+    other = json.loads(outcome.policy_path.read_text())  # a policy.json that is not qat.pt's: refused
+    other["layers"][1]["w_bits"] = 2
+    outcome.policy_path.write_text(json.dumps(other))
+    with pytest.raises(SearchError, match="is not the policy") as e:
+        load_qat(outcome.qat_path)
+    assert "\n" not in str(e.value)
+    outcome.policy_path.unlink()
+    with pytest.raises(SearchError, match="which is missing"):
+        load_qat(outcome.qat_path)
 
 
 def test_smpq_search_meets_a_binding_budget_and_reloads_identically(fp: dict, tmp_path: Path) -> None:

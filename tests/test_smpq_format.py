@@ -1,6 +1,8 @@
 """The .smpq format: bit packing, the Python reader, and the blob's size against the Ω cost model."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import struct
 import sys
@@ -175,11 +177,22 @@ def test_model_data_sources_embed_the_blob():
     assert bytes(int(v, 16) for v in body.replace("\n", "").split(",")) == blob
 
 
+def _with_instances(g):
+    """A copy of `g` in which every conv2d also runs as a second instance ("<layer>#1", the same IR arrays,
+    into a tensor of its own): the lowering emits each layer once, but the format lets ops share weights."""
+    g = copy.deepcopy(g)
+    for i in reversed([i for i, op in enumerate(g.ops) if op.kind == "conv2d"]):
+        op, out = g.ops[i], g.tensors[g.ops[i].outputs[0]]
+        g.tensors.append(dataclasses.replace(out, name=out.name + "#1", shape=list(out.shape)))
+        g.ops.insert(i + 1, dataclasses.replace(op, name=op.name + "#1", outputs=[len(g.tensors) - 1]))
+    return g
+
+
 @pytest.mark.parametrize("model", ["resnet8", "mbv2"])
 def test_layer_instances_store_their_weights_once(model):
     """Instances of a layer ("<layer>", "<layer>#1", ...: one IR weights array) point at one packed
     weights region; each has its own channel parameters; every op reads back its IR arrays."""
-    g = bench_module().cached_ir(model, "mixed")
+    g = _with_instances(bench_module().cached_ir(model, "mixed"))
     blob = build_smpq(g)
     p = fmt.parse(blob)
     weighted = [op for op in g.ops if op.kind in fmt.WEIGHTED]
