@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "cortex_m_dsp/requant.h"
 
 void ref_conv2d(const smpq_op_args *a);
 void ref_conv2d_1x1(const smpq_op_args *a);
@@ -49,6 +50,36 @@ static int run_add(void) {
     if (!ok) printf("FAIL add: %u elements, left %d\n", (unsigned)n, (int)params[0]);
     free(x1), free(x2), free(o_ref), free(o_dsp);
     return ok;
+}
+
+/* The DSP requantization before its clamp (smpq_dsp_rq_fast, and smpq_dsp_rq_apply with a clamp wide enough
+ * to show it) against smpq_mbqm for n random accumulators, multipliers and shifts: near-ties of both roundings,
+ * extremes and INT32_MIN included. Returns the number of mismatches. */
+static int run_requant(int n) {
+    int bad = 0;
+    for (int i = 0; i < n; ++i) {
+        const uint32_t pick = rnd() % 8;
+        const int32_t mult = pick == 0 ? INT32_MIN : pick == 1 ? (int32_t)rnd() : (int32_t)(0x40000000u + (rnd() & 0x3FFFFFFFu));
+        const int shift = rnd() % 4 ? uniform(-14, 1) : uniform(-31, 20);
+        int32_t x = rnd() % 2 ? (int32_t)rnd() : uniform(-70000, 70000);
+        if (rnd() % 4 == 0) x = (int32_t)(rnd() % 3) - 1 + (rnd() % 2 ? INT32_MIN : INT32_MAX);
+        const int32_t want = smpq_mbqm(x, mult, shift);
+        smpq_op_args a;
+        memset(&a, 0, sizeof a);
+        uint8_t cp[9];
+        put_le32(cp, 0), put_le32(cp + 4, mult), cp[8] = (uint8_t)(int8_t)shift;
+        a.bias = cp, a.mult = cp + 4, a.shift = (const int8_t *)(cp + 8);
+        const smpq_dsp_rq r = smpq_dsp_rq_of(&a, 0);
+        int wrong = r.fast && smpq_dsp_rq_fast(x, mult, r.hi, r.right - 1) != want;
+        /* through the clamp: a window of 256 values around the expected one shows any difference */
+        smpq_dsp_out o = {(int32_t)(-(int64_t)want % 128), -128, 127};
+        const int32_t o8 = smpq_clamp8(smpq_add_wrap(want, o.offset), o.lo, o.hi);
+        int8_t got;
+        smpq_dsp_rq_store(&r, &x, 1, 1, &got, 1, o);
+        wrong |= got != o8 || smpq_dsp_rq_apply(&r, x, o) != o8;
+        if (wrong && !bad++) printf("FAIL requantize: x %d mult %d shift %d: want %d\n", (int)x, (int)mult, shift, (int)want);
+    }
+    return bad;
 }
 
 /* One random case of op `kind`; returns 1 when the two kernel sets agree on every output byte. */
@@ -126,6 +157,9 @@ int main(int argc, char **argv) {
         printf("%s: %d/%d cases bit-exact\n", names[kind], cases - bad, cases);
         failures += bad;
     }
+    const int rq_bad = run_requant(200 * cases);
+    printf("requantize: %d/%d values exact\n", 200 * cases - rq_bad, 200 * cases);
+    failures += rq_bad;
     printf("%s\n", failures ? "FAILED" : "OK");
     return failures ? 1 : 0;
 }

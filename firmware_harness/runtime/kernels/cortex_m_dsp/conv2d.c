@@ -144,25 +144,25 @@ void smpq_conv2d(const smpq_op_args *a) {
                 w0 = rows;
                 w1 = two ? rows + k : rows;
             }
-            const smpq_dsp_rq rq0 = smpq_dsp_rq_of(a, o), rq1 = smpq_dsp_rq_of(a, two ? o + 1 : o);
+            int32_t acc[2 * SMPQ_TILE]; /* acc[pixel * 2 + channel], pixels of the tile */
             for (int32_t p = 0; p < n_pix; p += 2) {
-                int32_t acc[4];
                 const int16_t *pair = patches + (size_t)(p >> 1) * 2u * (size_t)kp;
                 if (mode == PACKED_PAIRS) {
-                    smpq_dsp_mac_2x2_packed(pair, r0, r1, k, bits, acc);
+                    smpq_dsp_mac_2x2_packed(pair, r0, r1, k, bits, acc + 2 * p);
                 } else if (mode != SEPARATE) {
-                    smpq_dsp_mac_2x2(pair, w0, w1, k, acc);
+                    smpq_dsp_mac_2x2(pair, w0, w1, k, acc + 2 * p);
                 } else {
                     const int16_t *pa = patches + (size_t)p * (size_t)k;
-                    dot_2x2(pa, p + 1 < n_pix ? pa + k : pa, w0, w1, k4, k, acc);
+                    dot_2x2(pa, p + 1 < n_pix ? pa + k : pa, w0, w1, k4, k, acc + 2 * p);
                 }
-                int8_t *out = a->out + (size_t)(q + p) * (size_t)cout + (size_t)o;
-                out[0] = smpq_dsp_rq_apply(&rq0, acc[0], oc);
-                if (two) out[1] = smpq_dsp_rq_apply(&rq1, acc[1], oc);
-                if (p + 1 < n_pix) {
-                    out[cout] = smpq_dsp_rq_apply(&rq0, acc[2], oc);
-                    if (two) out[cout + 1] = smpq_dsp_rq_apply(&rq1, acc[3], oc);
-                }
+            }
+            /* requantized a channel at a time (its constants stay in registers) */
+            int8_t *out = a->out + (size_t)q * (size_t)cout + (size_t)o;
+            const smpq_dsp_rq rq0 = smpq_dsp_rq_of(a, o);
+            smpq_dsp_rq_store(&rq0, acc, 2, n_pix, out, cout, oc);
+            if (two) {
+                const smpq_dsp_rq rq1 = smpq_dsp_rq_of(a, o + 1);
+                smpq_dsp_rq_store(&rq1, acc + 1, 2, n_pix, out + 1, cout, oc);
             }
         }
     }
