@@ -44,6 +44,7 @@ static int run_add(void) {
     a.in = x1, a.in2 = x2, a.size = n, a.params = params;
     a.in_offset = uniform(-127, 128), a.in2_offset = uniform(-127, 128), a.out_offset = uniform(-128, 127);
     a.act_min = uniform(-128, 0), a.act_max = uniform(a.act_min, 127);
+    if (rnd() % 4 == 0) a.act_min = -128, a.act_max = 127; /* no clamp: the kernels' SSAT path */
     a.out = o_ref, ref_add(&a);
     a.out = o_dsp, smpq_add(&a);
     const int ok = memcmp(o_ref, o_dsp, n) == 0;
@@ -127,6 +128,7 @@ static int run_case(int kind) {
     a.shift = (const int8_t *)(cp + 8 * a.out_c), a.scratch = scr;
     a.in_offset = uniform(-127, 128), a.out_offset = uniform(-128, 127);
     a.act_min = uniform(-128, 0), a.act_max = uniform(a.act_min, 127);
+    if (rnd() % 4 == 0) a.act_min = -128, a.act_max = 127; /* no clamp: the kernels' SSAT path */
     if (kind == FC) a.in_c = (int32_t)n_in;
     void (*const ref[])(const smpq_op_args *) = {ref_conv2d, ref_conv2d_1x1, ref_depthwise_conv2d, ref_fully_connected};
     void (*const dsp[])(const smpq_op_args *) = {smpq_conv2d, smpq_conv2d_1x1, smpq_depthwise_conv2d, smpq_fully_connected};

@@ -25,11 +25,11 @@ typedef struct {
     int32_t hi; /* fast path: 2^(right-2), the high word of 2^30 + 2^(30+right) */
 } smpq_dsp_rq;
 
-static inline smpq_dsp_rq smpq_dsp_rq_of(const smpq_op_args *a, int32_t o) {
+/* The constants of one requantization: bias, Q31 multiplier, shift (TFLite's convention: > 0 left). */
+static inline smpq_dsp_rq smpq_dsp_rq_make(int32_t bias, int32_t mult, int shift) {
     smpq_dsp_rq r;
-    const int shift = a->shift[o];
-    r.bias = smpq_ld_i32(a->bias + 4 * o);
-    r.mult = smpq_ld_i32(a->mult + 4 * o);
+    r.bias = bias;
+    r.mult = mult;
     r.left = shift > 0 ? shift : 0;
     r.right = shift > 0 ? 0 : -shift;
     r.mask = (int32_t)((1ll << r.right) - 1);
@@ -38,6 +38,11 @@ static inline smpq_dsp_rq smpq_dsp_rq_of(const smpq_op_args *a, int32_t o) {
     r.fast = r.mult > 0 && r.left == 0 && r.right >= 2;
     r.hi = r.fast ? (int32_t)(1u << (r.right - 2)) : 0;
     return r;
+}
+
+/* Output channel o of a conv2d / depthwise / fully connected op. */
+static inline smpq_dsp_rq smpq_dsp_rq_of(const smpq_op_args *a, int32_t o) {
+    return smpq_dsp_rq_make(smpq_ld_i32(a->bias + 4 * o), smpq_ld_i32(a->mult + 4 * o), a->shift[o]);
 }
 
 /* The fast path before the output offset (mult > 0; see the file comment): s = -[x < 0] = -[ab < 0], the
