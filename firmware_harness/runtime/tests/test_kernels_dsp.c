@@ -104,6 +104,10 @@ static int run_case(int kind) {
         a.in_h = uniform(a.kh, 9), a.in_w = uniform(a.kw, 9);
         a.in_c = rnd() % 2 ? 4 * uniform(1, 12) : uniform(1, 40);
         a.out_c = kind == DEPTHWISE ? a.in_c : uniform(1, 9);
+        if (kind == DEPTHWISE && rnd() % 8 == 0) { /* many pixels, few channels, 1x1: the tabulated path */
+            a.kh = a.kw = a.sh = a.sw = 1, a.pad_t = a.pad_l = 0;
+            a.in_h = uniform(23, 40), a.in_w = uniform(23, 40), a.in_c = a.out_c = uniform(1, 4);
+        }
         a.out_h = (a.in_h + 2 * a.pad_t - a.kh) / a.sh + 1;
         a.out_w = (a.in_w + 2 * a.pad_l - a.kw) / a.sw + 1;
     }
