@@ -24,7 +24,8 @@ BOARD = "qemu-mps2-an500"
 KIND_CODES = {"conv2d": 0, "depthwise_conv2d": 1, "fully_connected": 2}
 WIDTHS = (8, 4, 2, 1)
 #: functions of the reference set that the DSP set replaces; the bench links both, the reference ones renamed.
-REPLACED = ("smpq_conv2d", "smpq_conv2d_1x1", "smpq_depthwise_conv2d", "smpq_fully_connected", "smpq_add")
+REPLACED = ("smpq_conv2d", "smpq_conv2d_1x1", "smpq_depthwise_conv2d", "smpq_fully_connected", "smpq_add",
+            "smpq_requantize")
 FLAGS = (*CPU_FLAGS, "-std=c99", "-O2", "-g", "-ffunction-sections", "-fdata-sections")
 CMSIS_DIRS = ("ConvolutionFunctions", "NNSupportFunctions", "FullyConnectedFunctions")
 CMSIS_BUF = 64 * 1024

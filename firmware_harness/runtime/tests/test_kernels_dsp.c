@@ -14,6 +14,7 @@ void ref_conv2d_1x1(const smpq_op_args *a);
 void ref_depthwise_conv2d(const smpq_op_args *a);
 void ref_fully_connected(const smpq_op_args *a);
 void ref_add(const smpq_op_args *a);
+void ref_requantize(const smpq_op_args *a);
 
 static uint64_t rng_state;
 static uint32_t rnd(void) { /* xorshift64* */
@@ -28,8 +29,27 @@ static void put_le32(uint8_t *p, int32_t v) {
     for (int i = 0; i < 4; ++i) p[i] = (uint8_t)((uint32_t)v >> (8 * i));
 }
 
-enum { CONV, CONV_1X1, DEPTHWISE, FC, ADD };
-static const char *const names[] = {"conv2d", "conv2d_1x1", "depthwise_conv2d", "fully_connected", "add"};
+enum { CONV, CONV_1X1, DEPTHWISE, FC, ADD, REQUANTIZE };
+static const char *const names[] = {"conv2d", "conv2d_1x1", "depthwise_conv2d", "fully_connected", "add", "requantize op"};
+
+/* One random REQUANTIZE op (short and long tensors, any TFLite parameters); 1 when both sets agree. */
+static int run_requantize_op(void) {
+    smpq_op_args a;
+    memset(&a, 0, sizeof a);
+    const uint32_t n = rnd() % 2 ? (uint32_t)uniform(1, 300) : (uint32_t)uniform(512, 5000);
+    int8_t *x = malloc(n), *o_ref = malloc(n), *o_dsp = malloc(n);
+    int32_t params[2] = {rnd() % 8 ? (int32_t)(0x40000000u + (rnd() & 0x3FFFFFFFu)) : (int32_t)rnd(), uniform(-20, 8)};
+    fill(x, n);
+    a.in = x, a.size = n, a.params = params;
+    a.in_offset = uniform(-127, 128), a.out_offset = uniform(-128, 127);
+    a.act_min = uniform(-128, 0), a.act_max = uniform(a.act_min, 127);
+    a.out = o_ref, ref_requantize(&a);
+    a.out = o_dsp, smpq_requantize(&a);
+    const int ok = memcmp(o_ref, o_dsp, n) == 0;
+    if (!ok) printf("FAIL requantize op: %u elements\n", (unsigned)n);
+    free(x), free(o_ref), free(o_dsp);
+    return ok;
+}
 
 /* One random ADD (short and long tensors, random TFLite parameters); 1 when both sets agree. */
 static int run_add(void) {
@@ -86,6 +106,7 @@ static int run_requant(int n) {
 /* One random case of op `kind`; returns 1 when the two kernel sets agree on every output byte. */
 static int run_case(int kind) {
     if (kind == ADD) return run_add();
+    if (kind == REQUANTIZE) return run_requantize_op();
     smpq_op_args a;
     memset(&a, 0, sizeof a);
     const int bits_choice[] = {1, 2, 4, 8, 8, 3, 5, 6, 7, 4, 2, 1};
@@ -157,7 +178,7 @@ int main(int argc, char **argv) {
     const int cases = argc > 1 ? atoi(argv[1]) : 400;
     rng_state = 0x9E3779B97F4A7C15ull ^ (uint64_t)(argc > 2 ? strtoull(argv[2], NULL, 10) : 1u);
     int failures = 0;
-    for (int kind = CONV; kind <= ADD; ++kind) {
+    for (int kind = CONV; kind <= REQUANTIZE; ++kind) {
         int bad = 0;
         for (int i = 0; i < cases; ++i) bad += !run_case(kind);
         printf("%s: %d/%d cases bit-exact\n", names[kind], cases - bad, cases);
