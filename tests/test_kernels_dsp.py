@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from firmware_harness.bench.kernel_bench import WIDTHS, Case, build, run
-from firmware_harness.build import KERNEL_SETS
+from firmware_harness.build import KERNEL_SETS, kernel_sources
 
 RUNTIME = Path(__file__).resolve().parent.parent / "firmware_harness" / "runtime"
 
@@ -28,8 +28,11 @@ def test_dsp_kernels_bit_exact_on_host_random_shapes():
     proc = _make("test-dsp", DSP_CASES="250", DSP_SEED="11")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     counts = re.findall(r"^(\w+): (\d+)/(\d+) cases bit-exact$", proc.stdout, re.M)
-    assert {c[0] for c in counts} == {"conv2d", "conv2d_1x1", "depthwise_conv2d", "fully_connected", "add"}
+    assert {c[0] for c in counts} == {"conv2d", "conv2d_1x1", "depthwise_conv2d", "fully_connected", "add",
+                                      "requantize_op"}
     assert all(int(ok) == int(n) == 250 for _, ok, n in counts)
+    rq = re.search(r"^requantize: (\d+)/(\d+) values exact$", proc.stdout, re.M)  # the folded requantization
+    assert rq and int(rq[1]) == int(rq[2]) > 0
 
 
 def test_dsp_kernel_set_is_selectable():
@@ -38,6 +41,9 @@ def test_dsp_kernel_set_is_selectable():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "cortex_m_dsp/conv2d.o" in "".join(p.as_posix() for p in (RUNTIME / "build" / "cortex_m_dsp").rglob("*.o"))
     assert _make("host", KERNELS="nonsense").returncode != 0
+    for name in KERNEL_SETS:  # the Makefile's kernel files are build.py's (one rule)
+        listed = _make("print-sources", KERNELS=name).stdout.split()
+        assert listed == [p.relative_to(RUNTIME).as_posix() for p in kernel_sources(name)]
     unit = _make("test", KERNELS="cortex_m_dsp")  # the runtime's own C unit tests, DSP set linked in
     assert unit.returncode == 0 and "all runtime unit tests passed" in unit.stdout, unit.stdout + unit.stderr
 
@@ -50,6 +56,7 @@ BOARD_CASES = [
     Case("conv2d", 6, 6, 12, 7, 1, 1, 2, 2, 0, 0),
     Case("conv2d", 5, 5, 40, 4, 1, 1),
     Case("depthwise_conv2d", 7, 7, 22, 22, 3, 3, 2, 2, 1, 1),
+    Case("depthwise_conv2d", 24, 24, 3, 3),  # 1x1 on a few channels and many pixels: tabulated
     Case("fully_connected", 1, 1, 300, 9),
 ]
 

@@ -14,7 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from firmware_harness.build import BOARDS, CPU_FLAGS, KERNEL_SETS, LINK_FLAGS, RUNTIME, RUNTIME_FLAGS
+from firmware_harness.build import (BOARDS, CPU_FLAGS, LINK_FLAGS, RUNTIME, RUNTIME_FLAGS, kernel_sources,
+                                    replaced_kernels)
 from firmware_harness.errors import FirmwareBuildError
 
 HERE = Path(__file__).resolve().parent
@@ -23,9 +24,6 @@ QEMU = "qemu-system-arm"
 BOARD = "qemu-mps2-an500"
 KIND_CODES = {"conv2d": 0, "depthwise_conv2d": 1, "fully_connected": 2}
 WIDTHS = (8, 4, 2, 1)
-#: functions of the reference set that the DSP set replaces; the bench links both, the reference ones renamed.
-REPLACED = ("smpq_conv2d", "smpq_conv2d_1x1", "smpq_depthwise_conv2d", "smpq_fully_connected", "smpq_add",
-            "smpq_requantize")
 FLAGS = (*CPU_FLAGS, "-std=c99", "-O2", "-g", "-ffunction-sections", "-fdata-sections")
 CMSIS_DIRS = ("ConvolutionFunctions", "NNSupportFunctions", "FullyConnectedFunctions")
 CMSIS_BUF = 64 * 1024
@@ -123,11 +121,7 @@ static const bench_case BENCH_CASES[BENCH_N_CASES] = {{
 
 def _sources(with_cmsis: bool) -> tuple[list[Path], list[Path], list[Path]]:
     """(DSP-set runtime kernels, reference kernels to rename, CMSIS-NN sources)."""
-    dsp_dir, ref_dir = (RUNTIME / f for f in KERNEL_SETS["cortex_m_dsp"])
-    dsp = sorted(dsp_dir.glob("*.c"))
-    names = {p.name for p in dsp}
-    kernels = dsp + [p for p in sorted(ref_dir.glob("*.c")) if p.name not in names]
-    renamed = [ref_dir / n for n in sorted(names) if (ref_dir / n).is_file()]
+    kernels, renamed = kernel_sources("cortex_m_dsp"), replaced_kernels("cortex_m_dsp")
     cmsis: list[Path] = []
     if with_cmsis:
         root = cmsis_dir() / "Source"
@@ -148,7 +142,7 @@ def build(cases: list[Case], out_dir: Path, *, with_cmsis: bool = True, widths: 
     kernels, renamed, cmsis = _sources(with_cmsis)
     inc = [f"-I{RUNTIME / 'include'}", f"-I{RUNTIME / 'src'}", f"-I{RUNTIME / 'kernels'}"]
     cmsis_inc = [f"-I{cmsis_dir() / 'Include'}"] if with_cmsis else []
-    rename = [f"-D{f}=ref_{f[len('smpq_'):]}" for f in REPLACED]
+    rename = [f"-Dsmpq_{p.stem}=ref_{p.stem}" for p in renamed]  # the functions the DSP set replaces
     jobs: list[tuple[Path, str, list[str]]] = []
     jobs += [(p, f"k_{p.parent.name}_{p.stem}", [*inc, *RUNTIME_FLAGS, "-Wall", "-Wextra", "-Werror"]) for p in kernels]
     jobs += [(p, f"ref_{p.stem}", [*inc, *RUNTIME_FLAGS, *rename]) for p in renamed]

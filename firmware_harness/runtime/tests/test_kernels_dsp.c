@@ -30,7 +30,7 @@ static void put_le32(uint8_t *p, int32_t v) {
 }
 
 enum { CONV, CONV_1X1, DEPTHWISE, FC, ADD, REQUANTIZE };
-static const char *const names[] = {"conv2d", "conv2d_1x1", "depthwise_conv2d", "fully_connected", "add", "requantize op"};
+static const char *const names[] = {"conv2d", "conv2d_1x1", "depthwise_conv2d", "fully_connected", "add", "requantize_op"};
 
 /* One random REQUANTIZE op (short and long tensors, any TFLite parameters); 1 when both sets agree. */
 static int run_requantize_op(void) {
@@ -46,7 +46,7 @@ static int run_requantize_op(void) {
     a.out = o_ref, ref_requantize(&a);
     a.out = o_dsp, smpq_requantize(&a);
     const int ok = memcmp(o_ref, o_dsp, n) == 0;
-    if (!ok) printf("FAIL requantize op: %u elements\n", (unsigned)n);
+    if (!ok) printf("FAIL requantize_op: %u elements\n", (unsigned)n);
     free(x), free(o_ref), free(o_dsp);
     return ok;
 }
