@@ -143,11 +143,12 @@ static int run_case(int kind) {
     const size_t s_skew = rnd() % 4 == 0; /* sometimes a scratch that is not word-aligned (contiguous patches) */
     int16_t *scr_buf = scratch ? malloc(scratch + 2) : NULL, *scr = scr_buf ? scr_buf + s_skew : NULL;
     fill(in, n_in), fill(w_buf, w_skew + (n_w * (size_t)a.w_bits + 7) / 8);
+    const int plain = rnd() % 3 == 0; /* every channel as TFLite makes them (the kernels' fastest paths) */
     for (int32_t o = 0; o < a.out_c; ++o) {
         put_le32(cp + 4 * o, uniform(-20000, 20000));
-        const uint32_t pick = rnd() % 16; /* mostly TFLite's [2^30, 2^31); sometimes INT32_MIN or any value */
+        const uint32_t pick = plain ? 2 : rnd() % 16; /* mostly TFLite's [2^30, 2^31); sometimes INT32_MIN or any value */
         put_le32(cp + 4 * (a.out_c + o), pick == 0 ? INT32_MIN : pick == 1 ? (int32_t)rnd() : (int32_t)(0x40000000u + (rnd() & 0x3FFFFFFFu)));
-        cp[8 * a.out_c + o] = (uint8_t)(int8_t)(rnd() % 8 ? uniform(-14, 1) : uniform(-31, 20));
+        cp[8 * a.out_c + o] = (uint8_t)(int8_t)(plain ? uniform(-14, -2) : rnd() % 8 ? uniform(-14, 1) : uniform(-31, 20));
     }
     a.in = in, a.weights = w_buf + w_skew, a.bias = cp, a.mult = cp + 4 * a.out_c;
     a.shift = (const int8_t *)(cp + 8 * a.out_c), a.scratch = scr;

@@ -1,0 +1,118 @@
+/* The 8-bit conv2d tile of 4 output pixels, every output channel, requantized in registers (tile_4x1.h).
+ * Per group of 4 patch values: one row word widened by two SXTB16, two LDM of the four pixels' patch words
+ * and eight SMLAD (16 MACs in 13 instructions); per output channel and pixel, the requantization of
+ * requant.h's one-SMLAL path (9 instructions) and one STRB. On a DSP target it is Thumb-2 assembly; on the
+ * host the same computation in C with the emulated instructions. */
+#include "tile_4x1.h"
+
+#include <stddef.h>
+
+#include "requant.h"
+#include "simd.h"
+
+#if SMPQ_SIMD_TARGET
+/* r0 patch, r1 row, r2 count, r3 the tile (smpq_dsp_tile4), r4..r7 accumulators of pixels 0..3, r8..r11
+ * patch words, r12/lr the row word's halves. After the loop r8..r12, lr, r0, r2 hold the requantization. */
+__asm__(
+    "    .syntax unified\n"
+    "    .thumb\n"
+    "    .section .text.smpq_dsp_tile_4x1_asm,\"ax\",%progbits\n"
+    "    .global smpq_dsp_tile_4x1_asm\n"
+    "    .type smpq_dsp_tile_4x1_asm, %function\n"
+    "    .thumb_func\n"
+    "    .p2align 2\n"
+    "smpq_dsp_tile_4x1_asm:\n"
+    "    push {r4-r11, lr}\n"
+    "    mov r3, r0\n"                   /* the tile */
+    "    ldr r1, [r3, #4]\n"             /* row of channel 0 */
+    "1:  ldr r0, [r3, #0]\n"             /* patches */
+    "    ldr r2, [r3, #8]\n"             /* groups */
+    "    movs r4, #0\n"
+    "    movs r5, #0\n"
+    "    movs r6, #0\n"
+    "    movs r7, #0\n"
+    "2:  ldr r12, [r1], #4\n"
+    "    sxtb16 lr, r12\n"
+    "    sxtb16 r12, r12, ror #8\n"
+    "    ldm r0!, {r8-r11}\n"
+    "    smlad r4, r8, lr, r4\n"
+    "    smlad r4, r9, r12, r4\n"
+    "    smlad r5, r10, lr, r5\n"
+    "    smlad r5, r11, r12, r5\n"
+    "    ldm r0!, {r8-r11}\n"
+    "    smlad r6, r8, lr, r6\n"
+    "    smlad r6, r9, r12, r6\n"
+    "    smlad r7, r10, lr, r7\n"
+    "    smlad r7, r11, r12, r7\n"
+    "    subs r2, r2, #1\n"
+    "    bne 2b\n"
+    /* the channel's constants: r8 bias, r9 mult, r10 hi = 2^(r-2), r11 r - 1, r2 output offset */
+    "    ldr r0, [r3, #12]\n"            /* bias pointer */
+    "    ldr r8, [r0], #4\n"
+    "    str r0, [r3, #12]\n"
+    "    ldr r0, [r3, #16]\n"            /* multiplier pointer */
+    "    ldr r9, [r0], #4\n"
+    "    str r0, [r3, #16]\n"
+    "    ldr r0, [r3, #20]\n"            /* shift pointer */
+    "    ldrsb r11, [r0], #1\n"
+    "    str r0, [r3, #20]\n"
+    "    rsb r11, r11, #0\n"             /* r = -shift (>= 2) */
+    "    sub r10, r11, #2\n"
+    "    mov r12, #1\n"
+    "    lsl r10, r12, r10\n"
+    "    sub r11, r11, #1\n"
+    "    ldr r2, [r3, #28]\n"
+    "    .irp acc, r4, r5, r6, r7\n"
+    "    add \\acc, \\acc, r8\n"
+    "    and r12, \\acc, #0x80000000\n"
+    "    eor r12, r12, #0x40000000\n"
+    "    add lr, r10, \\acc, asr #31\n"
+    "    smlal r12, lr, \\acc, r9\n"
+    "    asr lr, lr, r11\n"
+    "    add lr, lr, r2\n"
+    "    ssat \\acc, #8, lr\n"
+    "    .endr\n"
+    /* the four pixels' outputs of this channel */
+    "    ldr r0, [r3, #24]\n"            /* out */
+    "    strb r4, [r0]\n"
+    "    ldr r8, [r3, #32]\n"
+    "    strb r5, [r0, r8]\n"
+    "    ldr r8, [r3, #36]\n"
+    "    strb r6, [r0, r8]\n"
+    "    ldr r8, [r3, #40]\n"
+    "    strb r7, [r0, r8]\n"
+    "    add r0, r0, #1\n"
+    "    str r0, [r3, #24]\n"
+    "    ldr r0, [r3, #44]\n"            /* channels left */
+    "    subs r0, r0, #1\n"
+    "    str r0, [r3, #44]\n"
+    "    bne 1b\n"
+    "    pop {r4-r11, pc}\n"
+    "    .size smpq_dsp_tile_4x1_asm, .-smpq_dsp_tile_4x1_asm\n"
+    "    .text\n");
+
+void smpq_dsp_tile_4x1_asm(smpq_dsp_tile4 *t);
+#endif
+
+void smpq_dsp_tile_4x1(smpq_dsp_tile4 t) {
+    if (t.channels <= 0) return;
+#if SMPQ_SIMD_TARGET
+    smpq_dsp_tile_4x1_asm(&t);
+#else
+    const int8_t *row = t.row;
+    for (int32_t o = 0; o < t.channels; ++o) {
+        int32_t acc[4] = {0, 0, 0, 0};
+        const int16_t *p = t.patches;
+        for (int32_t g = 0; g < t.groups; ++g, row += 4, p += 16) {
+            const uint32_t w = smpq_ld32(row), lo = smpq_sxtb16(w), hi = smpq_sxtb16_ror8(w);
+            for (int j = 0; j < 4; ++j)
+                acc[j] = smpq_smlad(smpq_ld32(p + 4 * j + 2), hi, smpq_smlad(smpq_ld32(p + 4 * j), lo, acc[j]));
+        }
+        const int32_t r = -t.shift[o], hi = (int32_t)(1u << (r - 2));
+        const int32_t bias = smpq_ld_i32(t.bias + 4 * o), mult = smpq_ld_i32(t.mult + 4 * o);
+        const int32_t at[4] = {0, t.at1, t.at2, t.at3};
+        for (int j = 0; j < 4; ++j)
+            t.out[o + at[j]] = (int8_t)smpq_ssat8(smpq_add_wrap(smpq_dsp_rq_fast(smpq_add_wrap(acc[j], bias), mult, hi, r - 1), t.offset));
+    }
+#endif
+}
