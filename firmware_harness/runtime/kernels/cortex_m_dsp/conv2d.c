@@ -103,15 +103,52 @@ static int quads_apply(const smpq_op_args *a) {
     return 1;
 }
 
-/* 4 pixels x all channels per tile (tile_4x1.c); a last tile of fewer pixels repeats its last one. */
-static void conv_quads(const smpq_op_args *a, int32_t k) {
-    const int32_t n = a->out_h * a->out_w, cout = a->out_c;
-    int16_t *patches = a->scratch;
+/* The patch of output pixel q in natural order (offset added, padding 0), contiguous: for in_c % 4 != 0. */
+static void gather_values(const smpq_op_args *a, int32_t q, int16_t *d) {
+    const int32_t cin = a->in_c, oy = q / a->out_w, ox = q % a->out_w, run = a->kw * cin;
+    const int32_t iy0 = oy * a->sh - a->pad_t, ix0 = ox * a->sw - a->pad_l, off = a->in_offset;
+    const int cols_in = ix0 >= 0 && ix0 + a->kw <= a->in_w;
+    for (int32_t ky = 0; ky < a->kh; ++ky, d += run) {
+        const int32_t iy = iy0 + ky;
+        if (iy < 0 || iy >= a->in_h) {
+            for (int32_t i = 0; i < run; ++i) d[i] = 0;
+            continue;
+        }
+        const int8_t *src = a->in + (iy * a->in_w + ix0) * cin; /* (ix0 < 0: only read at i >= -ix0*cin) */
+        if (cols_in) {
+            for (int32_t i = 0; i < run; ++i) d[i] = (int16_t)(src[i] + off);
+        } else {
+            for (int32_t i = 0; i < run; ++i) {
+                const int32_t ix = ix0 + i / cin;
+                d[i] = ix >= 0 && ix < a->in_w ? (int16_t)(src[i] + off) : 0;
+            }
+        }
+    }
+}
+
+#define SMPQ_DSP_QUAD_STACK_K 64 /* K % 4 != 0 (the 3-channel stem): 4 padded patches on the stack up to this K */
+
+/* 4 pixels x all channels per tile (tile_4x1.c) in `patches` (4*kp int16, word-aligned; kp = K rounded up to
+ * whole groups, zero-padded); a last tile of fewer pixels repeats its last one. */
+static void conv_quads(const smpq_op_args *a, int32_t k, int16_t *patches) {
+    const int32_t n = a->out_h * a->out_w, cout = a->out_c, kp = (k + 3) & ~3;
+    int32_t tmp32[SMPQ_DSP_QUAD_STACK_K / 2]; /* in_c % 4 != 0: one patch gathered contiguously, then interleaved */
+    int16_t *tmp = (int16_t *)(void *)tmp32;
     for (int32_t q = 0; q < n; q += 4) {
         const int32_t n_pix = n - q < 4 ? n - q : 4;
-        for (int32_t p = 0; p < 4; ++p) gather(a, q + (p < n_pix ? p : n_pix - 1), patches + 4 * p, k, k, 16);
+        for (int32_t p = 0; p < 4; ++p) {
+            const int32_t pix = q + (p < n_pix ? p : n_pix - 1);
+            if ((a->in_c & 3) == 0 || kp > SMPQ_DSP_QUAD_STACK_K) { /* (then K % 4 == 0: see smpq_conv2d) */
+                gather(a, pix, patches + 4 * p, k, kp, 16);
+                continue;
+            }
+            gather_values(a, pix, tmp);
+            for (int32_t i = k; i < kp; ++i) tmp[i] = 0;
+            smpq_dsp_sigma(tmp, kp);
+            for (int32_t g = 0; g < kp >> 2; ++g) smpq_st64(patches + 16 * g + 4 * p, smpq_ld32(tmp + 4 * g), smpq_ld32(tmp + 4 * g + 2));
+        }
         smpq_dsp_tile4 t;
-        t.patches = patches, t.row = (const int8_t *)(const void *)a->weights, t.groups = k >> 2;
+        t.patches = patches, t.row = (const int8_t *)(const void *)a->weights, t.groups = kp >> 2, t.row_step = k - kp;
         t.bias = a->bias, t.mult = a->mult, t.shift = a->shift;
         t.out = a->out + (size_t)q * (size_t)cout, t.offset = a->out_offset;
         t.at1 = (n_pix > 1 ? 1 : n_pix - 1) * cout, t.at2 = (n_pix > 2 ? 2 : n_pix - 1) * cout;
@@ -134,10 +171,17 @@ void smpq_conv2d(const smpq_op_args *a) {
      * Paired patches are zero-padded to kp (a whole number of row words); two pairs per tile when they fit
      * SMPQ_SCRATCH_CONV2D, else one. Otherwise contiguous patches, SMPQ_TILE per tile. */
     const uint64_t room = SMPQ_SCRATCH_CONV2D((uint64_t)k, (uint32_t)bits);
-    if (bits == 8 && (k & 3) == 0 && ((uintptr_t)(void *)patches & 3u) == 0 && 8u * (uint64_t)k <= room &&
-        quads_apply(a)) {
-        conv_quads(a, k);
-        return;
+    if (bits == 8 && quads_apply(a)) {
+        const int32_t kq = (k + 3) & ~3;
+        if ((k & 3) == 0 && ((uintptr_t)(void *)patches & 3u) == 0 && 8u * (uint64_t)k <= room) {
+            conv_quads(a, k, patches);
+            return;
+        }
+        if ((k & 3) != 0 && kq <= SMPQ_DSP_QUAD_STACK_K) {
+            int32_t quad[2 * SMPQ_DSP_QUAD_STACK_K]; /* 4 patches of kq int16, word-aligned */
+            conv_quads(a, k, (int16_t *)(void *)quad);
+            return;
+        }
     }
     const int32_t c = smpq_dsp_codes_per_word(bits);
     int mode = SEPARATE;

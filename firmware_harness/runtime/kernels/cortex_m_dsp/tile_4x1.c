@@ -46,6 +46,8 @@ __asm__(
     "    smlad r7, r11, r12, r7\n"
     "    subs r2, r2, #1\n"
     "    bne 2b\n"
+    "    ldr r12, [r3, #48]\n"           /* K - 4*groups: the next row */
+    "    add r1, r1, r12\n"
     /* the channel's constants: r8 bias, r9 mult, r10 hi = 2^(r-2), r11 r - 1, r2 output offset */
     "    ldr r0, [r3, #12]\n"            /* bias pointer */
     "    ldr r8, [r0], #4\n"
@@ -94,25 +96,42 @@ __asm__(
 void smpq_dsp_tile_4x1_asm(smpq_dsp_tile4 *t);
 #endif
 
-void smpq_dsp_tile_4x1(smpq_dsp_tile4 t) {
-    if (t.channels <= 0) return;
-#if SMPQ_SIMD_TARGET
-    smpq_dsp_tile_4x1_asm(&t);
-#else
-    const int8_t *row = t.row;
-    for (int32_t o = 0; o < t.channels; ++o) {
+/* Channels [o0, o1) in C; the last group of a row of K % 4 != 0 weights reads only the row's own bytes. */
+static void tile_c(const smpq_dsp_tile4 *t, int32_t o0, int32_t o1) {
+    const int32_t k = 4 * t->groups + t->row_step;
+    for (int32_t o = o0; o < o1; ++o) {
+        const int8_t *row = t->row + (size_t)o * (size_t)k;
         int32_t acc[4] = {0, 0, 0, 0};
-        const int16_t *p = t.patches;
-        for (int32_t g = 0; g < t.groups; ++g, row += 4, p += 16) {
-            const uint32_t w = smpq_ld32(row), lo = smpq_sxtb16(w), hi = smpq_sxtb16_ror8(w);
+        const int16_t *p = t->patches;
+        for (int32_t g = 0; g < t->groups; ++g, p += 16) {
+            uint32_t w = 0;
+            if (4 * g + 4 <= k) w = smpq_ld32(row + 4 * g);
+            else
+                for (int32_t b = 0; 4 * g + b < k; ++b) w |= (uint32_t)(uint8_t)row[4 * g + b] << (8 * b);
+            const uint32_t lo = smpq_sxtb16(w), hi = smpq_sxtb16_ror8(w);
             for (int j = 0; j < 4; ++j)
                 acc[j] = smpq_smlad(smpq_ld32(p + 4 * j + 2), hi, smpq_smlad(smpq_ld32(p + 4 * j), lo, acc[j]));
         }
-        const int32_t r = -t.shift[o], hi = (int32_t)(1u << (r - 2));
-        const int32_t bias = smpq_ld_i32(t.bias + 4 * o), mult = smpq_ld_i32(t.mult + 4 * o);
-        const int32_t at[4] = {0, t.at1, t.at2, t.at3};
+        const int32_t r = -t->shift[o], hi = (int32_t)(1u << (r - 2));
+        const int32_t bias = smpq_ld_i32(t->bias + 4 * o), mult = smpq_ld_i32(t->mult + 4 * o);
+        const int32_t at[4] = {0, t->at1, t->at2, t->at3};
         for (int j = 0; j < 4; ++j)
-            t.out[o + at[j]] = (int8_t)smpq_ssat8(smpq_add_wrap(smpq_dsp_rq_fast(smpq_add_wrap(acc[j], bias), mult, hi, r - 1), t.offset));
+            t->out[o + at[j]] =
+                (int8_t)smpq_ssat8(smpq_add_wrap(smpq_dsp_rq_fast(smpq_add_wrap(acc[j], bias), mult, hi, r - 1), t->offset));
     }
+}
+
+void smpq_dsp_tile_4x1(smpq_dsp_tile4 t) {
+    if (t.channels <= 0) return;
+#if SMPQ_SIMD_TARGET
+    /* rows of K % 4 != 0: the assembly's last word of a row reads the next row's first bytes (met by the
+     * patches' zero padding), so the last channel, whose next bytes are not the op's, goes in C */
+    const int32_t n_asm = t.row_step ? t.channels - 1 : t.channels;
+    smpq_dsp_tile4 u = t;
+    u.channels = n_asm;
+    if (n_asm > 0) smpq_dsp_tile_4x1_asm(&u);
+    tile_c(&t, n_asm, t.channels);
+#else
+    tile_c(&t, 0, t.channels);
 #endif
 }

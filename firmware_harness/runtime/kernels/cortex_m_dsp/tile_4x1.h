@@ -6,7 +6,8 @@
 
 /* One tile. `patches`: the 4 pixels' patches interleaved by groups of 4 values (rows.h's sigma order; group g
  * at patches + 16g: 4 int16 of pixel 0, then of pixels 1, 2, 3; word-aligned), `groups` groups; `row`: the
- * first channel's int8 row of 4*groups weights, the next channels' rows following it. Channel o's output of
+ * first channel's int8 row of K = 4*groups + row_step weights (row_step in -3..0: the patches are zero-padded
+ * to whole groups), the next channels' rows following it. Channel o's output of
  * pixel j goes to out[o + at_j] (at_0 = 0; a pixel repeated to fill the tile gets the same offset as its
  * original). Every channel must take requant.h's fast path (multiplier > 0, shift <= -2) and the clamp must be
  * int8's whole range. Field offsets are fixed: the assembly reads them. */
@@ -21,6 +22,7 @@ typedef struct {
     int32_t offset;         /* 28: output zero point */
     int32_t at1, at2, at3;  /* 32, 36, 40 */
     int32_t channels;       /* 44 */
+    int32_t row_step;       /* 48 */
 } smpq_dsp_tile4;
 
 void smpq_dsp_tile_4x1(smpq_dsp_tile4 t);
