@@ -74,6 +74,17 @@ def test_dsp_kernels_bit_exact_on_qemu(tmp_path):
     assert ins[(1, "dsp", 8)] < ins[(1, "ref", 8)]
 
 
+def test_dsp_kernels_bit_exact_on_qemu_every_requantization(tmp_path):
+    """Right shifts 0/1/>=2, left shifts, negative multipliers and clamps inside int8 (the assembly's branches)."""
+    cases = [c for c in BOARD_CASES if c.kind == "conv2d"]
+    elf = build(cases, tmp_path, with_cmsis=False, widths=(8, 4), varied_requant=True)
+    sums = {(m.case, m.impl, m.w_bits): m.checksum for m in run(elf, icount_shift=5, timeout_s=300)}
+    assert len(sums) == len(cases) * 2 * 2
+    for i in range(len(cases)):
+        for b in (8, 4):
+            assert sums[(i, "ref", b)] == sums[(i, "dsp", b)], (cases[i].label(), b)
+
+
 def test_bench_refuses_missing_cmsis(tmp_path, monkeypatch):
     from firmware_harness.errors import FirmwareBuildError
 

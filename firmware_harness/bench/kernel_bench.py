@@ -133,8 +133,11 @@ def _sources(with_cmsis: bool) -> tuple[list[Path], list[Path], list[Path]]:
     return kernels, renamed, cmsis
 
 
-def build(cases: list[Case], out_dir: Path, *, with_cmsis: bool = True, widths: tuple[int, ...] = WIDTHS) -> Path:
-    """Compile and link the benchmark image for `cases` (our kernels at `widths` bits) into `out_dir`; returns the ELF."""
+def build(cases: list[Case], out_dir: Path, *, with_cmsis: bool = True, widths: tuple[int, ...] = WIDTHS,
+          varied_requant: bool = False) -> Path:
+    """Compile and link the benchmark image for `cases` (our kernels at `widths` bits) into `out_dir`; returns the ELF.
+    varied_requant: per-channel shifts -3..2, some multipliers negated, odd cases clamped inside int8 (every
+    requantization form of the kernels, for bit-exactness tests; not for figures)."""
     out_dir = Path(out_dir).resolve()
     obj_dir = out_dir / "obj"
     obj_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +155,8 @@ def build(cases: list[Case], out_dir: Path, *, with_cmsis: bool = True, widths: 
     main_flags = [*inc, *cmsis_inc, f"-I{BOARDS}", f"-I{out_dir}", "-Wall", "-Wextra", "-Werror"]
     if not with_cmsis:
         main_flags.append("-DBENCH_NO_CMSIS")
+    if varied_requant:
+        main_flags.append("-DBENCH_VARIED_REQUANT")
     jobs.append((HERE / "kernels_bench.c", "kernels_bench", main_flags))
     objs, pending = [], []
     for src, name, flags in jobs:

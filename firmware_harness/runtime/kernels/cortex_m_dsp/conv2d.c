@@ -10,8 +10,8 @@
  *   - other widths (3/5/6/7 bits, rows not on a byte) are decoded into two int8 rows shared by the tile.
  * Otherwise (K % 4 != 0: the 3-channel stem) SMPQ_TILE contiguous patches and a C loop. Scratch: never more
  * than SMPQ_SCRATCH_CONV2D = 2*K*(SMPQ_TILE + (bits < 8)) bytes.
- * The common 8-bit case (K % 4 == 0, every channel on requant.h's fast path, no clamp inside int8) goes 4
- * pixels x all channels per call of tile_4x1.c instead: 16 MACs in 13 instructions and the requantization in
+ * 8-bit weights go 4 pixels x all channels per call of tile_4x1.c instead (K % 4 == 0 in the scratch; else,
+ * up to K = 64, zero-padded patches on the stack): 16 MACs in 13 instructions and the requantization in
  * registers. */
 #include "../fixedpoint.h"
 #include "../kernels.h"
@@ -95,11 +95,10 @@ static void gather(const smpq_op_args *a, int32_t q, int16_t *dst, int32_t k, in
     if (!words && contiguous) smpq_dsp_sigma(dst, k);
 }
 
-/* Whether the 8-bit op can go through tile_4x1.c: no clamp inside int8, every channel on requant.h's fast path. */
-static int quads_apply(const smpq_op_args *a) {
-    if (a->act_min != -128 || a->act_max != 127) return 0;
+/* Whether every output channel's multiplier is > 0 (tile_4x1.c's assembly takes it). */
+static int all_positive(const smpq_op_args *a) {
     for (int32_t o = 0; o < a->out_c; ++o)
-        if (!(a->shift[o] <= -2 && smpq_ld_i32(a->mult + 4 * o) > 0)) return 0;
+        if (smpq_ld_i32(a->mult + 4 * o) <= 0) return 0;
     return 1;
 }
 
@@ -132,6 +131,7 @@ static void gather_values(const smpq_op_args *a, int32_t q, int16_t *d) {
  * whole groups, zero-padded); a last tile of fewer pixels repeats its last one. */
 static void conv_quads(const smpq_op_args *a, int32_t k, int16_t *patches) {
     const int32_t n = a->out_h * a->out_w, cout = a->out_c, kp = (k + 3) & ~3;
+    const int positive = all_positive(a);
     int32_t tmp32[SMPQ_DSP_QUAD_STACK_K / 2]; /* in_c % 4 != 0: one patch gathered contiguously, then interleaved */
     int16_t *tmp = (int16_t *)(void *)tmp32;
     for (int32_t q = 0; q < n; q += 4) {
@@ -153,6 +153,7 @@ static void conv_quads(const smpq_op_args *a, int32_t k, int16_t *patches) {
         t.out = a->out + (size_t)q * (size_t)cout, t.offset = a->out_offset;
         t.at1 = (n_pix > 1 ? 1 : n_pix - 1) * cout, t.at2 = (n_pix > 2 ? 2 : n_pix - 1) * cout;
         t.at3 = (n_pix > 3 ? 3 : n_pix - 1) * cout, t.channels = cout;
+        t.lo = a->act_min, t.hi = a->act_max, t.clamp = !(a->act_min == -128 && a->act_max == 127), t.all_positive = positive;
         smpq_dsp_tile_4x1(t);
     }
 }
@@ -171,7 +172,7 @@ void smpq_conv2d(const smpq_op_args *a) {
      * Paired patches are zero-padded to kp (a whole number of row words); two pairs per tile when they fit
      * SMPQ_SCRATCH_CONV2D, else one. Otherwise contiguous patches, SMPQ_TILE per tile. */
     const uint64_t room = SMPQ_SCRATCH_CONV2D((uint64_t)k, (uint32_t)bits);
-    if (bits == 8 && quads_apply(a)) {
+    if (bits == 8) {
         const int32_t kq = (k + 3) & ~3;
         if ((k & 3) == 0 && ((uintptr_t)(void *)patches & 3u) == 0 && 8u * (uint64_t)k <= room) {
             conv_quads(a, k, patches);

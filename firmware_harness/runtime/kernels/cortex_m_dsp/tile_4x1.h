@@ -9,8 +9,8 @@
  * first channel's int8 row of K = 4*groups + row_step weights (row_step in -3..0: the patches are zero-padded
  * to whole groups), the next channels' rows following it. Channel o's output of
  * pixel j goes to out[o + at_j] (at_0 = 0; a pixel repeated to fill the tile gets the same offset as its
- * original). Every channel must take requant.h's fast path (multiplier > 0, shift <= -2) and the clamp must be
- * int8's whole range. Field offsets are fixed: the assembly reads them. */
+ * original). Channels with a multiplier > 0 run in assembly on a DSP target, the others in C; outputs are clamped to [lo, hi] (clamp != 0; else int8's range, one SSAT). Field
+ * offsets are fixed: the assembly reads them. */
 typedef struct {
     const int16_t *patches; /*  0 */
     const int8_t *row;      /*  4 */
@@ -23,6 +23,8 @@ typedef struct {
     int32_t at1, at2, at3;  /* 32, 36, 40 */
     int32_t channels;       /* 44 */
     int32_t row_step;       /* 48 */
+    int32_t lo, hi, clamp;  /* 52, 56, 60 */
+    int all_positive;       /* every channel's multiplier > 0 (else checked per channel) */
 } smpq_dsp_tile4;
 
 void smpq_dsp_tile_4x1(smpq_dsp_tile4 t);
