@@ -155,12 +155,17 @@ int main(void) {
         const bench_case *b = &BENCH_CASES[c];
         for (uint32_t i = 0; i < BENCH_MAX_IN; ++i) in_buf[i] = (int8_t)rnd();
         for (uint32_t i = 0; i < BENCH_MAX_W; ++i) w_buf[i] = (uint8_t)rnd();
+#ifdef BENCH_VARIED_REQUANT /* small inputs and weights, so that outputs at small shifts are not all clamped */
+        for (uint32_t i = 0; i < BENCH_MAX_IN; ++i) in_buf[i] = (int8_t)((int32_t)(rnd() % 5u) - 5);
+        for (uint32_t i = 0; i < BENCH_MAX_W; ++i) w_buf[i] = (uint8_t)(rnd() % 2u ? 0x00u : rnd() % 2u ? 0x11u : 0xFFu);
+#endif
         for (int32_t o = 0; o < b->out_c; ++o) {
             bias[o] = (int32_t)(rnd() % 4001u) - 2000;
             mult[o] = (int32_t)(0x40000000u + (rnd() & 0x3FFFFFFFu));
             shift32[o] = -(int32_t)(6u + rnd() % 4u);
 #ifdef BENCH_VARIED_REQUANT /* every form of the requantization: right shifts 0, 1, >= 2, left shifts, multiplier <= 0 */
             shift32[o] = (int32_t)(rnd() % 6u) - 3;
+            bias[o] = (int32_t)(rnd() % 41u) - 20;
             if (rnd() % 8u == 0) mult[o] = -mult[o];
 #endif
             shift8[o] = (int8_t)shift32[o];
