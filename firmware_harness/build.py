@@ -64,13 +64,26 @@ def boards() -> list[str]:
     return sorted(p.parent.name for p in BOARDS.glob("*/link.ld"))
 
 
-def _sources(model_dir: Path, board: str, kernels: str) -> tuple[list[Path], list[Path]]:
-    """(runtime sources, other sources) of an image."""
+def kernel_sources(kernels: str) -> list[Path]:
+    """The kernel .c files of a kernel set (the one rule: a file of a set's first folder replaces the reference
+    file of the same name). The runtime Makefile asks for it: ``python3 -m firmware_harness.build sources SET``."""
     chosen: dict[str, Path] = {}
     for folder in KERNEL_SETS[kernels]:
         for src in sorted((RUNTIME / folder).glob("*.c")):
             chosen.setdefault(src.name, src)
-    runtime = sorted((RUNTIME / "src").glob("*.c")) + sorted(chosen.values())
+    return sorted(chosen.values())
+
+
+def replaced_kernels(kernels: str) -> list[Path]:
+    """The reference kernel files that `kernels` replaces (each defines ``smpq_<stem>``)."""
+    own = {p.name for p in kernel_sources(kernels)}
+    return [p for p in sorted((RUNTIME / KERNEL_SETS["reference"][0]).glob("*.c"))
+            if p.name in own and p not in kernel_sources(kernels)]
+
+
+def _sources(model_dir: Path, board: str, kernels: str) -> tuple[list[Path], list[Path]]:
+    """(runtime sources, other sources) of an image."""
+    runtime = sorted((RUNTIME / "src").glob("*.c")) + kernel_sources(kernels)
     other = (sorted(APP.glob("*.c")) + sorted((BOARDS / "common").glob("*.c")) + sorted((BOARDS / board).glob("*.c"))
              + [model_dir / "model_data.c"])
     return runtime, other
@@ -220,3 +233,21 @@ def build_firmware(model_dir: Path, board: str, out_dir: Path, *, kernels: str =
             raise FirmwareBuildError(f"the firmware does not fit: it needs {used} bytes of {what}, "
                                      f"{used - limit} more than the {limit} available")
     return image
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m firmware_harness.build sources|replaced SET``: a kernel set's files (or the reference files it
+    replaces), relative to the runtime folder, one line; for the runtime Makefile (stdlib only)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in ("sources", "replaced") or args[1] not in KERNEL_SETS:
+        print(f"usage: python3 -m firmware_harness.build sources|replaced {{{','.join(KERNEL_SETS)}}}", file=sys.stderr)
+        return 2
+    files = kernel_sources(args[1]) if args[0] == "sources" else replaced_kernels(args[1])
+    print(" ".join(p.relative_to(RUNTIME).as_posix() for p in files))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,7 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from firmware_harness.build import BOARDS, CPU_FLAGS, KERNEL_SETS, LINK_FLAGS, RUNTIME, RUNTIME_FLAGS
+from firmware_harness.build import (BOARDS, CPU_FLAGS, LINK_FLAGS, RUNTIME, RUNTIME_FLAGS, kernel_sources,
+                                    replaced_kernels)
 from firmware_harness.errors import FirmwareBuildError
 
 HERE = Path(__file__).resolve().parent
@@ -23,8 +24,6 @@ QEMU = "qemu-system-arm"
 BOARD = "qemu-mps2-an500"
 KIND_CODES = {"conv2d": 0, "depthwise_conv2d": 1, "fully_connected": 2}
 WIDTHS = (8, 4, 2, 1)
-#: functions of the reference set that the DSP set replaces; the bench links both, the reference ones renamed.
-REPLACED = ("smpq_conv2d", "smpq_conv2d_1x1", "smpq_depthwise_conv2d", "smpq_fully_connected", "smpq_add")
 FLAGS = (*CPU_FLAGS, "-std=c99", "-O2", "-g", "-ffunction-sections", "-fdata-sections")
 CMSIS_DIRS = ("ConvolutionFunctions", "NNSupportFunctions", "FullyConnectedFunctions")
 CMSIS_BUF = 64 * 1024
@@ -122,11 +121,7 @@ static const bench_case BENCH_CASES[BENCH_N_CASES] = {{
 
 def _sources(with_cmsis: bool) -> tuple[list[Path], list[Path], list[Path]]:
     """(DSP-set runtime kernels, reference kernels to rename, CMSIS-NN sources)."""
-    dsp_dir, ref_dir = (RUNTIME / f for f in KERNEL_SETS["cortex_m_dsp"])
-    dsp = sorted(dsp_dir.glob("*.c"))
-    names = {p.name for p in dsp}
-    kernels = dsp + [p for p in sorted(ref_dir.glob("*.c")) if p.name not in names]
-    renamed = [ref_dir / n for n in sorted(names) if (ref_dir / n).is_file()]
+    kernels, renamed = kernel_sources("cortex_m_dsp"), replaced_kernels("cortex_m_dsp")
     cmsis: list[Path] = []
     if with_cmsis:
         root = cmsis_dir() / "Source"
@@ -138,8 +133,11 @@ def _sources(with_cmsis: bool) -> tuple[list[Path], list[Path], list[Path]]:
     return kernels, renamed, cmsis
 
 
-def build(cases: list[Case], out_dir: Path, *, with_cmsis: bool = True, widths: tuple[int, ...] = WIDTHS) -> Path:
-    """Compile and link the benchmark image for `cases` (our kernels at `widths` bits) into `out_dir`; returns the ELF."""
+def build(cases: list[Case], out_dir: Path, *, with_cmsis: bool = True, widths: tuple[int, ...] = WIDTHS,
+          varied_requant: bool = False) -> Path:
+    """Compile and link the benchmark image for `cases` (our kernels at `widths` bits) into `out_dir`; returns the ELF.
+    varied_requant: per-channel shifts -3..2, some multipliers negated, odd cases clamped inside int8 (every
+    requantization form of the kernels, for bit-exactness tests; not for figures)."""
     out_dir = Path(out_dir).resolve()
     obj_dir = out_dir / "obj"
     obj_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +145,7 @@ def build(cases: list[Case], out_dir: Path, *, with_cmsis: bool = True, widths: 
     kernels, renamed, cmsis = _sources(with_cmsis)
     inc = [f"-I{RUNTIME / 'include'}", f"-I{RUNTIME / 'src'}", f"-I{RUNTIME / 'kernels'}"]
     cmsis_inc = [f"-I{cmsis_dir() / 'Include'}"] if with_cmsis else []
-    rename = [f"-D{f}=ref_{f[len('smpq_'):]}" for f in REPLACED]
+    rename = [f"-Dsmpq_{p.stem}=ref_{p.stem}" for p in renamed]  # the functions the DSP set replaces
     jobs: list[tuple[Path, str, list[str]]] = []
     jobs += [(p, f"k_{p.parent.name}_{p.stem}", [*inc, *RUNTIME_FLAGS, "-Wall", "-Wextra", "-Werror"]) for p in kernels]
     jobs += [(p, f"ref_{p.stem}", [*inc, *RUNTIME_FLAGS, *rename]) for p in renamed]
@@ -157,6 +155,8 @@ def build(cases: list[Case], out_dir: Path, *, with_cmsis: bool = True, widths: 
     main_flags = [*inc, *cmsis_inc, f"-I{BOARDS}", f"-I{out_dir}", "-Wall", "-Wextra", "-Werror"]
     if not with_cmsis:
         main_flags.append("-DBENCH_NO_CMSIS")
+    if varied_requant:
+        main_flags.append("-DBENCH_VARIED_REQUANT")
     jobs.append((HERE / "kernels_bench.c", "kernels_bench", main_flags))
     objs, pending = [], []
     for src, name, flags in jobs:

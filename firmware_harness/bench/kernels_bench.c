@@ -75,6 +75,9 @@ static void run_ours(int c, const bench_case *b, int bits, int dsp) {
     a.out_h = b->out_h, a.out_w = b->out_w, a.out_c = b->out_c;
     a.kh = b->kh, a.kw = b->kw, a.sh = b->sh, a.sw = b->sw, a.pad_t = b->pad_t, a.pad_l = b->pad_l;
     a.in_offset = 3, a.out_offset = -5, a.act_min = -128, a.act_max = 127;
+#ifdef BENCH_VARIED_REQUANT
+    if (c % 2) a.act_min = -100, a.act_max = 90; /* a clamp inside int8 */
+#endif
     a.bias = (const uint8_t *)bias, a.mult = (const uint8_t *)mult, a.shift = shift8;
     a.scratch = b->kind == BENCH_DEPTHWISE ? 0 : scratch;
     if (b->kind == BENCH_FC) a.in_c = b->in_h * b->in_w * b->in_c;
@@ -152,10 +155,19 @@ int main(void) {
         const bench_case *b = &BENCH_CASES[c];
         for (uint32_t i = 0; i < BENCH_MAX_IN; ++i) in_buf[i] = (int8_t)rnd();
         for (uint32_t i = 0; i < BENCH_MAX_W; ++i) w_buf[i] = (uint8_t)rnd();
+#ifdef BENCH_VARIED_REQUANT /* small inputs and weights, so that outputs at small shifts are not all clamped */
+        for (uint32_t i = 0; i < BENCH_MAX_IN; ++i) in_buf[i] = (int8_t)((int32_t)(rnd() % 5u) - 5);
+        for (uint32_t i = 0; i < BENCH_MAX_W; ++i) w_buf[i] = (uint8_t)(rnd() % 2u ? 0x00u : rnd() % 2u ? 0x11u : 0xFFu);
+#endif
         for (int32_t o = 0; o < b->out_c; ++o) {
             bias[o] = (int32_t)(rnd() % 4001u) - 2000;
             mult[o] = (int32_t)(0x40000000u + (rnd() & 0x3FFFFFFFu));
             shift32[o] = -(int32_t)(6u + rnd() % 4u);
+#ifdef BENCH_VARIED_REQUANT /* every form of the requantization: right shifts 0, 1, >= 2, left shifts, multiplier <= 0 */
+            shift32[o] = (int32_t)(rnd() % 6u) - 3;
+            bias[o] = (int32_t)(rnd() % 41u) - 20;
+            if (rnd() % 8u == 0) mult[o] = -mult[o];
+#endif
             shift8[o] = (int8_t)shift32[o];
         }
         static const int widths[] = BENCH_WIDTHS;

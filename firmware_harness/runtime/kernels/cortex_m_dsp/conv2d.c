@@ -9,7 +9,10 @@
  *     words when that fits the scratch);
  *   - other widths (3/5/6/7 bits, rows not on a byte) are decoded into two int8 rows shared by the tile.
  * Otherwise (K % 4 != 0: the 3-channel stem) SMPQ_TILE contiguous patches and a C loop. Scratch: never more
- * than SMPQ_SCRATCH_CONV2D = 2*K*(SMPQ_TILE + (bits < 8)) bytes. */
+ * than SMPQ_SCRATCH_CONV2D = 2*K*(SMPQ_TILE + (bits < 8)) bytes.
+ * 8-bit weights go 4 pixels x all channels per call of tile_4x1.c instead (K % 4 == 0 in the scratch; else,
+ * up to K = 64, zero-padded patches on the stack): 16 MACs in 13 instructions and the requantization in
+ * registers. */
 #include "../fixedpoint.h"
 #include "../kernels.h"
 #include "../../src/smpq_format.h"
@@ -17,6 +20,7 @@
 #include "requant.h"
 #include "rows.h"
 #include "simd.h"
+#include "tile_4x1.h"
 
 /* acc[p*2 + c] = patch p . row c for p, c in {0, 1} over contiguous patches: the first k4 elements (a
  * multiple of 4) as SIMD pairs, the rest one by one. */
@@ -91,6 +95,69 @@ static void gather(const smpq_op_args *a, int32_t q, int16_t *dst, int32_t k, in
     if (!words && contiguous) smpq_dsp_sigma(dst, k);
 }
 
+/* Whether every output channel's multiplier is > 0 (tile_4x1.c's assembly takes it). */
+static int all_positive(const smpq_op_args *a) {
+    for (int32_t o = 0; o < a->out_c; ++o)
+        if (smpq_ld_i32(a->mult + 4 * o) <= 0) return 0;
+    return 1;
+}
+
+/* The patch of output pixel q in natural order (offset added, padding 0), contiguous: for in_c % 4 != 0. */
+static void gather_values(const smpq_op_args *a, int32_t q, int16_t *d) {
+    const int32_t cin = a->in_c, oy = q / a->out_w, ox = q % a->out_w, run = a->kw * cin;
+    const int32_t iy0 = oy * a->sh - a->pad_t, ix0 = ox * a->sw - a->pad_l, off = a->in_offset;
+    const int cols_in = ix0 >= 0 && ix0 + a->kw <= a->in_w;
+    for (int32_t ky = 0; ky < a->kh; ++ky, d += run) {
+        const int32_t iy = iy0 + ky;
+        if (iy < 0 || iy >= a->in_h) {
+            for (int32_t i = 0; i < run; ++i) d[i] = 0;
+            continue;
+        }
+        const int8_t *src = a->in + (iy * a->in_w + ix0) * cin; /* (ix0 < 0: only read at i >= -ix0*cin) */
+        if (cols_in) {
+            for (int32_t i = 0; i < run; ++i) d[i] = (int16_t)(src[i] + off);
+        } else {
+            for (int32_t i = 0; i < run; ++i) {
+                const int32_t ix = ix0 + i / cin;
+                d[i] = ix >= 0 && ix < a->in_w ? (int16_t)(src[i] + off) : 0;
+            }
+        }
+    }
+}
+
+#define SMPQ_DSP_QUAD_STACK_K 64 /* K % 4 != 0 (the 3-channel stem): 4 padded patches on the stack up to this K */
+
+/* 4 pixels x all channels per tile (tile_4x1.c) in `patches` (4*kp int16, word-aligned; kp = K rounded up to
+ * whole groups, zero-padded); a last tile of fewer pixels repeats its last one. */
+static void conv_quads(const smpq_op_args *a, int32_t k, int16_t *patches) {
+    const int32_t n = a->out_h * a->out_w, cout = a->out_c, kp = (k + 3) & ~3;
+    const int positive = all_positive(a);
+    int32_t tmp32[SMPQ_DSP_QUAD_STACK_K / 2]; /* in_c % 4 != 0: one patch gathered contiguously, then interleaved */
+    int16_t *tmp = (int16_t *)(void *)tmp32;
+    for (int32_t q = 0; q < n; q += 4) {
+        const int32_t n_pix = n - q < 4 ? n - q : 4;
+        for (int32_t p = 0; p < 4; ++p) {
+            const int32_t pix = q + (p < n_pix ? p : n_pix - 1);
+            if ((a->in_c & 3) == 0 || kp > SMPQ_DSP_QUAD_STACK_K) { /* (then K % 4 == 0: see smpq_conv2d) */
+                gather(a, pix, patches + 4 * p, k, kp, 16);
+                continue;
+            }
+            gather_values(a, pix, tmp);
+            for (int32_t i = k; i < kp; ++i) tmp[i] = 0;
+            smpq_dsp_sigma(tmp, kp);
+            for (int32_t g = 0; g < kp >> 2; ++g) smpq_st64(patches + 16 * g + 4 * p, smpq_ld32(tmp + 4 * g), smpq_ld32(tmp + 4 * g + 2));
+        }
+        smpq_dsp_tile4 t;
+        t.patches = patches, t.row = (const int8_t *)(const void *)a->weights, t.groups = kp >> 2, t.row_step = k - kp;
+        t.bias = a->bias, t.mult = a->mult, t.shift = a->shift;
+        t.out = a->out + (size_t)q * (size_t)cout, t.offset = a->out_offset;
+        t.at1 = (n_pix > 1 ? 1 : n_pix - 1) * cout, t.at2 = (n_pix > 2 ? 2 : n_pix - 1) * cout;
+        t.at3 = (n_pix > 3 ? 3 : n_pix - 1) * cout, t.channels = cout;
+        t.lo = a->act_min, t.hi = a->act_max, t.clamp = !(a->act_min == -128 && a->act_max == 127), t.all_positive = positive;
+        smpq_dsp_tile_4x1(t);
+    }
+}
+
 /* How the tile's patches are laid out and multiplied (see the file comment). */
 enum { SEPARATE, INT8_PAIRS, DECODED_PAIRS, PACKED_PAIRS };
 
@@ -105,6 +172,18 @@ void smpq_conv2d(const smpq_op_args *a) {
      * Paired patches are zero-padded to kp (a whole number of row words); two pairs per tile when they fit
      * SMPQ_SCRATCH_CONV2D, else one. Otherwise contiguous patches, SMPQ_TILE per tile. */
     const uint64_t room = SMPQ_SCRATCH_CONV2D((uint64_t)k, (uint32_t)bits);
+    if (bits == 8) {
+        const int32_t kq = (k + 3) & ~3;
+        if ((k & 3) == 0 && ((uintptr_t)(void *)patches & 3u) == 0 && 8u * (uint64_t)k <= room) {
+            conv_quads(a, k, patches);
+            return;
+        }
+        if ((k & 3) != 0 && kq <= SMPQ_DSP_QUAD_STACK_K) {
+            int32_t quad[2 * SMPQ_DSP_QUAD_STACK_K]; /* 4 patches of kq int16, word-aligned */
+            conv_quads(a, k, (int16_t *)(void *)quad);
+            return;
+        }
+    }
     const int32_t c = smpq_dsp_codes_per_word(bits);
     int mode = SEPARATE;
     int32_t kp = k;
@@ -144,25 +223,25 @@ void smpq_conv2d(const smpq_op_args *a) {
                 w0 = rows;
                 w1 = two ? rows + k : rows;
             }
-            const smpq_dsp_rq rq0 = smpq_dsp_rq_of(a, o), rq1 = smpq_dsp_rq_of(a, two ? o + 1 : o);
+            int32_t acc[2 * SMPQ_TILE]; /* acc[pixel * 2 + channel], pixels of the tile */
             for (int32_t p = 0; p < n_pix; p += 2) {
-                int32_t acc[4];
                 const int16_t *pair = patches + (size_t)(p >> 1) * 2u * (size_t)kp;
                 if (mode == PACKED_PAIRS) {
-                    smpq_dsp_mac_2x2_packed(pair, r0, r1, k, bits, acc);
+                    smpq_dsp_mac_2x2_packed(pair, r0, r1, k, bits, acc + 2 * p);
                 } else if (mode != SEPARATE) {
-                    smpq_dsp_mac_2x2(pair, w0, w1, k, acc);
+                    smpq_dsp_mac_2x2(pair, w0, w1, k, acc + 2 * p);
                 } else {
                     const int16_t *pa = patches + (size_t)p * (size_t)k;
-                    dot_2x2(pa, p + 1 < n_pix ? pa + k : pa, w0, w1, k4, k, acc);
+                    dot_2x2(pa, p + 1 < n_pix ? pa + k : pa, w0, w1, k4, k, acc + 2 * p);
                 }
-                int8_t *out = a->out + (size_t)(q + p) * (size_t)cout + (size_t)o;
-                out[0] = smpq_dsp_rq_apply(&rq0, acc[0], oc);
-                if (two) out[1] = smpq_dsp_rq_apply(&rq1, acc[1], oc);
-                if (p + 1 < n_pix) {
-                    out[cout] = smpq_dsp_rq_apply(&rq0, acc[2], oc);
-                    if (two) out[cout + 1] = smpq_dsp_rq_apply(&rq1, acc[3], oc);
-                }
+            }
+            /* requantized a channel at a time (its constants stay in registers) */
+            int8_t *out = a->out + (size_t)q * (size_t)cout + (size_t)o;
+            const smpq_dsp_rq rq0 = smpq_dsp_rq_of(a, o);
+            smpq_dsp_rq_store(&rq0, acc, 2, n_pix, out, cout, oc);
+            if (two) {
+                const smpq_dsp_rq rq1 = smpq_dsp_rq_of(a, o + 1);
+                smpq_dsp_rq_store(&rq1, acc + 1, 2, n_pix, out + 1, cout, oc);
             }
         }
     }

@@ -2,7 +2,9 @@
  * kernels/depthwise_conv2d.c. Channels go in blocks of SMPQ_DW_BLOCK whose kh*kw weights are decoded once
  * into int16, four channels c..c+3 stored as the pairs (c, c+2), (c+1, c+3). Per output pixel, tap and
  * four channels: one word of input, two SXTAB16 (widening with the input offset added), two weight words
- * and SMLABB/SMLATT into four accumulators. Channels past the last multiple of 4 go one by one. */
+ * and SMLABB/SMLATT into four accumulators. Channels past the last multiple of 4 go one by one.
+ * A 1x1 op on a few channels and many pixels (the models' input normalisation) is an int8 -> int8 map per
+ * channel: tabulated once (256 entries per channel, on the stack), then one table load per element. */
 #include "../fixedpoint.h"
 #include "../kernels.h"
 #include "../packed.h"
@@ -12,11 +14,34 @@
 #include "simd.h"
 
 #define SMPQ_DW_BLOCK 16
+#define SMPQ_DW_TABLE_CHANNELS 4    /* at most this many channels tabulated (256 bytes each, on the stack) */
+#define SMPQ_DW_TABLE_MIN_PIXELS 512 /* from this many pixels a 256-entry table per channel pays off */
 
 static inline int32_t sigma(int32_t i) { return (i & ~3) | ((i & 1) << 1) | ((i & 2) >> 1); }
 
+/* 1x1, stride 1, no padding: out = table[channel][in] (see the file comment). */
+static void pointwise_table(const smpq_op_args *a) {
+    const int32_t c_n = a->in_c, n = a->out_h * a->out_w;
+    const smpq_dsp_out oc = smpq_dsp_out_of(a);
+    int8_t t[SMPQ_DW_TABLE_CHANNELS][256];
+    for (int32_t c = 0; c < c_n; ++c) {
+        const smpq_dsp_rq rq = smpq_dsp_rq_of(a, c);
+        const int32_t w = smpq_code_at(a->weights, (uint32_t)c, (int)a->w_bits);
+        for (int32_t v = -128; v < 128; ++v) t[c][v + 128] = smpq_dsp_rq_apply(&rq, (v + a->in_offset) * w, oc);
+    }
+    const int8_t *in = a->in;
+    int8_t *out = a->out;
+    for (int32_t q = 0; q < n; ++q, in += c_n, out += c_n)
+        for (int32_t c = 0; c < c_n; ++c) out[c] = t[c][in[c] + 128];
+}
+
 void smpq_depthwise_conv2d(const smpq_op_args *a) {
     const int32_t c_n = a->in_c, kh = a->kh, kw = a->kw, taps = kh * kw;
+    if (kh == 1 && kw == 1 && a->sh == 1 && a->sw == 1 && a->pad_t == 0 && a->pad_l == 0 && a->out_h == a->in_h &&
+        a->out_w == a->in_w && c_n <= SMPQ_DW_TABLE_CHANNELS && a->out_h * a->out_w >= SMPQ_DW_TABLE_MIN_PIXELS) {
+        pointwise_table(a);
+        return;
+    }
     const smpq_dsp_out oc = smpq_dsp_out_of(a);
     const uint32_t off2 = ((uint32_t)a->in_offset & 0xFFFFu) * 0x10001u;
     int16_t w[SMPQ_DW_MAX_TAPS][SMPQ_DW_BLOCK], row[SMPQ_DW_BLOCK];

@@ -49,6 +49,8 @@ static inline int32_t smpq_smlabb(uint32_t x, uint32_t y, int32_t acc) { return 
 static inline int32_t smpq_smlatt(uint32_t x, uint32_t y, int32_t acc) { return __smlatt((int32_t)x, (int32_t)y, acc); }
 /* four byte-wise subtractions (modulo 256) */
 static inline uint32_t smpq_sub8(uint32_t a, uint32_t b) { return (uint32_t)__ssub8((int8x4_t)a, (int8x4_t)b); }
+/* x clamped to [-128, 127] (SSAT #8) */
+static inline int32_t smpq_ssat8(int32_t x) { return __ssat(x, 8); }
 
 #else /* portable emulation (host builds) */
 #define SMPQ_SIMD_TARGET 0
@@ -76,6 +78,7 @@ static inline int32_t smpq_smlabb(uint32_t x, uint32_t y, int32_t acc) {
 static inline int32_t smpq_smlatt(uint32_t x, uint32_t y, int32_t acc) {
     return (int32_t)((uint32_t)acc + (uint32_t)(smpq_hi16(x) * smpq_hi16(y)));
 }
+static inline int32_t smpq_ssat8(int32_t x) { return x < -128 ? -128 : x > 127 ? 127 : x; }
 static inline uint32_t smpq_sub8(uint32_t a, uint32_t b) {
     uint32_t r = 0;
     for (int i = 0; i < 4; ++i) r |= (((a >> (8 * i)) - (b >> (8 * i))) & 0xFFu) << (8 * i);
