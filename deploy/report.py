@@ -391,8 +391,8 @@ def ethos_u_rows(e: dict[str, Any]) -> list[tuple[str, ...]]:
     cpu = c.get("cpu_ops") or []
     clock = c.get("clock_hz") or 0
     return [("figures", str(e.get("board")), ""),
-            (f"weights area ({c.get('weights_area')})", fmt("flash_bytes", c.get("weights_area_bytes")), check("flash_bytes")),
-            ("encoded weights", fmt("flash_bytes", c.get("encoded_weight_bytes")), ""),
+            (f"weights area ({c.get('weights_area')})", f"{c.get('weights_area_bytes', 0):,} B", check("flash_bytes")),
+            ("encoded weights", f"{c.get('encoded_weight_bytes', 0):,} B", ""),
             ("SRAM used", fmt("sram_bytes", c.get("sram_bytes")), ""),
             ("cycles (NPU)", f"{c.get('cycles_total', 0):,.0f} ({c.get('cycles_npu', 0):,.0f})", ""),
             (f"inference time at {clock / 1e6:g} MHz", fmt("latency_s", c.get("inference_time_s")), check("latency_s")),
