@@ -58,13 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--permutations", type=int, default=3)
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", default="smpq,w8a8,w4a8")
+    ap.add_argument("--only", default="smpq,w8a8,w4a8", help="runs: smpq and any of w1a8 ... w8a8")
     args = ap.parse_args(argv)
-    runs = {"smpq": (["search.method=smpq"], args.budget_flash),
-            "w8a8": (["search.method=uniform", "search.uniform.w_bits=8", "search.uniform.a_bits=8"], None),
-            "w4a8": (["search.method=uniform", "search.uniform.w_bits=4", "search.uniform.a_bits=8"], None)}
+    uniform = {f"w{b}a8": (["search.method=uniform", f"search.uniform.w_bits={b}", "search.uniform.a_bits=8"], None)
+               for b in range(1, 9)}  # uniform b-bit-valued weights, first/last layer 8-bit, no budget
+    runs = {"smpq": (["search.method=smpq"], args.budget_flash), **uniform}
     rows = []
     for name in args.only.split(","):
+        if name not in runs:
+            ap.error(f"--only: unknown run '{name}' (smpq or w1a8 ... w8a8)")
         sets, budget = runs[name]
         out = Path(args.out) / name
         if not (out / "vela.json").is_file() or not (out / "report.json").is_file():

@@ -35,7 +35,8 @@ NOT_MEASURED = "not measured"
 TABLE_HEADERS = {"accuracy": ("", "top-1", "measured on"),
                  "budget": ("budget", "chosen (Ω)", "argmax (Ω)", "model.smpq", "limit", ""),
                  "layers": ("layer", "type", "w", "a", "", "BOPs", "flash"),
-                 "artifacts": ("file", "size"), "verification": ("host verification", ""), "latency": ("latency", "")}
+                 "artifacts": ("file", "size"), "verification": ("host verification", ""), "latency": ("latency", ""),
+                 "ethos_u": ("Ethos-U (estimated by Vela)", "value", "budget")}
 
 
 # ------------------------------------------------------------------------------------------ formatting
@@ -373,7 +374,31 @@ def summary_rows(report: dict[str, Any]) -> dict[str, list[tuple[str, ...]]]:
         total = board.get("latency") if board.get("latency") is not None else (sum(measured) if measured else None)
         unit = board.get("latency_unit") or lat["measured_unit"]
         rows["latency"].append(("measured total", f"{total:,.0f} {unit} (board)" if total is not None else NOT_MEASURED))
+    if report.get("ethos_u"):
+        rows["ethos_u"] = ethos_u_rows(report["ethos_u"])
     return rows
+
+
+def ethos_u_rows(e: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Vela's figures of the compiled model (estimates, not measurements), the budget checks, the cost
+    model's error and the operations Vela left on the CPU, one per row."""
+    c, b, err = e.get("compiled") or {}, e.get("budget") or {}, e.get("relative_error") or {}
+
+    def check(key: str) -> str:
+        x = b.get(key) or {}
+        return "none" if x.get("limit") is None else f"{fmt(key, x['limit'])} {'ok' if x.get('ok') else 'OVER'}"
+
+    cpu = c.get("cpu_ops") or []
+    clock = c.get("clock_hz") or 0
+    return [("figures", str(e.get("board")), ""),
+            (f"weights area ({c.get('weights_area')})", f"{c.get('weights_area_bytes', 0):,} B", check("flash_bytes")),
+            ("encoded weights", f"{c.get('encoded_weight_bytes', 0):,} B", ""),
+            ("SRAM used", fmt("sram_bytes", c.get("sram_bytes")), ""),
+            ("cycles (NPU)", f"{c.get('cycles_total', 0):,.0f} ({c.get('cycles_npu', 0):,.0f})", ""),
+            (f"inference time at {clock / 1e6:g} MHz", fmt("latency_s", c.get("inference_time_s")), check("latency_s")),
+            ("cost model vs Vela", ", ".join(f"{k} {100 * v:.2f}%" for k, v in err.items() if v is not None), ""),
+            ("operations on the CPU", "; ".join(f"{o['tflite_op']} ({o.get('ir_op') or o['name']})" for o in cpu)
+             if cpu else "none: every operation runs on the NPU", "")]
 
 
 def print_summary(console: Console, report: dict[str, Any]) -> None:
@@ -382,7 +407,8 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
 
     rows = summary_rows(report)
     titles = {"accuracy": f"{report['model']} on {report['device']} ({report['method']})", "budget": "budgets",
-              "layers": "bit widths per layer", "artifacts": "artifacts", "verification": None, "latency": None}
+              "layers": "bit widths per layer", "artifacts": "artifacts", "verification": None, "latency": None,
+              "ethos_u": None}
     for name, body in rows.items():
         t = Table(title=titles[name])
         for h in TABLE_HEADERS[name]:

@@ -55,7 +55,7 @@ def render_html(report: dict[str, Any]) -> str:
     section("Host verification", _table("verification", rows["verification"]))
     section("Artifacts", _img("artifacts", figs["artifacts"][1], figs["artifacts"][0]), _table("artifacts", rows["artifacts"]))
     board = report.get("board_run") or ""
-    section("Board", f"<p>{html.escape(str(board))}</p>")
+    section("Board", f"<p>{html.escape(str(board))}</p>", _table("ethos_u", rows["ethos_u"]) if "ethos_u" in rows else "")
     section("Command and versions", f"<pre id='command'>{html.escape(str(report.get('command')))}</pre>",
             "<table id='table-versions'>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                                                     for k, v in (report.get("versions") or {}).items()) + "</table>",

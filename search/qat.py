@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from search import distributed
 from search.data import BatchLoader, Dataset
 from search.errors import SearchError
 from search.models import build_model
 from search.policy import POLICY_FILE, Policy
 from search.qmodel import calibrate, quantize_model
-from search.train import TrainConfig, TrainResult, atomic_save, evaluate, fit, read_checkpoint
+from search.train import TrainConfig, TrainResult, atomic_save, evaluate, fit, read_checkpoint, refresh_stale_bn
 
 QAT_FILE = "qat.pt"
 
@@ -66,9 +68,13 @@ def policy_hash(policy: Policy) -> str:
 
 def build_qat_model(fp_model: nn.Module, policy: Policy, dataset: Dataset, cfg: QATConfig,
                     first_last_8bit: bool = True) -> nn.Module:
-    """The LSQ model of `policy` on a copy of `fp_model`, steps calibrated on training batches."""
-    model = quantize_model(fp_model, policy, first_last_8bit, seed=cfg.seed)
+    """The LSQ model of `policy` on a copy of `fp_model` (stale BatchNorm statistics re-estimated first:
+    :func:`search.train.refresh_stale_bn`), steps calibrated on training batches."""
     loader = BatchLoader(dataset.train.subset(cfg.subset), dataset, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    fp_model, note = refresh_stale_bn(fp_model, loader, cfg.calib_batches)
+    if note and distributed.is_main():
+        print(f"qat: {note}", file=sys.stderr, flush=True)
+    model = quantize_model(fp_model, policy, first_last_8bit, seed=cfg.seed)
     calibrate(model, loader, n_batches=cfg.calib_batches, seed=cfg.seed)
     return model
 

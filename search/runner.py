@@ -218,13 +218,19 @@ def _uniform(names: list[str], settings: SearchSettings) -> MethodResult:
 
 
 def build_supernet(fp_model: torch.nn.Module, dataset: Dataset, settings: SearchSettings) -> "Supernet":
-    """The composite supernet over the FP model, its steps calibrated on training batches (deterministic)."""
+    """The composite supernet over the FP model (stale BatchNorm statistics re-estimated first), its steps
+    calibrated on training batches (deterministic)."""
     from search.data import BatchLoader
     from search.qmodel import calibrate
     from search.supernet import Supernet
 
-    sn = Supernet(fp_model, settings.w_bits, settings.a_bits, settings.first_last_8bit, seed=settings.seed)
+    from search.train import refresh_stale_bn
+
     loader = BatchLoader(dataset.train.subset(settings.subset), dataset, settings.batch_size, shuffle=True, seed=settings.seed)
+    fp_model, note = refresh_stale_bn(fp_model, loader, 8)
+    if note and distributed.is_main():
+        print(f"search: {note}", file=sys.stderr, flush=True)
+    sn = Supernet(fp_model, settings.w_bits, settings.a_bits, settings.first_last_8bit, seed=settings.seed)
     calibrate(sn, loader, n_batches=8, seed=settings.seed)
     return sn
 

@@ -10,11 +10,12 @@ At the end it writes ``<out>/fp.pt`` = {"state_dict", "meta"}, which :func:`load
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -218,6 +219,68 @@ def check_finite_weights(model: nn.Module, when: str, lr: float) -> None:
     if bad:
         raise SearchError(f"training diverged: {len(bad)} weight tensor(s) hold inf/NaN {when} (first '{bad[0]}'); "
                           f"nothing was saved: lower --lr (now {lr})")
+
+
+#: A BatchNorm's running variance counts as stale when the median over its channels of (variance of its
+#: input in a training-mode pass) / (running variance) is outside [1/BN_STALE_FACTOR, BN_STALE_FACTOR].
+BN_STALE_FACTOR = 4.0
+
+
+@torch.no_grad()
+def refresh_stale_bn(model: nn.Module, loader: Iterable[Any], n_batches: int = 8) -> tuple[nn.Module, str | None]:
+    """`model` itself when its BatchNorm running statistics match its weights, else a copy whose statistics
+    are re-estimated (cumulative average over `n_batches` of `loader`, training-mode BatchNorm, no gradient),
+    with a one-line note naming the stalest layer.
+
+    Why: a briefly trained FP model (a few steps of momentum-0.1 averages) keeps running statistics near
+    their initial values while its real activations are orders of magnitude smaller. Quantizers are
+    calibrated in eval mode (running statistics) but QAT and the supernet train in training mode (batch
+    statistics): activations then clip to constants, BatchNorm divides near-zero variances by √ε, and the
+    gradients explode (mbv2 after one epoch on 256 images: 2e16; 1.3 after this refresh). A trained model's
+    statistics pass the check and are left alone. Only BatchNorm modules run in training mode (no dropout,
+    no random numbers drawn), so results stay seeded.
+    """
+    from itertools import islice
+
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    batches = [b[0] if isinstance(b, (tuple, list)) else b for b in islice(loader, n_batches)]
+    if not batches or not any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules()):
+        return model, None
+    probe = copy.deepcopy(model).eval()
+    dev = next(probe.parameters()).device
+    bns = [(n, m) for n, m in probe.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    ratios: dict[str, float] = {}
+
+    def measure(name: str, bn: _BatchNorm):
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0].double()
+            var = x.var(dim=[d for d in range(x.dim()) if d != 1], unbiased=False)
+            ratios[name] = float(((var + bn.eps) / (bn.running_var.double() + bn.eps)).median())
+        return hook
+
+    handles = [bn.register_forward_pre_hook(measure(n, bn)) for n, bn in bns]
+    momenta = [bn.momentum for _, bn in bns]
+    for _, bn in bns:  # training-mode normalisation with the running statistics left as they are
+        bn.train()
+        bn.momentum = 0.0
+    probe(batches[0].to(dev))
+    for h in handles:
+        h.remove()
+    worst = max(ratios, key=lambda n: abs(np.log(ratios[n])))
+    if 1 / BN_STALE_FACTOR <= ratios[worst] <= BN_STALE_FACTOR:
+        return model, None
+    for _, bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+    for x in batches:
+        probe(x.to(dev))
+    for (_, bn), momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    probe.train(model.training)
+    note = (f"BatchNorm statistics of the FP model are stale ('{worst}': batch / running variance "
+            f"{ratios[worst]:.2g}): re-estimated on {len(batches)} training batch(es) before calibration")
+    return probe, note
 
 
 def read_checkpoint(path: Path, what: str, weights_only: bool, made_by: str = "smpq-deploy train") -> dict[str, Any]:
