@@ -139,3 +139,15 @@ def update_alpha(alpha: np.ndarray, q: np.ndarray, psi: np.ndarray, xi: float = 
     q_new = beta * np.asarray(q, dtype=np.float64) + lam * psi / max(float(np.linalg.norm(psi)), eps)
     alpha_new = np.asarray(alpha, dtype=np.float64) + xi * q_new / max(float(np.linalg.norm(q_new)), eps)
     return alpha_new, q_new
+
+
+def update_alpha_mean(alpha0: np.ndarray, mean: np.ndarray, psi: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The project's default update: the running mean of ψ over rounds 1..k, α = α₀ + mean; returns (α, mean).
+
+    Unlike Eq. 8–9 (:func:`update_alpha`) nothing is normalised: α keeps ψ's units (accuracy), so scores
+    of different layers are comparable and their spread is not capped at ξ per round.
+    """
+    if k < 1:
+        raise ValueError(f"the round count k must be >= 1, got {k}")
+    mean_new = np.asarray(mean, dtype=np.float64) + (np.asarray(psi, dtype=np.float64) - mean) / k
+    return np.asarray(alpha0, dtype=np.float64) + mean_new, mean_new

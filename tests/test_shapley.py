@@ -99,3 +99,16 @@ def test_alpha_update_matches_hand_computation() -> None:
     np.testing.assert_array_equal(a0, alpha) and np.testing.assert_array_equal(q0, np.zeros(3))
     with pytest.raises(ValueError, match="β \\+ λ"):
         update_alpha(alpha, q, psi, beta=0.5, lam=0.2)
+
+
+def test_mean_update_is_the_running_mean_of_psi() -> None:
+    from search.shapley import update_alpha_mean
+
+    alpha0 = np.array([0.001, -0.002, 0.0])
+    psis = [np.array([0.1, -0.2, 0.0]), np.array([0.3, 0.0, -0.1]), np.array([-0.1, 0.1, 0.4])]
+    mean = np.zeros(3)
+    for k, psi in enumerate(psis, 1):
+        alpha, mean = update_alpha_mean(alpha0, mean, psi, k)
+        np.testing.assert_allclose(alpha, alpha0 + np.mean(psis[:k], axis=0), atol=1e-15)
+    with pytest.raises(ValueError):
+        update_alpha_mean(alpha0, mean, psis[0], 0)
