@@ -39,7 +39,8 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
                      rng: np.random.Generator | None = None, robust: bool = False,
                      on_permutation: Callable[[int], None] | None = None,
                      permutation_rng: Callable[[int], np.random.Generator] | None = None,
-                     shard: tuple[int, int] = (0, 1), gather: Gather | None = None) -> ShapleyResult:
+                     shard: tuple[int, int] = (0, 1), gather: Gather | None = None,
+                     antithetic: bool = False) -> ShapleyResult:
     """Estimate Shapley values of `value_fn` from `n_permutations` random truncated removal walks.
 
     `threshold` = 0 disables truncation. `robust` returns mean − std over permutations (Shapley-NAS)
@@ -52,6 +53,10 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
     ``gather(rows)`` must return every process's (n_permutations, ·) array (``search.distributed.
     gather_rows`` with owner ``p mod N``); the result is then the same on every process and
     bit-identical to ``shard=(0, 1)``.
+
+    `antithetic` (variance reduction, antithetic permutations): every odd walk p removes the players in the
+    reverse order of walk p − 1, so a player removed early in one walk is removed late in its partner;
+    its draw from `rng` / `permutation_rng(p)` is not used. Still unbiased (each walk's order is uniform).
     """
     if n_players < 1:
         raise ValueError(f"a game needs at least one player, got n_players={n_players}")
@@ -65,8 +70,12 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
     rng = rng if rng is not None else np.random.default_rng(0)
     # one row per walk: contributions (n) | removal order (n) | v(full) | evaluations | saved by truncation
     rows = np.zeros((n_permutations, 2 * n_players + 3), dtype=np.float64)
+    perm = np.arange(n_players)
     for p in range(n_permutations):
-        perm = permutation_rng(p).permutation(n_players) if permutation_rng is not None else rng.permutation(n_players)
+        if antithetic and p % 2 == 1:
+            perm = perm[::-1].copy()
+        else:
+            perm = permutation_rng(p).permutation(n_players) if permutation_rng is not None else rng.permutation(n_players)
         if p % world != me:
             continue
         if on_permutation is not None:

@@ -74,7 +74,7 @@ from search.data import BatchLoader, Dataset
 from search.edmips import mixture_cost_for, mixture_probs
 from search.errors import SearchError
 from search.search_state import STATE_FILE, SearchResult, SupernetSearch
-from search.shapley import estimate_shapley, update_alpha, update_alpha_mean
+from search.shapley import ShapleyResult, estimate_shapley, update_alpha, update_alpha_mean
 from search.supernet import IncrementalForward, Supernet
 from search.train import deterministic_mode, resolve_device
 
@@ -104,6 +104,7 @@ class SMPQConfig:
     beta: float = 0.8                   # β (momentum of q)
     lam: float = 0.2                    # λ = 1 − β
     robust: bool = False                # ψ = mean − std over permutations (Shapley-NAS)
+    antithetic: bool = False            # odd walks reverse the previous walk's order (same batch as it)
     value: str = "accuracy"             # or "tradeoff": accuracy − penalty × budget overshoot of E[Ω]
     penalty: float = 1.0
     val_batch_size: int = 256
@@ -279,6 +280,27 @@ class SMPQSearch(SupernetSearch):
         return self._shapley_round(index, advance)
 
     def _shapley_round(self, r: int, advance: Callable[..., None]) -> dict[str, Any]:
+        sn, cfg = self.supernet, self.cfg
+        t0 = time.perf_counter()
+        res, forward = self.estimate_round(r, advance)
+        psi = np.zeros(sn.num_players)
+        psi[self.game_players] = res.psi
+        if cfg.update == "paper":
+            self.alpha, self.q = update_alpha(self.alpha, self.q, psi, cfg.xi, cfg.beta, cfg.lam)
+        else:
+            self.alpha, self.q = update_alpha_mean(self.alpha0, self.q, psi, r + 1)
+        self.evaluations += res.n_evaluations
+        self.saved += res.n_saved_by_truncation
+        reuse = {} if not isinstance(forward, IncrementalForward) else {
+            "nodes_recomputed_fraction": forward.recomputed / max(forward.total, 1)}
+        return {"kind": "round", "index": r, "psi": psi.tolist(), "alpha": self.alpha.tolist(), **reuse,
+                "n_evaluations": res.n_evaluations, "n_saved_by_truncation": res.n_saved_by_truncation,
+                "full_value_mean": float(res.full_values.mean()), "wall_s": time.perf_counter() - t0}
+
+    def estimate_round(self, r: int, advance: Callable[..., None] = lambda *a, **k: None
+                       ) -> tuple[ShapleyResult, IncrementalForward | Supernet]:
+        """The Shapley estimate of round `r` on the current weights (ψ over :attr:`game_players`, per-walk
+        contributions), without touching α; also the forward used (for its reuse counters)."""
         sn, cfg, dev = self.supernet, self.cfg, self.dev
         n_val = len(self.val_y)
         batch: dict[str, torch.Tensor] = {}
@@ -288,7 +310,8 @@ class SMPQSearch(SupernetSearch):
         walked: list[int] = []
 
         def new_batch(p: int) -> None:
-            rng = np.random.default_rng([cfg.seed, 13, r, p])  # walk p's batch: the same whichever rank walks it
+            pb = p - p % 2 if cfg.antithetic else p  # an antithetic pair plays the same game (batch)
+            rng = np.random.default_rng([cfg.seed, 13, r, pb])  # walk p's batch: the same whichever rank walks it
             idx = rng.choice(n_val, size=min(cfg.val_batch_size, n_val), replace=False)
             sel = torch.from_numpy(np.sort(idx)).to(dev)
             batch["x"], batch["y"] = self.val_x[sel], self.val_y[sel]
@@ -305,25 +328,13 @@ class SMPQSearch(SupernetSearch):
                 acc -= cfg.penalty * _budget_overshoot(sn, self.cost, self.limits, mask)
             return acc
 
-        t0 = time.perf_counter()
         with sn.masked():
             world = distributed.world_size()
             res = estimate_shapley(value, len(self.game_players), cfg.permutations, cfg.threshold, robust=cfg.robust,
                                    on_permutation=new_batch,
                                    permutation_rng=lambda p: np.random.default_rng([cfg.seed, 12, r, p]),
                                    shard=(distributed.rank(), world),
-                                   gather=lambda rows: distributed.gather_rows(rows, lambda p: p % world))
+                                   gather=lambda rows: distributed.gather_rows(rows, lambda p: p % world),
+                                   antithetic=cfg.antithetic)
         advance(cfg.permutations - len(walked) + 1)
-        psi = np.zeros(sn.num_players)
-        psi[self.game_players] = res.psi
-        if cfg.update == "paper":
-            self.alpha, self.q = update_alpha(self.alpha, self.q, psi, cfg.xi, cfg.beta, cfg.lam)
-        else:
-            self.alpha, self.q = update_alpha_mean(self.alpha0, self.q, psi, r + 1)
-        self.evaluations += res.n_evaluations
-        self.saved += res.n_saved_by_truncation
-        reuse = {} if not isinstance(forward, IncrementalForward) else {
-            "nodes_recomputed_fraction": forward.recomputed / max(forward.total, 1)}
-        return {"kind": "round", "index": r, "psi": psi.tolist(), "alpha": self.alpha.tolist(), **reuse,
-                "n_evaluations": res.n_evaluations, "n_saved_by_truncation": res.n_saved_by_truncation,
-                "full_value_mean": float(res.full_values.mean()), "wall_s": time.perf_counter() - t0}
+        return res, forward
