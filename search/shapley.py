@@ -33,6 +33,7 @@ class ShapleyResult:
     full_values: np.ndarray       # (n_permutations,) v(grand coalition) on each permutation's game
     n_evaluations: int            # value-function calls made
     n_saved_by_truncation: int    # calls a walk without truncation would have made on top
+    walk_evaluations: np.ndarray | None = None  # (n_permutations,) value-function calls of each walk
 
 
 def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10, threshold: float = 0.5,
@@ -90,7 +91,7 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
     if robust:
         psi = psi - contributions.std(axis=0)
     return ShapleyResult(psi, contributions, permutations, rows[:, 2 * n_players].copy(),
-                         int(rows[:, -2].sum()), int(rows[:, -1].sum()))
+                         int(rows[:, -2].sum()), int(rows[:, -1].sum()), rows[:, -2].astype(np.int64))
 
 
 def _walk(value_fn: ValueFn, perm: np.ndarray, threshold: float) -> np.ndarray:

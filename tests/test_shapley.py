@@ -127,3 +127,10 @@ def test_antithetic_walks_reverse_their_partner_and_reduce_the_error() -> None:
         return float(np.mean([np.abs(estimate_shapley(game, n, 20, threshold=0.0, rng=np.random.default_rng(s),
                                                       antithetic=anti).psi - exact).mean() for s in range(30)]))
     assert err(True) < 0.8 * err(False)
+
+
+def test_walk_evaluations_add_up_and_show_truncation() -> None:
+    game = _glove_like_game(7)
+    res = estimate_shapley(game, 7, 6, threshold=0.9, rng=np.random.default_rng(2))
+    assert res.walk_evaluations is not None and res.walk_evaluations.sum() == res.n_evaluations
+    assert (res.walk_evaluations <= 8).all() and (res.walk_evaluations < 8).any()  # some walk was cut short
