@@ -15,7 +15,7 @@ two places, both mapped exactly except where noted:
   moved into bn1's running mean. Exact except on the one-pixel border, where the zero padding of the
   two normalisations differs by the (small) mean offset.
 
-    python -m search.models.pretrained --output runs/resnet20-fp.pt [--source PATH] [--data-dir DIR]
+    python -m search.models.akamaster --output runs/resnet20-fp.pt [--source PATH] [--data-dir DIR]
 
 writes the checkpoint with its measured test accuracy (81.0% on the JPEG CIFAR-10 copy here).
 """

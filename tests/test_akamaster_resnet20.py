@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from search.errors import SearchError
-from search.models.pretrained import (AKAMASTER_MEAN, AKAMASTER_STD, DEFAULT_SOURCE, fold_input_normalisation,
+from search.models.akamaster import (AKAMASTER_MEAN, AKAMASTER_STD, DEFAULT_SOURCE, fold_input_normalisation,
                                       load_akamaster_resnet20)
 
 needs_file = pytest.mark.skipif(not DEFAULT_SOURCE.is_file(), reason=f"{DEFAULT_SOURCE} not present")
