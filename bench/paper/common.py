@@ -29,6 +29,21 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def check_settings(out: Path, settings: dict[str, Any], ignore: Sequence[str] = ("threads",)) -> None:
+    """One output folder holds one experiment's settings: the first run records them in
+    ``<out>/settings.json``; a later run with other result-relevant settings exits with a one-line error."""
+    mine = {k: v for k, v in settings.items() if k not in ignore}
+    path = out / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        if diff:
+            raise SystemExit(f"error: '{out}' holds results of other settings ({', '.join(diff)} differ): "
+                             f"use another --output or the same settings to resume")
+        return
+    write_json(path, mine)
+
+
 def cell(path: Path, compute: Callable[[], dict[str, Any]], log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The cached result at `path`, or `compute()` written there (with its wall time) when there is none."""
     if path.is_file():

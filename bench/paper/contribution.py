@@ -17,7 +17,7 @@ group zeroes its layer) and the fallback game (it falls back to 8 bits), each wi
 within-group τ, τ(ψ seed a, ψ seed b) (do the scores reproduce, i.e. separate from noise) and the
 value evaluations. With ``--runs`` (a folder of main-table runs ``<method>-s<seed>/policy.json``):
 τ(scores, GT) of every method's final scores (HAWQ: −sensitivity; EdMIPS: α; SMPQ: α).
-Cells cached under ``<output>/cells``; writes ``contribution.json`` and ``contribution.png``.
+Cells cached under ``<output>/cells`` (one folder per settings: ``settings.json``); writes ``contribution.json`` and ``contribution.png``.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import cell, logger, write_json  # noqa: E402
+from bench.paper.common import cell, check_settings, logger, write_json  # noqa: E402
 from search.data import BatchLoader, load_dataset  # noqa: E402
 from search.policy import Policy  # noqa: E402
 from search.runner import SearchSettings, build_supernet  # noqa: E402
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.output)
     log = logger(out / "contribution.log")
+    check_settings(out, vars(args), ("threads", "runs"))
     fp_model, meta = load_checkpoint(args.fp)
     dataset = load_dataset(meta.get("dataset", "cifar10"), args.data_dir, seed=0)
     bits = lambda t: tuple(int(x) for x in t.split(","))  # noqa: E731

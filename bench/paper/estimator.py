@@ -26,7 +26,7 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import cell, logger, write_json  # noqa: E402
+from bench.paper.common import cell, check_settings, logger, write_json  # noqa: E402
 from search.data import load_dataset  # noqa: E402
 from search.runner import SearchSettings, build_supernet  # noqa: E402
 from search.search_state import STATE_FILE  # noqa: E402
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.output)
     log = logger(out / "estimator.log")
+    check_settings(out, vars(args), ("threads",))
     fp_model, meta = load_checkpoint(args.fp)
     dataset = load_dataset(meta.get("dataset", "cifar10"), args.data_dir, seed=0)
     bits = lambda t: tuple(int(x) for x in t.split(","))  # noqa: E731

@@ -10,7 +10,8 @@ policy gets the same QAT from the FP weights. One cell = (budget, method, seed),
 ``<output>/cells/<budget>-<method>-s<seed>.json``; a rerun skips finished cells and resumes the
 running one. SMPQ's and HAWQ's scores do not depend on the budget: a later budget reuses the
 finished SMPQ search of the same seed (its ``search_state.pt``; the cell says so and reports the
-search time once). EdMIPS reaches a budget by bisecting its complexity weight cd, each trial a full
+search time once). One output folder holds one set of settings (``settings.json``; other settings are
+refused: use another ``--output``). EdMIPS reaches a budget by bisecting its complexity weight cd, each trial a full
 search, and its search time includes every trial. Writes ``<output>/main_table.json`` (cells and
 mean ± std per budget and method) and ``<output>/main_table.png``; prints a markdown table.
 """
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import cell, fmt_pm, logger, mean_std, write_json  # noqa: E402
+from bench.paper.common import cell, check_settings, fmt_pm, logger, mean_std, write_json  # noqa: E402
 from deploy.deploy_cost import BlobCostModel, omega  # noqa: E402
 from search.budget import Budget  # noqa: E402
 from search.data import load_dataset  # noqa: E402
@@ -142,7 +143,8 @@ def markdown(agg: list[dict[str, Any]], fp_test: float | None) -> str:
              "| budget | method | top-1 (%) | BOPs (M) | flash (KB) | search (s) | value evaluations |",
              "|---|---|---|---|---|---|---|"]
     for a in agg:
-        lines.append(f"| {a['budget']} ({(a['budget_bops'] or 0) / 1e6:.1f} M) | {a['method']} | {fmt_pm(a['top1'], 100)} | "
+        limit = f"{a['budget_bops'] / 1e6:.1f} M" if a["budget_bops"] else "no budget"
+        lines.append(f"| {a['budget']} ({limit}) | {a['method']} | {fmt_pm(a['top1'], 100)} | "
                      f"{fmt_pm(a['bops'], 1e-6, 1)} | {fmt_pm(a['flash_bytes'], 1 / 1024, 1)} | "
                      f"{fmt_pm(a['search_s'], 1, 0)} | {fmt_pm(a['value_evaluations'], 1, 0)} |")
     return "\n".join(lines)
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.output)
     log = logger(out / "main_table.log")
+    check_settings(out, vars(args), ("threads",))
     fp_model, fp_meta = load_checkpoint(args.fp)
     dataset = load_dataset(fp_meta.get("dataset", "cifar10"), args.data_dir, seed=0)
     graph = extract_graph(fp_model)
