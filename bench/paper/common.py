@@ -35,7 +35,7 @@ def check_settings(out: Path, settings: dict[str, Any], ignore: Sequence[str] = 
     mine = {k: v for k, v in settings.items() if k not in ignore}
     path = out / "settings.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ignore}
         diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
         if diff:
             raise SystemExit(f"error: '{out}' holds results of other settings ({', '.join(diff)} differ): "

@@ -18,6 +18,7 @@ mean ± std per budget and method) and ``<output>/main_table.png``; prints a mar
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--budgets", default="w3a3,w4a4", help="uniform policies whose BOPs are the budgets, tightest first")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default="uniform,hawq,smpq,edmips")
+    p.add_argument("--methods", default="uniform,hawq,smpq,edmips", help="also: smpq-paper (SMPQ, preset paper)")
     p.add_argument("--ceiling", action="store_true", help="also uniform W8A8 per seed (no budget)")
     p.add_argument("--w-bits", default="2,3,4,8")
     p.add_argument("--a-bits", default="2,3,4,8")
@@ -83,16 +84,19 @@ def uniform_bits(name: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def settings_for(args: argparse.Namespace, method: str, budget_name: str, bops: float | None, seed: int,
+def settings_for(args: argparse.Namespace, label: str, budget_name: str, bops: float | None, seed: int,
                  out: Path) -> SearchSettings:
+    """The search settings of one cell; `label` is a method name or ``smpq-paper`` (SMPQ, preset paper)."""
     w, a = uniform_bits(budget_name)
+    method = "smpq" if label == "smpq-paper" else label
+    preset = "paper" if label == "smpq-paper" else args.preset
     return SearchSettings(
         method=method, fp=args.fp, output=str(out), data_dir=args.data_dir, seed=seed,
         budget=Budget(bops=bops) if bops is not None else Budget(), cost_model=BlobCostModel(),
         w_bits=ints(args.w_bits), a_bits=ints(args.a_bits), first_last_8bit=True, uniform_bits=(w, a),
         subset=args.subset, epochs=args.edmips_epochs if method == "edmips" else args.warmup_epochs + 1,
         warmup_epochs=0 if method == "edmips" else args.warmup_epochs,
-        shapley={"preset": args.preset, "permutations": args.permutations, "rounds": args.rounds,
+        shapley={"preset": preset, "permutations": args.permutations, "rounds": args.rounds,
                  "steps_per_round": args.steps_per_round, "val_batch_size": args.val_batch},
         hawq={"max_samples": args.hawq_max_samples, "min_samples": min(16, args.hawq_max_samples)},
         edmips_cd=args.edmips_cd, edmips_trials=args.edmips_trials,
@@ -112,6 +116,7 @@ def run_cell(args: argparse.Namespace, method: str, budget_name: str, bops: floa
                 shutil.copy2(reuse / name, folder / name)
         reused = str(reuse)
     rec = run_search(settings_for(args, method, budget_name, bops, seed, folder), fp[0], fp[1], dataset).record
+    assert rec["method"] == method.split("-")[0]
     d = rec["method_details"]
     return {"budget": budget_name, "budget_bops": bops, "method": method, "seed": seed,
             "top1": rec["accuracy"]["qat_test"], "val": rec["accuracy"]["qat_val"], "fp_test": rec["accuracy"]["fp_test"],
@@ -187,12 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.output)
     log = logger(out / "main_table.log")
-    check_settings(out, vars(args), ("threads",))
+    check_settings(out, vars(args), ("threads", "methods", "seeds", "budgets", "ceiling"))
     fp_model, fp_meta = load_checkpoint(args.fp)
     dataset = load_dataset(fp_meta.get("dataset", "cifar10"), args.data_dir, seed=0)
     graph = extract_graph(fp_model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows: list[dict[str, Any]] = []
     grid = [(b, m, s) for b in args.budgets.split(",") for s in ints(args.seeds) for m in methods]
     if args.ceiling:
         grid += [("w8a8", "uniform", s) for s in ints(args.seeds)]
@@ -200,21 +204,33 @@ def main(argv: list[str] | None = None) -> int:
     for budget_name, method, seed in grid:
         w, a = uniform_bits(budget_name)
         bops = None if budget_name == "w8a8" else omega(graph, Policy.uniform(graph.layer_names(), w, a, first_last_8bit=True)).bops
-        reuse = out / "runs" / first_budget / f"smpq-s{seed}" if method == "smpq" and budget_name != first_budget else None
+        reuse = (out / "runs" / first_budget / f"{method}-s{seed}"
+                 if method.startswith("smpq") and budget_name != first_budget else None)
         path = out / "cells" / f"{budget_name}-{method}-s{seed}.json"
         try:
-            rows.append(cell(path, lambda: run_cell(args, method, budget_name, bops, seed, out, (fp_model, fp_meta),
-                                                    dataset, reuse, log), log))
+            cell(path, lambda: run_cell(args, method, budget_name, bops, seed, out, (fp_model, fp_meta),
+                                                    dataset, reuse, log), log)
         except SearchError as exc:
             log(f"cell {path.stem}: error: {exc}")
             continue
-        agg = aggregate(rows)
-        report = {"command": " ".join(sys.argv), "settings": vars(args), "fp_test": fp_meta.get("test_accuracy"),
-                  "cells": rows, "aggregate": agg}
-        write_json(out / "main_table.json", report)
-        plot(agg, fp_meta.get("test_accuracy"), out / "main_table.png")
-    print(markdown(aggregate(rows), fp_meta.get("test_accuracy")))
+        report(out, args, fp_meta)
+    print(markdown(report(out, args, fp_meta), fp_meta.get("test_accuracy")))
     return 0
+
+
+ORDER = ("uniform", "hawq", "edmips", "smpq-paper", "smpq")
+
+
+def report(out: Path, args: argparse.Namespace, fp_meta: dict) -> list[dict[str, Any]]:
+    """Aggregate every finished cell of the folder (all runs, any --methods/--seeds), write JSON and plot."""
+    rows = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    rows.sort(key=lambda r: (r["budget_bops"] is None, r["budget_bops"] or 0,
+                             ORDER.index(r["method"]) if r["method"] in ORDER else len(ORDER), r["method"], r["seed"]))
+    agg = aggregate(rows)
+    write_json(out / "main_table.json", {"command": " ".join(sys.argv), "settings": vars(args),
+                                         "fp_test": fp_meta.get("test_accuracy"), "cells": rows, "aggregate": agg})
+    plot(agg, fp_meta.get("test_accuracy"), out / "main_table.png")
+    return agg
 
 
 if __name__ == "__main__":
