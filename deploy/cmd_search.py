@@ -142,7 +142,7 @@ def build_settings(args: argparse.Namespace) -> Any:
     w_bits, a_bits, _ = candidate_bits(cfg, profile, args.w_bits, args.a_bits, method, uniform_flag)
     uniform = uniform_flag or (sc.uniform.w_bits, sc.uniform.a_bits)
     sh = sc.shapley
-    shapley = {"permutations": sh.permutations, "threshold": sh.threshold, "xi": sh.xi, "beta": sh.beta,
+    shapley = {"preset": sh.preset, "permutations": sh.permutations, "threshold": sh.threshold, "xi": sh.xi, "beta": sh.beta,
                "lam": sh.lambda_, "value": sh.value, "robust": sh.estimator == "mean-std"}
     epochs = args.epochs if args.epochs is not None else sc.epochs
     warmup = args.warmup_epochs if args.warmup_epochs is not None else min(sc.warmup_epochs, max(epochs - 1, 0))

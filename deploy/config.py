@@ -128,8 +128,10 @@ class TrainConfig(Section):
 
 
 class ShapleyConfig(Section):
-    """SMPQ's Monte-Carlo Shapley rounds and α update (defaults from the paper)."""
+    """SMPQ's Monte-Carlo Shapley rounds and α update (search.smpq: preset "paper" = the paper's game and
+    Eq. 8-9 update; "default" = fallback game, α = mean ψ; ξ, β, λ act in the paper's update only)."""
 
+    preset: Literal["default", "paper"] = "default"
     permutations: PositiveInt = 10
     threshold: float = Field(default=0.5, ge=0, lt=1)
     xi: float = Field(default=0.1, gt=0)

@@ -116,6 +116,7 @@ class MethodResult:
     details: dict[str, Any] = field(default_factory=dict)
     fixed_policy: Policy | None = None                      # uniform
     sensitivity: bool = False                               # scores are costs to minimise (hawq)
+    additive: bool = False                                  # scores are additive values to maximise as they are (smpq)
 
 
 @dataclass
@@ -156,11 +157,13 @@ def _bits_label(bits: tuple[int, ...]) -> str:
 
 
 def select(graph: ExecGraph, scores: dict[str, dict[str, dict[int, float]]], settings: SearchSettings,
-           what: str, sensitivity: bool = False) -> tuple[Policy, Selection, dict[str, dict[str, dict[int, float]]]]:
+           what: str, sensitivity: bool = False,
+           additive: bool = False) -> tuple[Policy, Selection, dict[str, dict[str, dict[int, float]]]]:
     """Budget step: the argmax policy if it fits, else the exact knapsack over normalised scores.
 
     With `sensitivity` the scores are additive costs (HAWQ's Ω): a candidate scores −(Ω_w + Ω_a), all
     divided by the largest Ω (one positive factor: the optimum is unchanged), and nothing is normalised.
+    With `additive` (SMPQ's mean-ψ scores, in accuracy units) a candidate scores (s_w + s_a) / max|s|.
     """
     names = graph.layer_names()
     held = _held(names, settings.first_last_8bit)
@@ -176,8 +179,11 @@ def select(graph: ExecGraph, scores: dict[str, dict[str, dict[int, float]]], set
             options.append([Option(8, 8, 0.0, c.costs, c.sram_bytes)])
             continue
         s = scores[lo.name]
-        if sensitivity:
-            cand = {(w, a): -(s["w"][w] + s["a"][a]) / (scale or 1.0) for w in s["w"] for a in s["a"]}
+        if sensitivity or additive:
+            sign = -1.0 if sensitivity else 1.0
+            cand = {(w, a): sign * (s["w"][w] + s["a"][a]) / (scale or 1.0) for w in s["w"] for a in s["a"]}
+            if additive:
+                normalized[lo.name] = {k: {b: v / (scale or 1.0) for b, v in s[k].items()} for k in ("w", "a")}
         else:
             cand = layer_scores(s["w"], s["a"])
             normalized[lo.name] = {"w": softmax_scores(s["w"]), "a": softmax_scores(s["a"])}
@@ -238,9 +244,9 @@ def build_supernet(fp_model: torch.nn.Module, dataset: Dataset, settings: Search
 def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, out: Path,
           device: torch.device) -> MethodResult:
     from search.edmips import mixture_cost_for
-    from search.smpq import SMPQConfig, run_smpq
+    from search.smpq import SMPQConfig, run_smpq, smpq_options
 
-    opts = dict(settings.shapley)
+    opts = smpq_options(settings.shapley)
     if "lambda_" in opts:
         opts["lam"] = opts.pop("lambda_")
     if "lambda" in opts:
@@ -254,7 +260,9 @@ def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset,
     return MethodResult(res.scores, res.value_evaluations,
                         {"argmax_policy": {n: list(b) for n, b in res.policy.items()},
                          "saved_by_truncation": res.saved_by_truncation, "rounds": cfg.rounds,
-                         "permutations": cfg.permutations, "supernet_file": "supernet.pt"})
+                         "permutations": cfg.permutations, "supernet_file": "supernet.pt",
+                         "game": cfg.game, "update": cfg.update},
+                        additive=bool(res.details.get("additive_scores")))
 
 
 def _hawq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, names: list[str], out: Path,
@@ -425,11 +433,12 @@ def _run_search(settings: SearchSettings, fp_model: torch.nn.Module | None, fp_m
                               f"({'; '.join(str(v) for v in bad)}): use fewer uniform bits or --method smpq")
         selection = {"how": "fixed", "score": None, "rounds": 0}
     else:
-        policy, sel, normalized = select(graph, result.scores or {}, settings, what, result.sensitivity)
+        policy, sel, normalized = select(graph, result.scores or {}, settings, what, result.sensitivity,
+                                         result.additive)
         om = evaluate_omega(graph, policy, settings)
         selection = {"how": sel.how, "score": sel.score, "rounds": sel.rounds,
                      "normalization": "minus summed sensitivity / max sensitivity" if result.sensitivity
-                     else "softmax within layer and kind"}
+                     else "summed score / max |score|" if result.additive else "softmax within layer and kind"}
     timings["select"] = time.perf_counter() - t
     held = _held(names, settings.first_last_8bit)
 

@@ -33,13 +33,15 @@ class ShapleyResult:
     full_values: np.ndarray       # (n_permutations,) v(grand coalition) on each permutation's game
     n_evaluations: int            # value-function calls made
     n_saved_by_truncation: int    # calls a walk without truncation would have made on top
+    walk_evaluations: np.ndarray | None = None  # (n_permutations,) value-function calls of each walk
 
 
 def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10, threshold: float = 0.5,
                      rng: np.random.Generator | None = None, robust: bool = False,
                      on_permutation: Callable[[int], None] | None = None,
                      permutation_rng: Callable[[int], np.random.Generator] | None = None,
-                     shard: tuple[int, int] = (0, 1), gather: Gather | None = None) -> ShapleyResult:
+                     shard: tuple[int, int] = (0, 1), gather: Gather | None = None,
+                     antithetic: bool = False) -> ShapleyResult:
     """Estimate Shapley values of `value_fn` from `n_permutations` random truncated removal walks.
 
     `threshold` = 0 disables truncation. `robust` returns mean − std over permutations (Shapley-NAS)
@@ -52,6 +54,10 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
     ``gather(rows)`` must return every process's (n_permutations, ·) array (``search.distributed.
     gather_rows`` with owner ``p mod N``); the result is then the same on every process and
     bit-identical to ``shard=(0, 1)``.
+
+    `antithetic` (variance reduction, antithetic permutations): every odd walk p removes the players in the
+    reverse order of walk p − 1, so a player removed early in one walk is removed late in its partner;
+    its draw from `rng` / `permutation_rng(p)` is not used. Still unbiased (each walk's order is uniform).
     """
     if n_players < 1:
         raise ValueError(f"a game needs at least one player, got n_players={n_players}")
@@ -65,8 +71,12 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
     rng = rng if rng is not None else np.random.default_rng(0)
     # one row per walk: contributions (n) | removal order (n) | v(full) | evaluations | saved by truncation
     rows = np.zeros((n_permutations, 2 * n_players + 3), dtype=np.float64)
+    perm = np.arange(n_players)
     for p in range(n_permutations):
-        perm = permutation_rng(p).permutation(n_players) if permutation_rng is not None else rng.permutation(n_players)
+        if antithetic and p % 2 == 1:
+            perm = perm[::-1].copy()
+        else:
+            perm = permutation_rng(p).permutation(n_players) if permutation_rng is not None else rng.permutation(n_players)
         if p % world != me:
             continue
         if on_permutation is not None:
@@ -81,7 +91,7 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
     if robust:
         psi = psi - contributions.std(axis=0)
     return ShapleyResult(psi, contributions, permutations, rows[:, 2 * n_players].copy(),
-                         int(rows[:, -2].sum()), int(rows[:, -1].sum()))
+                         int(rows[:, -2].sum()), int(rows[:, -1].sum()), rows[:, -2].astype(np.int64))
 
 
 def _walk(value_fn: ValueFn, perm: np.ndarray, threshold: float) -> np.ndarray:
@@ -139,3 +149,15 @@ def update_alpha(alpha: np.ndarray, q: np.ndarray, psi: np.ndarray, xi: float = 
     q_new = beta * np.asarray(q, dtype=np.float64) + lam * psi / max(float(np.linalg.norm(psi)), eps)
     alpha_new = np.asarray(alpha, dtype=np.float64) + xi * q_new / max(float(np.linalg.norm(q_new)), eps)
     return alpha_new, q_new
+
+
+def update_alpha_mean(alpha0: np.ndarray, mean: np.ndarray, psi: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The project's default update: the running mean of ψ over rounds 1..k, α = α₀ + mean; returns (α, mean).
+
+    Unlike Eq. 8–9 (:func:`update_alpha`) nothing is normalised: α keeps ψ's units (accuracy), so scores
+    of different layers are comparable and their spread is not capped at ξ per round.
+    """
+    if k < 1:
+        raise ValueError(f"the round count k must be >= 1, got {k}")
+    mean_new = np.asarray(mean, dtype=np.float64) + (np.asarray(psi, dtype=np.float64) - mean) / k
+    return np.asarray(alpha0, dtype=np.float64) + mean_new, mean_new

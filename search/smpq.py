@@ -15,7 +15,23 @@ value of a coalition is the top-1 accuracy of the supernet with the other candid
 eval mode, no gradient), optionally minus ``penalty × Σ_k max(0, E[Ω_k]/Ω0_k − 1)`` over the budgets
 the mixture cost model can express (``value="tradeoff"``: bops, flash_bytes, latency_s; E[Ω] is the
 expectation under the coalition's renormalised mixture coefficients). Estimation, truncation and the
-α update (Eq. 8–9) are in :mod:`search.shapley`; α is never in an optimizer.
+α updates are in :mod:`search.shapley`; α is never in an optimizer.
+
+The game and the update (``game``, ``update``; preset ``paper`` = the paper as written, see
+:data:`PRESETS` and docs/results.md for the measurements behind the default):
+
+* ``game="zero"`` (paper): a group (one layer's weight or activation candidates) with every candidate
+  removed zeroes that layer's weight or input. Then a candidate's marginal contribution is almost only
+  whether it is the group's last survivor, which says nothing about its bit width (the diagnosis).
+  ``game="fallback"`` (default): an emptied group falls back to its widest candidate (8 bits), i.e.
+  v(S) is the accuracy of S with the widest candidate of every emptied group put back; a candidate's
+  contribution is then what its bits gain or lose against the reference. (The walk never collapses,
+  so truncation rarely fires in this game.)
+* ``update="paper"``: q ← β q + λ ψ/‖ψ‖₂, α ← α + ξ q/‖q‖₂ (Eq. 8–9). α moves by ξ per round in norm
+  over *all* players, ≈ ξ/√P per candidate, so α stays near uniform and its softmax is flat.
+  ``update="mean"`` (default): α = α₀ + the mean of ψ over the rounds so far — an estimate of each
+  candidate's contribution in accuracy units, comparable across layers, which the budget step
+  (knapsack) maximises as an additive score (``SearchResult.details["additive_scores"]``).
 
 Mixture coefficients during W training and during the rounds (``mixture="alpha"``, the default):
 per layer and kind, softmax(α/τ) over that layer's candidates, i.e. the supernet's own softmax
@@ -58,13 +74,21 @@ from search.data import BatchLoader, Dataset
 from search.edmips import mixture_cost_for, mixture_probs
 from search.errors import SearchError
 from search.search_state import STATE_FILE, SearchResult, SupernetSearch
-from search.shapley import estimate_shapley, update_alpha
+from search.shapley import ShapleyResult, estimate_shapley, update_alpha, update_alpha_mean
 from search.supernet import IncrementalForward, Supernet
 from search.train import deterministic_mode, resolve_device
 
 LOG_FILE = "smpq_log.jsonl"
 VALUES = ("accuracy", "tradeoff")
 MIXTURES = ("alpha", "uniform")
+GAMES = ("fallback", "zero")
+UPDATES = ("mean", "paper")
+PRESETS: dict[str, dict[str, Any]] = {
+    # the project's default: removing a group's last candidate falls back to its widest one, α = mean ψ
+    "default": {},
+    # the paper as written: an emptied group zeroes the layer's weight or input; α by Eq. 8-9 (ξ, β, λ)
+    "paper": {"game": "zero", "update": "paper"},
+}
 
 
 @dataclass
@@ -80,6 +104,7 @@ class SMPQConfig:
     beta: float = 0.8                   # β (momentum of q)
     lam: float = 0.2                    # λ = 1 − β
     robust: bool = False                # ψ = mean − std over permutations (Shapley-NAS)
+    antithetic: bool = False            # odd walks reverse the previous walk's order (same batch as it)
     value: str = "accuracy"             # or "tradeoff": accuracy − penalty × budget overshoot of E[Ω]
     penalty: float = 1.0
     val_batch_size: int = 256
@@ -87,6 +112,8 @@ class SMPQConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    game: str = "fallback"              # an emptied group: "fallback" to its widest candidate, "zero" (paper)
+    update: str = "mean"                # α = α0 + mean of ψ over rounds; "paper": Eq. 8-9 with ξ, β, λ
     mixture: str = "alpha"              # softmax(α/τ) per layer and kind, or "uniform"
     temperature: float = 1.0            # τ
     alpha_init_std: float = 1e-3        # small random α breaks ties
@@ -107,6 +134,8 @@ class SMPQConfig:
             (self.penalty >= 0, f"penalty must be >= 0 (got {self.penalty})"),
             (self.val_batch_size >= 1 and self.batch_size >= 1, f"batch sizes must be >= 1 (got {self.val_batch_size}, {self.batch_size})"),
             (self.lr > 0, f"learning rate must be > 0 (got {self.lr})"),
+            (self.game in GAMES, f"game must be one of {', '.join(GAMES)} (got '{self.game}')"),
+            (self.update in UPDATES, f"update must be one of {', '.join(UPDATES)} (got '{self.update}')"),
             (self.mixture in MIXTURES, f"mixture must be one of {', '.join(MIXTURES)} (got '{self.mixture}')"),
             (self.temperature > 0, f"temperature must be > 0 (got {self.temperature})"),
             (self.alpha_init_std >= 0, f"alpha init std must be >= 0 (got {self.alpha_init_std})"),
@@ -115,6 +144,15 @@ class SMPQConfig:
         for ok, message in checks:
             if not ok:
                 raise SearchError(f"smpq: {message}")
+
+
+def smpq_options(options: dict[str, Any]) -> dict[str, Any]:
+    """SMPQConfig fields from user options: ``preset`` ("default" or "paper") expanded, explicit fields win."""
+    opts = dict(options)
+    preset = opts.pop("preset", "default")
+    if preset not in PRESETS:
+        raise SearchError(f"smpq: unknown preset '{preset}': use one of {', '.join(PRESETS)}")
+    return {**PRESETS[preset], **opts}
 
 
 def search_units(warmup_epochs: int, rounds: int) -> list[tuple[str, int]]:
@@ -128,6 +166,31 @@ def search_units(warmup_epochs: int, rounds: int) -> list[tuple[str, int]]:
 
 
 # --------------------------------------------------------------------------------- SMPQ
+def widest_candidates(supernet: Supernet) -> torch.Tensor:
+    """Per group (layer and kind), the flat index of its widest candidate (the fallback of an emptied group)."""
+    best: dict[int, int] = {}
+    for i, (p, g) in enumerate(zip(supernet.players, supernet.group.tolist())):
+        if g not in best or p.bits > supernet.players[best[g]].bits:
+            best[g] = i
+    return torch.tensor([best[g] for g in range(supernet.num_groups)], device=supernet.mask.device)
+
+
+def coalition_mask(supernet: Supernet, players: torch.Tensor, coalition: np.ndarray, game: str,
+                   widest: torch.Tensor | None = None) -> torch.Tensor:
+    """The supernet mask a coalition of `players` (flat indices) is evaluated with; non-players are present.
+
+    ``game="fallback"``: a group left without any candidate gets its widest candidate back (`widest`
+    from :func:`widest_candidates`); ``game="zero"``: it stays empty (the layer's weight or input is zero).
+    """
+    mask = torch.ones(supernet.num_players, device=supernet.mask.device)
+    mask[players] = torch.from_numpy(np.asarray(coalition, dtype=np.float32)).to(mask.device)
+    if game == "fallback":
+        widest = widest_candidates(supernet) if widest is None else widest
+        present = torch.zeros(supernet.num_groups, device=mask.device).index_add_(0, supernet.group, mask)
+        mask[widest[present == 0]] = 1.0
+    return mask
+
+
 def _budget_overshoot(supernet: Supernet, cost: MixtureCost, limits: dict[str, float], mask: torch.Tensor) -> float:
     w, a = mixture_probs(supernet, cost, mask)
     expected = cost(w, a)
@@ -180,7 +243,9 @@ class SMPQSearch(SupernetSearch):
         self.game_players = np.flatnonzero(np.bincount(group, minlength=supernet.num_groups)[group] > 1)
         if len(self.game_players) == 0:
             raise SearchError("smpq: no layer has more than one bit-width candidate: give more w/a bit candidates")
-        self.q = np.zeros(supernet.num_players)
+        self.q = np.zeros(supernet.num_players)  # "paper": momentum q; "mean": the mean ψ so far
+        self.alpha0 = self.alpha.copy()
+        self.widest = widest_candidates(supernet)
         self.evaluations = self.saved = 0
 
     def _plan(self) -> tuple[list[tuple[str, int]], dict[str, int]]:
@@ -199,7 +264,8 @@ class SMPQSearch(SupernetSearch):
     def _details(self) -> dict[str, Any]:
         return {"value_evaluations": self.evaluations, "saved_by_truncation": self.saved,
                 "game_players": self.game_players.tolist(), "mixture": self.cfg.mixture,
-                "temperature": self.cfg.temperature}
+                "temperature": self.cfg.temperature, "game": self.cfg.game, "update": self.cfg.update,
+                "additive_scores": self.cfg.update == "mean"}
 
     def _before_unit(self) -> None:
         """The coefficients W training and the rounds use: softmax(α/τ) per layer and kind, or uniform."""
@@ -214,17 +280,38 @@ class SMPQSearch(SupernetSearch):
         return self._shapley_round(index, advance)
 
     def _shapley_round(self, r: int, advance: Callable[..., None]) -> dict[str, Any]:
+        sn, cfg = self.supernet, self.cfg
+        t0 = time.perf_counter()
+        res, forward = self.estimate_round(r, advance)
+        psi = np.zeros(sn.num_players)
+        psi[self.game_players] = res.psi
+        if cfg.update == "paper":
+            self.alpha, self.q = update_alpha(self.alpha, self.q, psi, cfg.xi, cfg.beta, cfg.lam)
+        else:
+            self.alpha, self.q = update_alpha_mean(self.alpha0, self.q, psi, r + 1)
+        self.evaluations += res.n_evaluations
+        self.saved += res.n_saved_by_truncation
+        reuse = {} if not isinstance(forward, IncrementalForward) else {
+            "nodes_recomputed_fraction": forward.recomputed / max(forward.total, 1)}
+        return {"kind": "round", "index": r, "psi": psi.tolist(), "alpha": self.alpha.tolist(), **reuse,
+                "n_evaluations": res.n_evaluations, "n_saved_by_truncation": res.n_saved_by_truncation,
+                "full_value_mean": float(res.full_values.mean()), "wall_s": time.perf_counter() - t0}
+
+    def estimate_round(self, r: int, advance: Callable[..., None] = lambda *a, **k: None
+                       ) -> tuple[ShapleyResult, IncrementalForward | Supernet]:
+        """The Shapley estimate of round `r` on the current weights (ψ over :attr:`game_players`, per-walk
+        contributions), without touching α; also the forward used (for its reuse counters)."""
         sn, cfg, dev = self.supernet, self.cfg, self.dev
         n_val = len(self.val_y)
         batch: dict[str, torch.Tensor] = {}
-        full = torch.ones(sn.num_players, device=dev)
         players = torch.from_numpy(self.game_players).to(dev)
         forward = IncrementalForward(sn) if self.incremental else sn
 
         walked: list[int] = []
 
         def new_batch(p: int) -> None:
-            rng = np.random.default_rng([cfg.seed, 13, r, p])  # walk p's batch: the same whichever rank walks it
+            pb = p - p % 2 if cfg.antithetic else p  # an antithetic pair plays the same game (batch)
+            rng = np.random.default_rng([cfg.seed, 13, r, pb])  # walk p's batch: the same whichever rank walks it
             idx = rng.choice(n_val, size=min(cfg.val_batch_size, n_val), replace=False)
             sel = torch.from_numpy(np.sort(idx)).to(dev)
             batch["x"], batch["y"] = self.val_x[sel], self.val_y[sel]
@@ -233,8 +320,7 @@ class SMPQSearch(SupernetSearch):
             walked.append(p)
 
         def value(coalition: np.ndarray) -> float:
-            mask = full.clone()
-            mask[players] = torch.from_numpy(coalition.astype(np.float32)).to(dev)
+            mask = coalition_mask(sn, players, coalition, cfg.game, self.widest)
             sn.set_mask(mask)
             acc = float((forward(batch["x"]).argmax(1) == batch["y"]).float().mean())
             if self.limits:
@@ -242,22 +328,13 @@ class SMPQSearch(SupernetSearch):
                 acc -= cfg.penalty * _budget_overshoot(sn, self.cost, self.limits, mask)
             return acc
 
-        t0 = time.perf_counter()
         with sn.masked():
             world = distributed.world_size()
             res = estimate_shapley(value, len(self.game_players), cfg.permutations, cfg.threshold, robust=cfg.robust,
                                    on_permutation=new_batch,
                                    permutation_rng=lambda p: np.random.default_rng([cfg.seed, 12, r, p]),
                                    shard=(distributed.rank(), world),
-                                   gather=lambda rows: distributed.gather_rows(rows, lambda p: p % world))
+                                   gather=lambda rows: distributed.gather_rows(rows, lambda p: p % world),
+                                   antithetic=cfg.antithetic)
         advance(cfg.permutations - len(walked) + 1)
-        psi = np.zeros(sn.num_players)
-        psi[self.game_players] = res.psi
-        self.alpha, self.q = update_alpha(self.alpha, self.q, psi, cfg.xi, cfg.beta, cfg.lam)
-        self.evaluations += res.n_evaluations
-        self.saved += res.n_saved_by_truncation
-        reuse = {} if not isinstance(forward, IncrementalForward) else {
-            "nodes_recomputed_fraction": forward.recomputed / max(forward.total, 1)}
-        return {"kind": "round", "index": r, "psi": psi.tolist(), "alpha": self.alpha.tolist(), **reuse,
-                "n_evaluations": res.n_evaluations, "n_saved_by_truncation": res.n_saved_by_truncation,
-                "full_value_mean": float(res.full_values.mean()), "wall_s": time.perf_counter() - t0}
+        return res, forward

@@ -85,19 +85,20 @@ def test_sharded_walks_reproduce_the_one_process_estimate() -> None:
     def per_walk(p: int) -> np.random.Generator:
         return np.random.default_rng([9, p])
 
-    one = estimate_shapley(value, 7, 5, 0.4, permutation_rng=per_walk)
-    assert one.n_saved_by_truncation > 0
-    for world in (2, 3, 5):
-        locals_ = []
-        for r in range(world):
-            estimate_shapley(value, 7, 5, 0.4, permutation_rng=per_walk, shard=(r, world),
-                             gather=lambda rows: locals_.append(rows) or rows)
-        rows = np.stack([locals_[p % world][p] for p in range(5)])
-        merged = estimate_shapley(value, 7, 5, 0.4, permutation_rng=per_walk, shard=(0, world),
-                                  gather=lambda _rows: rows)
-        np.testing.assert_array_equal(merged.psi, one.psi)
-        np.testing.assert_array_equal(merged.permutations, one.permutations)
-        assert (merged.n_evaluations, merged.n_saved_by_truncation) == (one.n_evaluations, one.n_saved_by_truncation)
+    for anti in (False, True):  # antithetic: an odd walk's partner may be on another rank
+        one = estimate_shapley(value, 7, 5, 0.4, permutation_rng=per_walk, antithetic=anti)
+        assert one.n_saved_by_truncation > 0
+        for world in (2, 3, 5):
+            locals_ = []
+            for r in range(world):
+                estimate_shapley(value, 7, 5, 0.4, permutation_rng=per_walk, shard=(r, world),
+                                 gather=lambda rows: locals_.append(rows) or rows, antithetic=anti)
+            rows = np.stack([locals_[p % world][p] for p in range(5)])
+            merged = estimate_shapley(value, 7, 5, 0.4, permutation_rng=per_walk, shard=(0, world),
+                                      gather=lambda _rows: rows, antithetic=anti)
+            np.testing.assert_array_equal(merged.psi, one.psi)
+            np.testing.assert_array_equal(merged.permutations, one.permutations)
+            assert (merged.n_evaluations, merged.n_saved_by_truncation) == (one.n_evaluations, one.n_saved_by_truncation)
     with pytest.raises(ValueError, match="permutation_rng"):
         estimate_shapley(value, 7, 5, shard=(0, 2))
 

@@ -72,10 +72,26 @@ def test_smpq_search_meets_a_binding_budget_and_reloads_identically(fp: dict, tm
     assert record["value_evaluations"] > 0
     free = [L for L in record["layers"] if not L["held_8bit"]]
     assert all(L["scores"] and L["normalized_scores"] for L in free)
-    assert all(sum(L["normalized_scores"]["w"].values()) == pytest.approx(1.0) for L in free)
+    # default scores: mean ψ in accuracy units, handed to the knapsack as additive values / max |score|
+    assert record["selection"]["normalization"] == "summed score / max |score|"
+    assert record["method_details"]["game"] == "fallback" and record["method_details"]["update"] == "mean"
+    top = max(abs(v) for L in free for k in ("w", "a") for v in L["normalized_scores"][k].values())
+    assert top == pytest.approx(1.0)
     assert (tmp_path / "search_state.pt").is_file() and (tmp_path / "qat.pt").is_file()
     again = run_search(_settings(fp, "smpq", tmp_path, budget=budget), dataset=fp["dataset"])
     assert again.policy == outcome.policy
+
+
+def test_smpq_paper_preset_keeps_softmax_scores(fp: dict, tmp_path: Path) -> None:
+    budget = Budget(bops=0.8 * fp["w4a4"].bops)
+    s = _settings(fp, "smpq", tmp_path, budget=budget,
+                  shapley={"preset": "paper", "permutations": 2, "rounds": 1, "steps_per_round": 0})
+    record = _check_outputs(run_search(s, dataset=fp["dataset"]), budget)
+    assert record["method_details"]["game"] == "zero" and record["method_details"]["update"] == "paper"
+    free = [L for L in record["layers"] if not L["held_8bit"]]
+    assert all(sum(L["normalized_scores"]["w"].values()) == pytest.approx(1.0) for L in free)
+    with pytest.raises(SearchError, match="unknown preset"):
+        run_search(_settings(fp, "smpq", tmp_path / "x", shapley={"preset": "nope"}), dataset=fp["dataset"])
 
 
 def test_edmips_search_meets_budget_reports_cd_and_resumes_trials(fp: dict, tmp_path: Path,

@@ -99,3 +99,38 @@ def test_alpha_update_matches_hand_computation() -> None:
     np.testing.assert_array_equal(a0, alpha) and np.testing.assert_array_equal(q0, np.zeros(3))
     with pytest.raises(ValueError, match="β \\+ λ"):
         update_alpha(alpha, q, psi, beta=0.5, lam=0.2)
+
+
+def test_mean_update_is_the_running_mean_of_psi() -> None:
+    from search.shapley import update_alpha_mean
+
+    alpha0 = np.array([0.001, -0.002, 0.0])
+    psis = [np.array([0.1, -0.2, 0.0]), np.array([0.3, 0.0, -0.1]), np.array([-0.1, 0.1, 0.4])]
+    mean = np.zeros(3)
+    for k, psi in enumerate(psis, 1):
+        alpha, mean = update_alpha_mean(alpha0, mean, psi, k)
+        np.testing.assert_allclose(alpha, alpha0 + np.mean(psis[:k], axis=0), atol=1e-15)
+    with pytest.raises(ValueError):
+        update_alpha_mean(alpha0, mean, psis[0], 0)
+
+
+def test_antithetic_walks_reverse_their_partner_and_reduce_the_error() -> None:
+    n = 7
+    game = _glove_like_game(n)
+    exact = exact_shapley(game, n)
+    res = estimate_shapley(game, n, 4, threshold=0.0, rng=np.random.default_rng(0), antithetic=True)
+    np.testing.assert_array_equal(res.permutations[1], res.permutations[0][::-1])
+    np.testing.assert_array_equal(res.permutations[3], res.permutations[2][::-1])
+    assert not np.array_equal(res.permutations[2], res.permutations[0])
+
+    def err(anti: bool) -> float:
+        return float(np.mean([np.abs(estimate_shapley(game, n, 20, threshold=0.0, rng=np.random.default_rng(s),
+                                                      antithetic=anti).psi - exact).mean() for s in range(30)]))
+    assert err(True) < 0.8 * err(False)
+
+
+def test_walk_evaluations_add_up_and_show_truncation() -> None:
+    game = _glove_like_game(7)
+    res = estimate_shapley(game, 7, 6, threshold=0.9, rng=np.random.default_rng(2))
+    assert res.walk_evaluations is not None and res.walk_evaluations.sum() == res.n_evaluations
+    assert (res.walk_evaluations <= 8).all() and (res.walk_evaluations < 8).any()  # some walk was cut short

@@ -21,7 +21,9 @@ from search.graph import extract_graph
 from search.models import build_model
 from search.edmips import mixture_cost_for, mixture_probs
 from search.search_state import STATE_FILE, SUPERNET_FILE
-from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, _budget_overshoot, run_smpq
+from search.smpq import (LOG_FILE, SMPQConfig, SMPQSearch, _budget_overshoot, coalition_mask, run_smpq, smpq_options,
+                         widest_candidates)
+from search.policy import Policy
 from search.supernet import Supernet
 from search.train import TrainConfig, fit, load_checkpoint
 
@@ -59,7 +61,7 @@ def _supernet(fp: Path, **kwargs) -> Supernet:
 
 def test_round_freezes_bn_and_weights_and_updates_alpha(fp_checkpoint: Path, tmp_path: Path) -> None:
     sn = _supernet(fp_checkpoint, first_last_8bit=True)
-    cfg = SMPQConfig(**CFG)
+    cfg = SMPQConfig(**smpq_options({**CFG, "preset": "paper"}))
     search = SMPQSearch(sn, load_dataset("digits", seed=0), cfg, tmp_path, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
     before = {k: v.clone() for k, v in sn.state_dict().items() if k != "alpha"}
     sn.train()
@@ -81,6 +83,32 @@ def test_round_freezes_bn_and_weights_and_updates_alpha(fp_checkpoint: Path, tmp
     # α moved by exactly ξ (first step: q = λ ψ/‖ψ‖, α += ξ q/‖q‖)
     np.testing.assert_allclose(np.linalg.norm(search.alpha - alpha0), cfg.xi, rtol=1e-9)
     np.testing.assert_allclose(search.alpha - alpha0, cfg.xi * psi / np.linalg.norm(psi), atol=1e-12)
+
+
+def test_fallback_game_puts_the_widest_candidate_back_and_alpha_is_the_mean_psi(fp_checkpoint: Path,
+                                                                                  tmp_path: Path) -> None:
+    sn = _supernet(fp_checkpoint, first_last_8bit=True)
+    search = SMPQSearch(sn, load_dataset("digits", seed=0), SMPQConfig(**CFG), tmp_path, torch.device("cpu"), None, {},
+                        STATE_FILE, LOG_FILE)
+    players = torch.from_numpy(search.game_players)
+    # the empty coalition is the all-widest (W8A8) policy; the paper's game leaves every free layer empty
+    empty = np.zeros(len(players), dtype=bool)
+    w8a8 = sn.policy_mask(Policy.uniform(sn.layer_names, 8, 8, first_last_8bit=True))
+    assert torch.equal(coalition_mask(sn, players, empty, "fallback"), w8a8)
+    assert float(coalition_mask(sn, players, empty, "zero")[players].sum()) == 0
+    # a group keeps what it has; only emptied groups get their widest candidate back
+    some = np.ones(len(players), dtype=bool)
+    some[:2] = False  # the first free layer's 2- and 4-bit weights (its 8-bit weight stays)
+    assert torch.equal(coalition_mask(sn, players, some, "fallback"), coalition_mask(sn, players, some, "zero"))
+    assert sorted(sn.players[int(i)].bits for i in widest_candidates(sn)) == [8] * sn.num_groups
+    # α = α0 + mean ψ over rounds, in accuracy units (not normalised to a ξ step)
+    r0 = search._shapley_round(0, lambda *a, **k: None)
+    np.testing.assert_allclose(search.alpha, search.alpha0 + np.array(r0["psi"]), atol=1e-12)
+    r1 = search._shapley_round(1, lambda *a, **k: None)
+    np.testing.assert_allclose(search.alpha, search.alpha0 + (np.array(r0["psi"]) + np.array(r1["psi"])) / 2, atol=1e-12)
+    assert r0["n_saved_by_truncation"] == 0  # the W8A8 fallback never collapses below half of v(full)
+    # ψ sums to v(full) − v(∅) on each walk (efficiency), v(∅) being the W8A8 network, not a collapsed one
+    assert abs(float(np.sum(r0["psi"]))) < 0.5
 
 
 def test_expected_cost_of_a_one_hot_mixture_equals_the_discrete_omega(fp_checkpoint: Path) -> None:

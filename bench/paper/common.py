@@ -1,0 +1,84 @@
+"""Shared helpers of the paper experiments (bench/paper/*.py): cached cells, mean ± std, JSON output.
+
+Every experiment is a grid of cells (e.g. method × budget × seed). A cell's result is one JSON file
+under ``<output>/cells/``; a rerun with the same arguments loads finished cells instead of
+recomputing them, and a killed run resumes inside a cell where the search and QAT themselves resume
+(their own state files in the cell's run folder).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from search.atomic import atomic_write_text  # noqa: E402
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def check_settings(out: Path, settings: dict[str, Any], ignore: Sequence[str] = ("threads",)) -> None:
+    """One output folder holds one experiment's settings: the first run records them in
+    ``<out>/settings.json``; a later run with other result-relevant settings exits with a one-line error."""
+    mine = {k: v for k, v in settings.items() if k not in ignore}
+    path = out / "settings.json"
+    if path.is_file():
+        old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ignore}
+        diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        if diff:
+            raise SystemExit(f"error: '{out}' holds results of other settings ({', '.join(diff)} differ): "
+                             f"use another --output or the same settings to resume")
+        return
+    write_json(path, mine)
+
+
+def cell(path: Path, compute: Callable[[], dict[str, Any]], log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The cached result at `path`, or `compute()` written there (with its wall time) when there is none."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    if log:
+        log(f"cell {path.stem}: computing")
+    t0 = time.perf_counter()
+    result = {**compute(), "cell_wall_s": time.perf_counter() - t0}
+    write_json(path, result)
+    if log:
+        log(f"cell {path.stem}: done in {result['cell_wall_s']:.0f} s")
+    return result
+
+
+def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, sample std (ddof 1; 0 for one value) and n of the non-missing values."""
+    v = np.array([x for x in values if x is not None], dtype=np.float64)
+    if len(v) == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
+
+
+def fmt_pm(stat: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+    """'m ± s (n)' for a :func:`mean_std` result."""
+    if not stat["n"]:
+        return "—"
+    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f} (n={stat['n']})"
+
+
+def logger(path: Path) -> Callable[[str], None]:
+    """Print a timestamped line to stderr and append it to `path`."""
+    def log(msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, file=sys.stderr, flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(line + "\n")
+    return log

@@ -1,0 +1,194 @@
+"""Contribution quality (paper Fig. 5): Kendall τ between each method's per-candidate scores and a
+measured ground truth, and how well SMPQ's ψ separates in the paper's game vs the fallback game.
+
+    python bench/paper/contribution.py --fp /work/main/checkpoints/resnet8-cifar10-fp.pt \\
+        [--output runs/paper/contribution-resnet8] [--runs runs/paper/main-resnet8/runs/w3a3] [--permutations 10]
+
+Ground truth (what a candidate contributes, measured): the supernet over the FP model, its quantizer
+steps calibrated (``search.runner.build_supernet``, no training), evaluated on ``--gt-images``
+validation images with every layer at W8A8 except ONE layer's weight (or input activation) at b bits:
+GT(l, kind, b) = accuracy of that policy − accuracy of W8A8 (≤ 0 when fewer bits hurt). With one
+candidate per group the supernet computes exactly the fixed policy's model (``Supernet.policy_mask``).
+
+ψ: one Shapley round of SMPQ (``SMPQSearch._shapley_round``: M permutations, truncation threshold
+``--threshold``, 256-image batches) on the same calibrated supernet, for the paper's game (an emptied
+group zeroes its layer) and the fallback game (it falls back to 8 bits), each with two seeds
+(independent permutations and batches). Reported per game: τ(ψ, GT) over all candidates, the mean
+within-group τ, τ(ψ seed a, ψ seed b) (do the scores reproduce, i.e. separate from noise) and the
+value evaluations. With ``--runs`` (a folder of main-table runs ``<method>-s<seed>/policy.json``):
+τ(scores, GT) of every method's final scores (HAWQ: −sensitivity; EdMIPS: α; SMPQ: α).
+Cells cached under ``<output>/cells`` (one folder per settings: ``settings.json``); writes ``contribution.json`` and ``contribution.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+
+from bench.paper.common import cell, check_settings, logger, write_json  # noqa: E402
+from search.data import BatchLoader, load_dataset  # noqa: E402
+from search.policy import Policy  # noqa: E402
+from search.runner import SearchSettings, build_supernet  # noqa: E402
+from search.search_state import STATE_FILE  # noqa: E402
+from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, smpq_options  # noqa: E402
+from search.supernet import Supernet  # noqa: E402
+from search.train import load_checkpoint  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fp", required=True)
+    p.add_argument("--output", default="runs/paper/contribution-resnet8")
+    p.add_argument("--runs", default=None, help="main-table runs folder of one budget (policy.json per method-seed)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--w-bits", default="2,3,4,8")
+    p.add_argument("--a-bits", default="2,3,4,8")
+    p.add_argument("--subset", type=int, default=5000, help="calibration/validation images")
+    p.add_argument("--gt-images", type=int, default=2000)
+    p.add_argument("--permutations", type=int, default=10)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--seeds", default="0,1", help="two seeds: ψ of each, and τ between them")
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def key(p: Any) -> str:
+    return f"{p.layer}/{p.kind}{p.bits}"
+
+
+def ground_truth(sn: Supernet, dataset: Any, n_images: int) -> dict[str, float]:
+    """GT per free candidate: accuracy with that one group at its bits, every other group at 8, minus W8A8's."""
+    val = BatchLoader(dataset.val.subset(n_images), dataset, 500)
+    names = sn.layer_names
+    base = Policy.uniform(names, 8, 8, first_last_8bit=sn.first_last_8bit)
+
+    def acc(mask: torch.Tensor) -> float:
+        correct = 0
+        with sn.masked(mask):
+            for x, y in val:
+                correct += int((sn(x).argmax(1) == y).sum())
+        return correct / len(val.y)
+
+    ref_mask = sn.policy_mask(base)
+    ref = acc(ref_mask)
+    out = {"__w8a8__": ref}
+    for i, p in enumerate(sn.players):
+        if p.bits == 8 or len(sn.candidates(p.layer)[0 if p.kind == "w" else 1]) < 2:
+            if len(sn.candidates(p.layer)[0 if p.kind == "w" else 1]) >= 2:
+                out[key(p)] = 0.0
+            continue
+        m = ref_mask.clone()
+        m[sn.player_index(p.layer, p.kind, 8)] = 0.0
+        m[i] = 1.0
+        out[key(p)] = acc(m) - ref
+    return out
+
+
+def shapley_psi(sn: Supernet, dataset: Any, args: argparse.Namespace, preset: str, seed: int, folder: Path) -> dict[str, Any]:
+    cfg = SMPQConfig(**smpq_options({"preset": preset}), permutations=args.permutations, threshold=args.threshold,
+                     warmup_epochs=0, rounds=1, subset=args.subset, seed=seed, progress=False)
+    search = SMPQSearch(sn, dataset, cfg, folder, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
+    search._before_unit()
+    rec = search._shapley_round(0, lambda *a, **k: None)
+    return {"psi": {key(sn.players[i]): rec["psi"][i] for i in search.game_players.tolist()},
+            "n_evaluations": rec["n_evaluations"], "n_saved_by_truncation": rec["n_saved_by_truncation"],
+            "wall_s": rec["wall_s"], "full_value_mean": rec["full_value_mean"]}
+
+
+def taus(scores: dict[str, float], gt: dict[str, float]) -> dict[str, Any]:
+    """Kendall τ over all candidates and the mean within-group τ (groups: layer and kind)."""
+    keys = [k for k in scores if k in gt and not k.startswith("__")]
+    s = np.array([scores[k] for k in keys])
+    g = np.array([gt[k] for k in keys])
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k.rstrip("0123456789"), []).append(i)
+    within = [kendalltau(s[ix], g[ix]).statistic for ix in groups.values() if len(ix) > 2]
+    within = [w for w in within if np.isfinite(w)]
+    return {"tau_all": float(kendalltau(s, g).statistic), "tau_within_group_mean": float(np.mean(within)) if within else None,
+            "n_candidates": len(keys)}
+
+
+def method_scores(runs: Path) -> dict[str, dict[str, float]]:
+    """Per main-table run folder: its final per-candidate scores (higher = better)."""
+    out = {}
+    for pj in sorted(runs.glob("*-s*/policy.json")):
+        rec = json.loads(pj.read_text())
+        sign = -1.0 if rec["method"] == "hawq" else 1.0
+        sc = {}
+        for L in rec["layers"]:
+            for kind in ("w", "a"):
+                for b, v in ((L.get("scores") or {}).get(kind) or {}).items():
+                    sc[f"{L['name']}/{kind}{b}"] = sign * float(v)
+        if sc:
+            out[pj.parent.name] = sc
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    log = logger(out / "contribution.log")
+    check_settings(out, vars(args), ("threads", "runs"))
+    fp_model, meta = load_checkpoint(args.fp)
+    dataset = load_dataset(meta.get("dataset", "cifar10"), args.data_dir, seed=0)
+    bits = lambda t: tuple(int(x) for x in t.split(","))  # noqa: E731
+    settings = SearchSettings(method="smpq", fp=args.fp, output=str(out), w_bits=bits(args.w_bits), a_bits=bits(args.a_bits),
+                              subset=args.subset, seed=0, progress=False)
+    sn = build_supernet(fp_model, dataset, settings)
+    state = {k: v.clone() for k, v in sn.state_dict().items()}
+    gt = cell(out / "cells" / "ground_truth.json", lambda: ground_truth(sn, dataset, args.gt_images), log)
+    seeds = bits(args.seeds)
+    games: dict[str, Any] = {}
+    for preset, game in (("paper", "zero"), ("default", "fallback")):
+        runs = []
+        for seed in seeds:
+            sn.load_state_dict(state)
+            runs.append(cell(out / "cells" / f"psi-{game}-s{seed}.json",
+                             lambda: shapley_psi(sn, dataset, args, preset, seed, out / "tmp" / f"{game}-s{seed}"), log))
+        psi_mean = {k: float(np.mean([r["psi"][k] for r in runs])) for k in runs[0]["psi"]}
+        games[game] = {"per_seed": [taus(r["psi"], gt) for r in runs], "mean_of_seeds": taus(psi_mean, gt),
+                       "tau_between_seeds": taus(runs[0]["psi"], runs[1]["psi"])["tau_all"] if len(runs) > 1 else None,
+                       "n_evaluations": [r["n_evaluations"] for r in runs], "wall_s": [r["wall_s"] for r in runs]}
+        log(f"{game}: {json.dumps(games[game])}")
+    methods = {name: taus(sc, gt) for name, sc in method_scores(Path(args.runs)).items()} if args.runs else {}
+    report = {"command": " ".join(sys.argv), "settings": vars(args), "ground_truth": gt, "games": games, "methods": methods}
+    write_json(out / "contribution.json", report)
+    plot(report, out / "contribution.png")
+    print(json.dumps({"games": games, "methods": methods}, indent=2))
+    return 0
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, values = [], []
+    for game, g in report["games"].items():
+        labels.append(f"SMPQ ψ\n{game} game")
+        values.append(g["mean_of_seeds"]["tau_all"])
+    for name, t in sorted(report["methods"].items()):
+        labels.append(name)
+        values.append(t["tau_all"])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(labels), 3.2))
+    ax.bar(range(len(labels)), values, color=["C2", "C1"] + ["C0"] * (len(labels) - 2))
+    ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30, ha="right")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_ylabel("Kendall τ vs measured contribution")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Estimator efficiency: value evaluations until ψ reaches Kendall τ ≥ 0.9 against a long-run reference,
+for plain permutation sampling, truncated walks and antithetic permutations.
+
+    python bench/paper/estimator.py --fp /work/main/checkpoints/resnet8-cifar10-fp.pt \\
+        [--output runs/paper/estimator-resnet8] [--game fallback] [--reference 60] [--walks 30]
+
+The game is SMPQ's round on the supernet over the FP model, quantizer steps calibrated, no training
+(``search.runner.build_supernet``), each walk on its own 256-image validation batch
+(``SMPQSearch.estimate_round``). Reference: ``--reference`` plain walks without truncation (its own
+seed). Each estimator runs ``--walks`` walks (seed 1); after every walk k, ψ_k = the mean of the first k
+walks' contributions and the evaluations spent so far. Reported per estimator: the τ(ψ_k, reference)
+curve against evaluations and the first evaluation count with τ ≥ ``--target``. Every run is a cached
+cell under ``<output>/cells``; writes ``estimator.json`` and ``estimator.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+
+from bench.paper.common import cell, check_settings, logger, write_json  # noqa: E402
+from search.data import load_dataset  # noqa: E402
+from search.runner import SearchSettings, build_supernet  # noqa: E402
+from search.search_state import STATE_FILE  # noqa: E402
+from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, smpq_options  # noqa: E402
+from search.train import load_checkpoint  # noqa: E402
+
+ESTIMATORS = {"plain": {"threshold": 0.0}, "truncated": {"threshold": 0.5},
+              "antithetic": {"threshold": 0.0, "antithetic": True}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fp", required=True)
+    p.add_argument("--output", default="runs/paper/estimator-resnet8")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--game", default="fallback", choices=("fallback", "zero"))
+    p.add_argument("--w-bits", default="2,3,4,8")
+    p.add_argument("--a-bits", default="2,3,4,8")
+    p.add_argument("--subset", type=int, default=5000)
+    p.add_argument("--reference", type=int, default=60, help="walks of the reference estimate")
+    p.add_argument("--walks", type=int, default=30, help="walks of each estimator")
+    p.add_argument("--estimators", default=",".join(ESTIMATORS))
+    p.add_argument("--target", type=float, default=0.9)
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def walks(sn: Any, state: dict, dataset: Any, args: argparse.Namespace, walks_n: int, seed: int, folder: Path,
+          **opts: Any) -> dict[str, Any]:
+    """Per-walk contributions (over the game players) and evaluations of one estimator run."""
+    sn.load_state_dict(state)
+    preset = "paper" if args.game == "zero" else "default"
+    cfg = SMPQConfig(**{**smpq_options({"preset": preset}), "permutations": walks_n, "warmup_epochs": 0, "rounds": 1,
+                        "subset": args.subset, "seed": seed, "progress": False, **opts})
+    search = SMPQSearch(sn, dataset, cfg, folder, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
+    search._before_unit()
+    res, _ = search.estimate_round(0)
+    assert res.walk_evaluations is not None
+    return {"contributions": res.contributions.tolist(), "evaluations_per_walk": res.walk_evaluations.tolist(),
+            "n_evaluations": res.n_evaluations, "n_saved_by_truncation": res.n_saved_by_truncation}
+
+
+def curve(run: dict[str, Any], ref: np.ndarray) -> dict[str, Any]:
+    c = np.array(run["contributions"])
+    ev = np.cumsum(run["evaluations_per_walk"])
+    taus = [float(kendalltau(c[:k].mean(0), ref).statistic) for k in range(1, len(c) + 1)]
+    return {"evaluations": ev.tolist(), "tau": taus}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    log = logger(out / "estimator.log")
+    check_settings(out, vars(args), ("threads",))
+    fp_model, meta = load_checkpoint(args.fp)
+    dataset = load_dataset(meta.get("dataset", "cifar10"), args.data_dir, seed=0)
+    bits = lambda t: tuple(int(x) for x in t.split(","))  # noqa: E731
+    settings = SearchSettings(method="smpq", fp=args.fp, output=str(out), w_bits=bits(args.w_bits), a_bits=bits(args.a_bits),
+                              subset=args.subset, seed=0, progress=False)
+    sn = build_supernet(fp_model, dataset, settings)
+    state = {k: v.clone() for k, v in sn.state_dict().items()}
+    ref_run = cell(out / "cells" / f"reference-{args.game}-m{args.reference}.json",
+                   lambda: walks(sn, state, dataset, args, args.reference, 100, out / "tmp" / "ref", threshold=0.0), log)
+    ref = np.array(ref_run["contributions"]).mean(0)
+    half = np.array(ref_run["contributions"])
+    split_tau = float(kendalltau(half[: len(half) // 2].mean(0), half[len(half) // 2:].mean(0)).statistic)
+    results: dict[str, Any] = {}
+    for name in [e for e in args.estimators.split(",") if e]:
+        run = cell(out / "cells" / f"{name}-{args.game}-m{args.walks}.json",
+                   lambda: walks(sn, state, dataset, args, args.walks, 1, out / "tmp" / name, **ESTIMATORS[name]), log)
+        cv = curve(run, ref)
+        hit = next((e for e, t in zip(cv["evaluations"], cv["tau"]) if t >= args.target), None)
+        results[name] = {**cv, "evaluations_to_target": hit, "n_evaluations": run["n_evaluations"],
+                         "n_saved_by_truncation": run["n_saved_by_truncation"]}
+        log(f"{name}: τ after {cv['evaluations'][-1]} evaluations = {cv['tau'][-1]:.3f}; to τ ≥ {args.target}: {hit}")
+    report = {"command": " ".join(sys.argv), "settings": vars(args), "reference_walks": args.reference,
+              "reference_split_half_tau": split_tau, "estimators": results}
+    write_json(out / "estimator.json", report)
+    plot(report, args.target, out / "estimator.png")
+    print(json.dumps({k: {"evaluations_to_target": v["evaluations_to_target"], "final_tau": v["tau"][-1]}
+                      for k, v in results.items()} | {"reference_split_half_tau": split_tau}, indent=2))
+    return 0
+
+
+def plot(report: dict[str, Any], target: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name, r in report["estimators"].items():
+        ax.plot(r["evaluations"], r["tau"], label=name)
+    ax.axhline(target, color="k", lw=0.6, ls="--")
+    ax.set_xlabel("value evaluations")
+    ax.set_ylabel("Kendall τ vs reference ψ")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

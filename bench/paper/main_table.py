@@ -1,0 +1,237 @@
+"""Main table: SMPQ vs EdMIPS vs HAWQ-v3 vs uniform at equal BOPs, several seeds, from one FP checkpoint.
+
+    python bench/paper/main_table.py --fp /work/main/checkpoints/resnet8-cifar10-fp.pt \\
+        [--output runs/paper/main-resnet8] [--budgets w3a3,w4a4] [--seeds 0,1,2] [--methods uniform,hawq,smpq,edmips]
+
+A budget ``wXaY`` is the BOPs of the uniform WXAY policy (first and last layers at W8A8, as for every
+method); its uniform row is that policy. Every mixed method chooses from the same bit widths
+(``--w-bits``/``--a-bits``, default {2,3,4,8}, which contain the uniform policies' widths) and every final
+policy gets the same QAT from the FP weights. One cell = (budget, method, seed), cached as
+``<output>/cells/<budget>-<method>-s<seed>.json``; a rerun skips finished cells and resumes the
+running one. SMPQ's and HAWQ's scores do not depend on the budget: a later budget reuses the
+finished SMPQ search of the same seed (its ``search_state.pt``; the cell says so and reports the
+search time once). One output folder holds one set of settings (``settings.json``; other settings are
+refused: use another ``--output``). EdMIPS reaches a budget by bisecting its complexity weight cd, each trial a full
+search, and its search time includes every trial. Writes ``<output>/main_table.json`` (cells and
+mean ± std per budget and method) and ``<output>/main_table.png``; prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+
+from bench.paper.common import cell, check_settings, fmt_pm, logger, mean_std, write_json  # noqa: E402
+from deploy.deploy_cost import BlobCostModel, omega  # noqa: E402
+from search.budget import Budget  # noqa: E402
+from search.data import load_dataset  # noqa: E402
+from search.errors import SearchError  # noqa: E402
+from search.graph import extract_graph  # noqa: E402
+from search.policy import Policy  # noqa: E402
+from search.qat import QATConfig  # noqa: E402
+from search.runner import SearchSettings, run_search  # noqa: E402
+from search.train import load_checkpoint  # noqa: E402
+
+UNIFORM = re.compile(r"^w(\d)a(\d)$")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fp", required=True, help="FP checkpoint (smpq-deploy train)")
+    p.add_argument("--output", default="runs/paper/main-resnet8")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--budgets", default="w3a3,w4a4", help="uniform policies whose BOPs are the budgets, tightest first")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default="uniform,hawq,smpq,edmips", help="also: smpq-paper (SMPQ, preset paper)")
+    p.add_argument("--ceiling", action="store_true", help="also uniform W8A8 per seed (no budget)")
+    p.add_argument("--w-bits", default="2,3,4,8")
+    p.add_argument("--a-bits", default="2,3,4,8")
+    p.add_argument("--subset", type=int, default=5000, help="training (and validation) images of the searches")
+    p.add_argument("--warmup-epochs", type=int, default=1, help="SMPQ: supernet epochs before the first round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps-per-round", type=int, default=20)
+    p.add_argument("--permutations", type=int, default=5)
+    p.add_argument("--val-batch", type=int, default=256)
+    p.add_argument("--preset", default="default", choices=("default", "paper"), help="SMPQ preset")
+    p.add_argument("--edmips-epochs", type=int, default=2)
+    p.add_argument("--edmips-cd", type=float, default=0.01)
+    p.add_argument("--edmips-trials", type=int, default=3)
+    p.add_argument("--hawq-max-samples", type=int, default=50)
+    p.add_argument("--qat-epochs", type=int, default=1)
+    p.add_argument("--qat-subset", type=int, default=10000, help="QAT training images (val/test capped to it: 10000 = full test)")
+    p.add_argument("--qat-lr", type=float, default=0.01)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--accelerator", default="cpu", choices=("cpu", "cuda", "auto"))
+    return p.parse_args(argv)
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def uniform_bits(name: str) -> tuple[int, int]:
+    m = UNIFORM.match(name)
+    if not m:
+        raise SearchError(f"budget '{name}' must name a uniform policy like w3a3")
+    return int(m.group(1)), int(m.group(2))
+
+
+def settings_for(args: argparse.Namespace, label: str, budget_name: str, bops: float | None, seed: int,
+                 out: Path) -> SearchSettings:
+    """The search settings of one cell; `label` is a method name or ``smpq-paper`` (SMPQ, preset paper)."""
+    w, a = uniform_bits(budget_name)
+    method = "smpq" if label == "smpq-paper" else label
+    preset = "paper" if label == "smpq-paper" else args.preset
+    return SearchSettings(
+        method=method, fp=args.fp, output=str(out), data_dir=args.data_dir, seed=seed,
+        budget=Budget(bops=bops) if bops is not None else Budget(), cost_model=BlobCostModel(),
+        w_bits=ints(args.w_bits), a_bits=ints(args.a_bits), first_last_8bit=True, uniform_bits=(w, a),
+        subset=args.subset, epochs=args.edmips_epochs if method == "edmips" else args.warmup_epochs + 1,
+        warmup_epochs=0 if method == "edmips" else args.warmup_epochs,
+        shapley={"preset": preset, "permutations": args.permutations, "rounds": args.rounds,
+                 "steps_per_round": args.steps_per_round, "val_batch_size": args.val_batch},
+        hawq={"max_samples": args.hawq_max_samples, "min_samples": min(16, args.hawq_max_samples)},
+        edmips_cd=args.edmips_cd, edmips_trials=args.edmips_trials,
+        qat=QATConfig(epochs=args.qat_epochs, subset=args.qat_subset, lr=args.qat_lr, seed=seed, progress=False),
+        accelerator=args.accelerator, progress=False)
+
+
+def run_cell(args: argparse.Namespace, method: str, budget_name: str, bops: float | None, seed: int, out: Path,
+             fp: tuple[torch.nn.Module, dict], dataset: Any, reuse: Path | None, log) -> dict[str, Any]:
+    """One (budget, method, seed): search + budget step + QAT; returns the row."""
+    folder = out / "runs" / budget_name / f"{method}-s{seed}"
+    reused = None
+    if reuse is not None and not (folder / "search_state.pt").is_file() and (reuse / "search_state.pt").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("search_state.pt", "smpq_log.jsonl"):
+            if (reuse / name).is_file():
+                shutil.copy2(reuse / name, folder / name)
+        reused = str(reuse)
+    rec = run_search(settings_for(args, method, budget_name, bops, seed, folder), fp[0], fp[1], dataset).record
+    assert rec["method"] == method.split("-")[0]
+    d = rec["method_details"]
+    return {"budget": budget_name, "budget_bops": bops, "method": method, "seed": seed,
+            "top1": rec["accuracy"]["qat_test"], "val": rec["accuracy"]["qat_val"], "fp_test": rec["accuracy"]["fp_test"],
+            "bops": rec["omega"]["bops"], "flash_bytes": rec["omega"]["flash_bytes"], "sram_bytes": rec["omega"]["sram_bytes"],
+            "search_s": rec["timings_s"]["search"], "qat_s": rec["timings_s"].get("qat"),
+            "value_evaluations": rec["value_evaluations"], "hessian_vector_products": d.get("hessian_vector_products"),
+            "selection": rec["selection"]["how"], "cd": d.get("cd"), "edmips_trials": d.get("trials"),
+            "search_reused_from": reused,
+            "policy": {L["name"]: [L["w_bits"], L["a_bits"]] for L in rec["layers"]}, "folder": str(folder)}
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """mean ± std per (budget, method) over seeds."""
+    out = []
+    for key in dict.fromkeys((r["budget"], r["method"]) for r in rows):
+        rs = [r for r in rows if (r["budget"], r["method"]) == key]
+        searched = [r for r in rs if not r.get("search_reused_from")]
+        out.append({"budget": key[0], "method": key[1], "seeds": [r["seed"] for r in rs],
+                    "top1": mean_std([r["top1"] for r in rs]), "bops": mean_std([r["bops"] for r in rs]),
+                    "flash_bytes": mean_std([r["flash_bytes"] for r in rs]),
+                    "search_s": mean_std([r["search_s"] for r in searched]),
+                    "value_evaluations": mean_std([r["value_evaluations"] for r in searched]),
+                    "budget_bops": rs[0]["budget_bops"]})
+    return out
+
+
+def markdown(agg: list[dict[str, Any]], fp_test: float | None) -> str:
+    lines = [f"FP top-1: {fp_test * 100:.2f}%" if fp_test else "",
+             "| budget | method | top-1 (%) | BOPs (M) | flash (KB) | search (s) | value evaluations |",
+             "|---|---|---|---|---|---|---|"]
+    for a in agg:
+        limit = f"{a['budget_bops'] / 1e6:.1f} M" if a["budget_bops"] else "no budget"
+        lines.append(f"| {a['budget']} ({limit}) | {a['method']} | {fmt_pm(a['top1'], 100)} | "
+                     f"{fmt_pm(a['bops'], 1e-6, 1)} | {fmt_pm(a['flash_bytes'], 1 / 1024, 1)} | "
+                     f"{fmt_pm(a['search_s'], 1, 0)} | {fmt_pm(a['value_evaluations'], 1, 0)} |")
+    return "\n".join(lines)
+
+
+def plot(agg: list[dict[str, Any]], fp_test: float | None, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = list(dict.fromkeys(a["budget"] for a in agg))
+    methods = list(dict.fromkeys(a["method"] for a in agg))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(budgets), 3.6))
+    width = 0.8 / max(len(methods), 1)
+    for j, m in enumerate(methods):
+        xs, ys, es = [], [], []
+        for i, b in enumerate(budgets):
+            a = next((a for a in agg if a["budget"] == b and a["method"] == m), None)
+            if a and a["top1"]["n"]:
+                xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                ys.append(a["top1"]["mean"] * 100)
+                es.append(a["top1"]["std"] * 100)
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=m)
+    if fp_test:
+        ax.axhline(fp_test * 100, color="k", lw=0.8, ls="--", label="FP")
+    done = [a["top1"] for a in agg if a["top1"]["n"]]
+    lows = [(t["mean"] - t["std"]) * 100 for t in done]
+    highs = [(t["mean"] + t["std"]) * 100 for t in done] + ([fp_test * 100] if fp_test else [])
+    ax.set_ylim(max(0.0, min(lows, default=0.0) - 2), min(100.0, max(highs, default=100.0) + 3))
+    ax.set_xticks(range(len(budgets)), [f"≤ {b.upper()} BOPs" for b in budgets])
+    ax.set_ylabel("top-1 after QAT (%), mean ± std over seeds")
+    ax.legend(fontsize=7, ncol=len(methods) + 1, loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    log = logger(out / "main_table.log")
+    check_settings(out, vars(args), ("threads", "methods", "seeds", "budgets", "ceiling"))
+    fp_model, fp_meta = load_checkpoint(args.fp)
+    dataset = load_dataset(fp_meta.get("dataset", "cifar10"), args.data_dir, seed=0)
+    graph = extract_graph(fp_model)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    grid = [(b, m, s) for b in args.budgets.split(",") for s in ints(args.seeds) for m in methods]
+    if args.ceiling:
+        grid += [("w8a8", "uniform", s) for s in ints(args.seeds)]
+    first_budget = args.budgets.split(",")[0]
+    for budget_name, method, seed in grid:
+        w, a = uniform_bits(budget_name)
+        bops = None if budget_name == "w8a8" else omega(graph, Policy.uniform(graph.layer_names(), w, a, first_last_8bit=True)).bops
+        reuse = (out / "runs" / first_budget / f"{method}-s{seed}"
+                 if method.startswith("smpq") and budget_name != first_budget else None)
+        path = out / "cells" / f"{budget_name}-{method}-s{seed}.json"
+        try:
+            cell(path, lambda: run_cell(args, method, budget_name, bops, seed, out, (fp_model, fp_meta),
+                                                    dataset, reuse, log), log)
+        except SearchError as exc:
+            log(f"cell {path.stem}: error: {exc}")
+            continue
+        report(out, args, fp_meta)
+    print(markdown(report(out, args, fp_meta), fp_meta.get("test_accuracy")))
+    return 0
+
+
+ORDER = ("uniform", "hawq", "edmips", "smpq-paper", "smpq")
+
+
+def report(out: Path, args: argparse.Namespace, fp_meta: dict) -> list[dict[str, Any]]:
+    """Aggregate every finished cell of the folder (all runs, any --methods/--seeds), write JSON and plot."""
+    rows = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    rows.sort(key=lambda r: (r["budget_bops"] is None, r["budget_bops"] or 0,
+                             ORDER.index(r["method"]) if r["method"] in ORDER else len(ORDER), r["method"], r["seed"]))
+    agg = aggregate(rows)
+    write_json(out / "main_table.json", {"command": " ".join(sys.argv), "settings": vars(args),
+                                         "fp_test": fp_meta.get("test_accuracy"), "cells": rows, "aggregate": agg})
+    plot(agg, fp_meta.get("test_accuracy"), out / "main_table.png")
+    return agg
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
