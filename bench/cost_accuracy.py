@@ -4,8 +4,8 @@
                                             [--kernels cortex_m_dsp] [--json out.json]
 
 For each model and three mixed policies (randomly initialised weights, calibrated on CIFAR-10 test images:
-deploy/cmd_calibrate.py's micro-benchmark models), the prediction is what the search prices: Ω's latency
-(deploy.deploy_cost.omega with the device's cost model, the calibrated one when devices/calibrated/ has it)
+deploy/cli/calibrate.py's micro-benchmark models), the prediction is what the search prices: Ω's latency
+(deploy.devices.cost.omega with the device's cost model, the calibrated one when devices/calibrated/ has it)
 times the clock; the measurement is one inference of the firmware on the board (QEMU: instructions under
 -icount), all ops. Prints predicted, measured and the error per model and policy.
 """
@@ -29,12 +29,12 @@ POLICIES = {
 
 def measure_policies(device: str, models: list[str], kernels: str, seed: int, icount_shift: int = 5) -> list[dict]:
     """One row per model and policy: predicted and measured instructions (or cycles) per inference."""
-    from deploy.cmd_calibrate import OP_WORK, _images, measure, random_ir
-    from deploy.deploy_cost import omega
-    from deploy.devices import latency_model, load_device
-    from deploy.reference import to_int8_input
-    from search.graph import extract_graph
-    from search.models import build_model, quantizable_layers
+    from deploy.cli.calibrate import OP_WORK, _images, measure, random_ir
+    from deploy.devices.cost import omega
+    from deploy.devices.profiles import latency_model, load_device
+    from deploy.lower.reference import to_int8_input
+    from search.nn.graph import extract_graph
+    from search.nn.models import build_model, quantizable_layers
 
     profile = load_device(device)
     lm = latency_model(profile)

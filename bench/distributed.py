@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from search import distributed  # noqa: E402
-from search.data import load_dataset  # noqa: E402
-from search.models import build_model  # noqa: E402
+from search.nn.data import load_dataset  # noqa: E402
+from search.nn.models import build_model  # noqa: E402
 from search.search_state import STATE_FILE  # noqa: E402
 from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch  # noqa: E402
 from search.supernet import Supernet  # noqa: E402
-from search.train import TrainConfig, deterministic_mode, fit, load_checkpoint  # noqa: E402
+from search.nn.train import TrainConfig, deterministic_mode, fit, load_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

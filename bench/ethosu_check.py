@@ -22,15 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy.devices import load_device  # noqa: E402
+from deploy.devices.profiles import load_device  # noqa: E402
 from deploy.errors import DeployError  # noqa: E402
 from deploy.ethosu.cost import VelaCostModel, relative_error  # noqa: E402
 from deploy.ethosu.stage import policy_layers, vela_target  # noqa: E402
 from deploy.ethosu.vela import compile_tflite, vela_version  # noqa: E402
-from deploy.export_tflite import to_tflite  # noqa: E402
-from deploy.irbuild import synthetic_graph  # noqa: E402
-from search.quantizers import weight_range  # noqa: E402
-from tests.test_ethosu import conv_stack, lowered  # noqa: E402
+from deploy.export.tflite import to_tflite  # noqa: E402
+from deploy.lower.irbuild import synthetic_graph  # noqa: E402
+from search.nn.quantizers import weight_range  # noqa: E402
+from tests.deploy.ethosu.test_ethosu import conv_stack, lowered  # noqa: E402
 
 
 def facts(target) -> None:

@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtime_host import POLICIES, cached_ir, cifar_images  # noqa: E402
 
-from deploy.cmd_export import packed_weight_bytes  # noqa: E402
-from deploy.export_onnx import to_onnx  # noqa: E402
-from deploy.export_smpq import build_smpq  # noqa: E402
-from deploy.export_tflite import to_tflite  # noqa: E402
-from deploy.reference import to_int8_input  # noqa: E402
-from deploy.tflm import tflm_arena_bytes  # noqa: E402
+from deploy.cli.export import packed_weight_bytes  # noqa: E402
+from deploy.export.onnx import to_onnx  # noqa: E402
+from deploy.export.smpq import build_smpq  # noqa: E402
+from deploy.export.tflite import to_tflite  # noqa: E402
+from deploy.lower.reference import to_int8_input  # noqa: E402
+from deploy.export.tflm import tflm_arena_bytes  # noqa: E402
 from firmware_harness import smpq_format as fmt  # noqa: E402
 
 

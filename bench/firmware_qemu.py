@@ -7,7 +7,7 @@ Builds firmware_harness/build.py's image for each kernel set around a randomly i
 QAT model (bench/runtime_host.py's cached_ir: instruction counts do not depend on accuracy) and runs it
 under qemu-system-arm -icount shift=N through the protocol client. Prints, per kernel set: the image's
 flash and RAM, how many of --images CIFAR-10 test images give the integer reference's raw outputs bit for
-bit (deploy.reference), instructions per inference (`infer 10 1`: SysTick ticks·40/2^N / 10) and the
+bit (deploy.lower.reference), instructions per inference (`infer 10 1`: SysTick ticks·40/2^N / 10) and the
 per-op breakdown of the last inference (smpq-time). Instruction counts, not cycles: QEMU does not model
 the M7's pipeline.
 """
@@ -24,12 +24,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy.export_smpq import export_c  # noqa: E402
-from deploy.reference import run as run_reference  # noqa: E402
-from deploy.reference import to_int8_input  # noqa: E402
-from firmware_harness.backends.qemu import QemuBoard  # noqa: E402
+from deploy.export.smpq import export_c  # noqa: E402
+from deploy.lower.reference import run as run_reference  # noqa: E402
+from deploy.lower.reference import to_int8_input  # noqa: E402
+from firmware_harness.hil.backends.qemu import QemuBoard  # noqa: E402
 from firmware_harness.build import build_firmware  # noqa: E402
-from firmware_harness.protocol import DutClient  # noqa: E402
+from firmware_harness.hil.protocol import DutClient  # noqa: E402
 
 
 def _runtime_host():
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 ops = dut.layers()
                 times = [t * den / num for t in dut.layer_times()]
             print(f"\n[{kernels}] flash {img.flash_bytes} B, RAM {img.ram_bytes} B, fw {img.fw_hash[:12]}")
-            print(f"  bit-exact with deploy.reference: {exact}/{len(x)} images")
+            print(f"  bit-exact with deploy.lower.reference: {exact}/{len(x)} images")
             print(f"  instructions per inference: {per_inference:,.0f}")
             print("  per op (instructions, share):")
             for (i, kind, w, a), t in zip(ops, times):

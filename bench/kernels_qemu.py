@@ -4,7 +4,7 @@
                                            [--whole resnet8:w8a8,resnet8:mixed] [--seed 0]
 
 Every distinct conv2d, depthwise and fully connected layer shape of the models (their graphs as the
-project's lowering sees them: search.graph.extract_graph on 3x32x32 inputs, 10 classes, default model
+project's lowering sees them: search.nn.graph.extract_graph on 3x32x32 inputs, 10 classes, default model
 arguments) runs in ONE QEMU run of one firmware image (firmware_harness/bench/kernels_bench.c): our reference
 kernels and our DSP kernels at 8/4/2/1-bit weights, CMSIS-NN's arm_convolve_wrapper_s8 / _s4,
 arm_depthwise_conv_wrapper_s8 and arm_fully_connected_s8 (compiled from ../shared/anchors/cmsis-nn or
@@ -14,7 +14,7 @@ whether the reference and DSP outputs are bit-identical on the board, and per-mo
 layers (each layer at its shape's figure; adds, pooling and requantize ops are not included).
 --whole then runs whole models (random calibrated weights from bench/runtime_host.py, one CIFAR-10 test image)
 through the real firmware (firmware_harness.build, reference and cortex_m_dsp kernel sets) over the serial
-protocol: instructions per inference, per MAC and per op kind, and bit-exactness with deploy/reference.py.
+protocol: instructions per inference, per MAC and per op kind, and bit-exactness with deploy/lower/reference.py.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from firmware_harness.bench.kernel_bench import WIDTHS, Case, build, cmsis_dir, run  # noqa: E402
-from search.graph import extract_graph  # noqa: E402
-from search.models import build_model  # noqa: E402
+from search.nn.graph import extract_graph  # noqa: E402
+from search.nn.models import build_model  # noqa: E402
 
 
 def model_cases(name: str) -> list[Case]:
@@ -66,12 +66,12 @@ def whole_model(model: str, policy: str, work: Path, *, kernels: tuple[str, ...]
                 icount_shift: int = 5, seed: int = 0) -> dict[str, object]:
     """One inference of the whole firmware (the MLPerf Tiny application + runtime) on QEMU for each kernel set:
     instructions per inference and per model MAC, per op kind, and whether the outputs equal the integer reference."""
-    from deploy import reference
-    from deploy.export_smpq import export_c
-    from firmware_harness.backends.qemu import QemuBoard
+    from deploy.lower import reference
+    from deploy.export.smpq import export_c
+    from firmware_harness.hil.backends.qemu import QemuBoard
     from firmware_harness.build import build_firmware
-    from firmware_harness.hil import TimerUnit, layer_breakdown
-    from firmware_harness.protocol import DutClient
+    from firmware_harness.hil.measure import TimerUnit, layer_breakdown
+    from firmware_harness.hil.protocol import DutClient
 
     rh = _runtime_host_bench()
     g = rh.cached_ir(model, policy, seed=seed)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/mlperf_tiny.py [--models ic,kws,vww] [--host-runs 50] [--windows 5] [--seed 0]
                                           [--no-qemu] [--json out.json]
 
-Per model (deploy/mlperf_tiny.BENCHMARKS, imported with deploy/import_tflite.py), one table:
+Per model (deploy/export/mlperf_tiny.BENCHMARKS, imported with deploy/export/import_tflite.py), one table:
 * host: median wall time per inference of our C runtime (``libsmpq.so`` through ctypes, reference kernels,
   gcc -O3) and of TFLite Micro's host interpreter (PyPI tflite-micro), each over --host-runs inferences on
   the benchmark's inputs after one warm-up, and their ratio; both outputs checked equal on those inputs;
@@ -33,14 +33,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy.export_smpq import build_smpq, export_c  # noqa: E402
-from deploy.import_tflite import import_tflite_bytes  # noqa: E402
-from deploy.ir import Graph  # noqa: E402
-from deploy.reference import run as run_reference  # noqa: E402
-from deploy.mlperf_tiny import BENCHMARKS, MODELS_DIR, PERFORMANCE_WINDOWS, PUBLISHED_SOURCE, inputs  # noqa: E402
-from deploy.tflm import _tflm_interpreter, tflm_arena_bytes  # noqa: E402
+from deploy.export.smpq import build_smpq, export_c  # noqa: E402
+from deploy.export.import_tflite import import_tflite_bytes  # noqa: E402
+from deploy.lower.ir import Graph  # noqa: E402
+from deploy.lower.reference import run as run_reference  # noqa: E402
+from deploy.export.mlperf_tiny import BENCHMARKS, MODELS_DIR, PERFORMANCE_WINDOWS, PUBLISHED_SOURCE, inputs  # noqa: E402
+from deploy.export.tflm import _tflm_interpreter, tflm_arena_bytes  # noqa: E402
 from firmware_harness.host import HostRuntime  # noqa: E402
-from search.data import default_data_root  # noqa: E402
+from search.nn.data import default_data_root  # noqa: E402
 
 
 def graph_macs(g: Graph) -> int:
@@ -130,10 +130,10 @@ def host_figures(data: bytes, g: Graph, x: np.ndarray, runs: int) -> dict[str, f
 
 
 def qemu_figures(g: Graph, x: np.ndarray, bench, windows: int, kernels: str) -> dict[str, float | int | bool]:
-    from firmware_harness import hil
-    from firmware_harness.backends.qemu import QemuBoard
+    from firmware_harness.hil import measure as hil
+    from firmware_harness.hil.backends.qemu import QemuBoard
     from firmware_harness.build import build_firmware
-    from firmware_harness.protocol import DutClient
+    from firmware_harness.hil.protocol import DutClient
 
     with tempfile.TemporaryDirectory() as tmp:
         export_c(g, tmp)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         g = graphs[name] = import_tflite_bytes(data, bench.tflite)
         x, _ = inputs(bench, g, max(args.host_runs, args.windows), default_data_root(), args.seed)
         row: dict = {"macs": graph_macs(g), "host": host_figures(data, g, x, args.host_runs), "published_ms": bench.published_ms}
-        if name == "ic":  # top-1 of the integer reference (= TFLM, tests/test_import_tflite.py) on the whole test split
+        if name == "ic":  # top-1 of the integer reference (= TFLM, tests/deploy/export/test_import_tflite.py) on the whole test split
             xa, ya = inputs(bench, g, 10_000, default_data_root())
             row["reference_top1"] = {"images": len(ya), "top1": float((run_reference(g, xa).argmax(1) == ya).mean())}
         if not args.no_qemu:

@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import reference  # noqa: E402
-from deploy.export_onnx import DEFAULT_OPSET, STYLES, to_onnx  # noqa: E402
-from deploy.ir import Graph  # noqa: E402
-from search.data import load_dataset  # noqa: E402
+from deploy.lower import reference  # noqa: E402
+from deploy.export.onnx import DEFAULT_OPSET, STYLES, to_onnx  # noqa: E402
+from deploy.lower.ir import Graph  # noqa: E402
+from search.nn.data import load_dataset  # noqa: E402
 
 
 def _session(model):

@@ -31,16 +31,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy.export_smpq import build_smpq  # noqa: E402
-from deploy.ir import Graph  # noqa: E402
-from deploy.lower import lower  # noqa: E402
-from deploy.reference import to_int8_input  # noqa: E402
+from deploy.export.smpq import build_smpq  # noqa: E402
+from deploy.lower.ir import Graph  # noqa: E402
+from deploy.lower.lower import lower  # noqa: E402
+from deploy.lower.reference import to_int8_input  # noqa: E402
 from firmware_harness import smpq_format as fmt  # noqa: E402
 from firmware_harness.host import HostRuntime  # noqa: E402
-from search.data import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
-from search.models import build_model, quantizable_layers  # noqa: E402
+from search.nn.data import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
+from search.nn.models import build_model, quantizable_layers  # noqa: E402
 from search.policy import Policy  # noqa: E402
-from search.qmodel import calibrate, quantize_model  # noqa: E402
+from search.nn.qmodel import calibrate, quantize_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10" / "test.npz"
 PolicyFn = Callable[[int, str], tuple[int, int]]  # (layer index, name) -> (w_bits, a_bits)
@@ -123,8 +123,8 @@ def tflm(g: Graph, x: np.ndarray) -> tuple[Callable[[], object], int]:
     """(one invoke of TFLite Micro's host interpreter on the IR's TFLite export, TFLM's arena bytes)."""
     from tflite_micro.python.tflite_micro import runtime
 
-    from deploy.export_tflite import to_tflite
-    from deploy.tflm import DEFAULT_ARENA, tflm_arena_bytes
+    from deploy.export.tflite import to_tflite
+    from deploy.export.tflm import DEFAULT_ARENA, tflm_arena_bytes
 
     model = to_tflite(g)
     interp = runtime.Interpreter.from_bytes(model, arena_size=DEFAULT_ARENA)

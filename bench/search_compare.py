@@ -23,15 +23,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from search.budget import Budget  # noqa: E402
-from deploy.deploy_cost import BlobCostModel, omega  # noqa: E402
-from search.data import load_dataset  # noqa: E402
+from deploy.devices.cost import BlobCostModel, omega  # noqa: E402
+from search.nn.data import load_dataset  # noqa: E402
 from search.errors import SearchError  # noqa: E402
-from search.graph import extract_graph  # noqa: E402
-from search.models import build_model  # noqa: E402
+from search.nn.graph import extract_graph  # noqa: E402
+from search.nn.models import build_model  # noqa: E402
 from search.policy import Policy  # noqa: E402
-from search.qat import QATConfig  # noqa: E402
+from search.nn.qat import QATConfig  # noqa: E402
 from search.runner import SearchSettings, run_search  # noqa: E402
-from search.train import TrainConfig, fit, load_checkpoint  # noqa: E402
+from search.nn.train import TrainConfig, fit, load_checkpoint  # noqa: E402
 
 DEFAULT_FP = Path("runs/resnet8-fp/fp.pt")
 

@@ -24,12 +24,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search.data import BatchLoader, load_dataset  # noqa: E402
-from search.models import build_model  # noqa: E402
-from search.qmodel import calibrate  # noqa: E402
+from search.nn.data import BatchLoader, load_dataset  # noqa: E402
+from search.nn.models import build_model  # noqa: E402
+from search.nn.qmodel import calibrate  # noqa: E402
 from search.shapley import estimate_shapley  # noqa: E402
 from search.supernet import IncrementalForward, Supernet  # noqa: E402
-from search.train import TrainConfig, fit, load_checkpoint  # noqa: E402
+from search.nn.train import TrainConfig, fit, load_checkpoint  # noqa: E402
 
 
 def main() -> None:

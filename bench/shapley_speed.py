@@ -28,11 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search.data import load_dataset  # noqa: E402
-from search.models import build_model  # noqa: E402
+from search.nn.data import load_dataset  # noqa: E402
+from search.nn.models import build_model  # noqa: E402
 from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, run_smpq  # noqa: E402
 from search.supernet import Supernet  # noqa: E402
-from search.train import load_checkpoint  # noqa: E402
+from search.nn.train import load_checkpoint  # noqa: E402
 
 W_BITS, A_BITS = (2, 3, 4, 5, 6, 8), (4, 6, 8)
 
@@ -61,8 +61,8 @@ def partial_walk(model: torch.nn.Module, ds, steps: int, seed: int) -> dict:
     changes is uniformly random), so the rate extrapolates to whole rounds."""
     import numpy as np
 
-    from search.data import BatchLoader
-    from search.qmodel import calibrate
+    from search.nn.data import BatchLoader
+    from search.nn.qmodel import calibrate
     from search.supernet import IncrementalForward
 
     sn = Supernet(model, W_BITS, A_BITS, first_last_8bit=True, seed=seed)

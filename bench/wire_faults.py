@@ -3,8 +3,8 @@
     .venv/bin/python bench/wire_faults.py [--frames 10000] [--seed 0] [--flip 4e-4] [--drop 2e-4]
                                           [--duplicate 2e-4] [--delay 2e-4]
 
-The firmware runs a small random integer model (deploy.irbuild.synthetic_graph: every op kind, 8×8×3
-input) so that the run is about the wire, not the model. firmware_harness.faultproxy sits between the
+The firmware runs a small random integer model (deploy.lower.irbuild.synthetic_graph: every op kind, 8×8×3
+input) so that the run is about the wire, not the model. firmware_harness.hil.faultproxy sits between the
 client and QEMU and flips, drops, duplicates and delays bytes (each byte, either direction, with the
 given probabilities; seeded). The client runs operations in the order a measurement does — per input:
 load it, then rounds of ``name``, ``smpq-info``, ``infer 1 0`` and ``smpq-raw`` — until it has sent
@@ -29,13 +29,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy.export_smpq import export_c  # noqa: E402
-from deploy.irbuild import synthetic_graph  # noqa: E402
-from deploy.reference import run as run_reference  # noqa: E402
-from firmware_harness.backends.qemu import QemuBoard  # noqa: E402
+from deploy.export.smpq import export_c  # noqa: E402
+from deploy.lower.irbuild import synthetic_graph  # noqa: E402
+from deploy.lower.reference import run as run_reference  # noqa: E402
+from firmware_harness.hil.backends.qemu import QemuBoard  # noqa: E402
 from firmware_harness.build import build_firmware  # noqa: E402
-from firmware_harness.faultproxy import FAULTS, FaultProxy, WireFaults  # noqa: E402
-from firmware_harness.protocol import BoardError, DutClient  # noqa: E402
+from firmware_harness.hil.faultproxy import FAULTS, FaultProxy, WireFaults  # noqa: E402
+from firmware_harness.hil.protocol import BoardError, DutClient  # noqa: E402
 
 OUTCOMES = ("ok first try", "retried ok", "reported failure", "WRONG RESULT ACCEPTED")
 ROUNDS_PER_INPUT = 4

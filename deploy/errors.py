@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 
-from deploy.ir import IRError
+from deploy.lower.ir import IRError
 from firmware_harness.errors import HarnessError
 from search.errors import SearchError
 

@@ -4,8 +4,9 @@
   tables from it; ``smpq_format`` packs weights and reads blobs in Python.
 - ``runtime/`` is the C99 runtime (loader, interpreter, one kernel per op); ``host`` builds it for the
   host and drives it through ctypes.
-- ``build``, ``boards/``, ``app/``, ``backends/``, ``protocol``, ``hil`` and ``faultproxy`` build the
-  firmware image, put it on a board (QEMU or real) and run it over the serial protocol (docs/protocol.md).
+- ``build``, ``boards/`` and ``app/`` build the firmware image; ``hil/`` (``backends/``, ``protocol``,
+  ``measure``, ``faultproxy``) puts it on a board (QEMU or real) and runs it over the serial protocol
+  (docs/protocol.md).
 
-`firmware_harness` never imports `search` or `deploy` (tests/test_contracts.py checks it).
+`firmware_harness` never imports `search` or `deploy` (tests/firmware_harness/test_contracts.py checks it).
 """

@@ -1,6 +1,6 @@
 """Firmware image build: C runtime + board support + MLPerf Tiny application + a model's ``model_data.c``.
 
-READY: builds a QEMU image that speaks docs/protocol.md (checked bit-exact against deploy.reference), e.g.
+READY: builds a QEMU image that speaks docs/protocol.md (checked bit-exact against deploy.lower.reference), e.g.
     img = build_firmware(Path("runs/demo"), "qemu-mps2-an500", Path("runs/demo"))  # needs runs/demo/model_data.c/.h
     qemu-system-arm -machine mps2-an500 -kernel runs/demo/firmware.elf -icount shift=3 -serial tcp:... (boot: m-init-done, m-ready)
 
@@ -34,7 +34,7 @@ CC, OBJCOPY, OBJDUMP = "arm-none-eabi-gcc", "arm-none-eabi-objcopy", "arm-none-e
 KERNEL_SETS: dict[str, tuple[str, ...]] = {"reference": ("kernels",),
                                             "cortex_m_dsp": ("kernels/cortex_m_dsp", "kernels")}
 #: every board here is a Cortex-M7 (CPU_FLAGS), which has the DSP extension: the optimised set is the default; it is
-#: bit-exact with the reference set (tests/test_kernels_dsp.py) and is what devices/calibrated/ was measured with.
+#: bit-exact with the reference set (tests/firmware_harness/test_kernels_dsp.py) and is what devices/calibrated/ was measured with.
 DEFAULT_KERNELS = "cortex_m_dsp"
 
 CPU_FLAGS = ("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard")

@@ -2,7 +2,7 @@
 
 The layouts, op kinds, limits and status codes come from :mod:`firmware_harness.format_spec` (the
 one declaration, shared with the C runtime through generated headers); this module adds the
-LSB-first weight packing and the reader, used by the writer (deploy/export_smpq.py), by tests and
+LSB-first weight packing and the reader, used by the writer (deploy/export/smpq.py), by tests and
 by tools that inspect a blob. It imports nothing from ``deploy`` or ``search``.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python scripts/export_hashes.py [--seed 0] [--models resnet8,mbv2] > hashes.txt
 
 For each model: seeded untrained weights with non-trivial BatchNorm statistics and a fixed mixed policy
-(first/last layer w8a8, the others cycling through 2/3/4/5/8 bits: tests/test_lower.py's
+(first/last layer w8a8, the others cycling through 2/3/4/5/8 bits: tests/deploy/lower/test_lower.py's
 ``random_bn_qat``), seeded calibration pixels; the
 model is lowered and exported as model.smpq, model.tflite, model.onnx, model.int.onnx and
 model_data.c, and one line ``<model> <file> <sha256> <bytes>`` is printed per file. Two runs of the
@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy.export_onnx import export_onnx  # noqa: E402
-from deploy.export_smpq import export_c, export_smpq  # noqa: E402
-from deploy.export_tflite import export_tflite  # noqa: E402
-from deploy.lower import lower  # noqa: E402
-from tests.test_lower import random_bn_qat  # noqa: E402  (the seeded mixed-policy QAT model of the lowering tests)
+from deploy.export.onnx import export_onnx  # noqa: E402
+from deploy.export.smpq import export_c, export_smpq  # noqa: E402
+from deploy.export.tflite import export_tflite  # noqa: E402
+from deploy.lower.lower import lower  # noqa: E402
+from tests.deploy.lower.test_lower import random_bn_qat  # noqa: E402  (the seeded mixed-policy QAT model of the lowering tests)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

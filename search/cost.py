@@ -2,7 +2,7 @@
 
 The search never knows a device or a format: it receives a :class:`CostModel` (Ω of a discrete
 policy, and the per-candidate table the knapsack needs) from the outside — deploy hands it
-``deploy.deploy_cost.BlobCostModel``, which prices the ``.smpq`` blob and the runtime's arena. BOPs
+``deploy.devices.cost.BlobCostModel``, which prices the ``.smpq`` blob and the runtime's arena. BOPs
 are a property of the model (MACs · w · a per layer) and are computed here. :class:`MixtureCost` is
 the exact expectation of a cost model's table under a mixture policy (EdMIPS, SMPQ's trade-off value).
 """
@@ -15,10 +15,10 @@ import torch
 
 from search.budget import Budget
 from search.errors import SearchError
-from search.graph import ExecGraph, Node
+from search.nn.graph import ExecGraph, Node
 from search.planner import MemoryPlan
 from search.policy import Policy
-from search.quantizers import ACT_BITS, WEIGHT_BITS
+from search.nn.quantizers import ACT_BITS, WEIGHT_BITS
 
 
 def layer_bops(node: Node, w_bits: float, a_bits: float) -> float:
@@ -71,7 +71,7 @@ class Omega:
     params: int
     layers: tuple[LayerCost, ...]
     plan: MemoryPlan = field(repr=False)
-    schedule: Any = field(repr=False)   # the cost model's op schedule (deploy.deploy_cost.Schedule)
+    schedule: Any = field(repr=False)   # the cost model's op schedule (deploy.devices.cost.Schedule)
 
     def as_dict(self) -> dict[str, float]:
         """The budgeted quantities by name (latency_s only when a latency model was given)."""
@@ -162,7 +162,7 @@ def bops_options(graph: ExecGraph, w_candidates: Sequence[int], a_candidates: Se
 
 
 class CostModel(Protocol):
-    """What the search needs from a deployment's cost model (implemented by deploy.deploy_cost.BlobCostModel)."""
+    """What the search needs from a deployment's cost model (implemented by deploy.devices.cost.BlobCostModel)."""
 
     def omega(self, graph: ExecGraph, policy: Mapping[str, Sequence[int]]) -> Omega:
         """Ω of a discrete policy (latency_s None without a latency model)."""

@@ -2,7 +2,7 @@
 
 Launch. ``smpq-deploy search … --nproc N`` re-runs the same command as N local workers under
 ``torch.distributed.run`` (torchrun, :func:`launch`); a plain ``torchrun --nproc_per_node N --nnodes K
--m deploy.cli search …`` is the same code path. A worker finds ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/
+-m deploy.cli.main search …`` is the same code path. A worker finds ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/
 ``MASTER_PORT`` (env:// rendezvous) in its environment and :func:`session` joins the group: gloo on the
 CPU, NCCL with CUDA (one GPU per local rank). Without those variables everything runs in one process and
 every helper here is a no-op.

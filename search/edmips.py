@@ -24,12 +24,12 @@ from typing import Any
 import torch
 
 from search.cost import CostModel, MixtureCost
-from search.data import Dataset
+from search.nn.data import Dataset
 from search.errors import SearchError
-from search.graph import extract_graph
+from search.nn.graph import extract_graph
 from search.search_state import STATE_FILE, SearchResult, SupernetSearch
 from search.supernet import Supernet
-from search.train import deterministic_mode, resolve_device
+from search.nn.train import deterministic_mode, resolve_device
 
 LOG_FILE = "edmips_log.jsonl"
 

@@ -12,7 +12,7 @@ Steps (on the FP model, BN in eval mode, one seeded calibration batch of the tra
    (std/√n) and their history at n = 1, 2, 4, … and the final n.
 2. **Sensitivity** of layer l at b bits, a second-order estimate of the loss increase:
    Ω_w(l, b) = Tr(H_W)/n_W · ‖Q_b(W) − W‖² and Ω_a(l, b) = Tr(H_x)/n_x · ‖Q_b(x) − x‖², with the
-   project's own quantizers (:class:`search.quantizers.WeightQuantizer` / ``ActQuantizer``, MSE-initialised
+   project's own quantizers (:class:`search.nn.quantizers.WeightQuantizer` / ``ActQuantizer``, MSE-initialised
    steps as in calibration) and x the layer's input on the calibration batch. A negative trace (the loss is
    not convex) is clamped to 0: that block then has no preference.
 3. The budget step (:func:`search.runner.select` with ``sensitivity=True``) minimises
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from search.errors import SearchError
-from search.quantizers import ActObserver, ActQuantizer, WeightQuantizer
+from search.nn.quantizers import ActObserver, ActQuantizer, WeightQuantizer
 
 HVP = Callable[[list[Tensor]], list[Tensor]]
 LOG_FILE = "hawq_log.jsonl"
@@ -202,7 +202,7 @@ def sensitivities(layers: Sequence[tuple[str, nn.Module]], inputs: Sequence[Tens
 
 def calibration_batch(dataset: Any, subset: int | None, batch_size: int, seed: int) -> tuple[Tensor, Tensor]:
     """The seeded calibration batch: the first shuffled batch of the (subset of the) training split."""
-    from search.data import BatchLoader
+    from search.nn.data import BatchLoader
 
     loader = BatchLoader(dataset.train.subset(subset), dataset, batch_size, shuffle=True, seed=seed)
     return next(iter(loader))
@@ -233,7 +233,7 @@ def run_hawq(model: nn.Module, dataset: Any, w_bits: Sequence[int], a_bits: Sequ
              subset: int | None = None, device: torch.device | str = "cpu",
              held: set[str] | None = None) -> HawqResult:
     """Traces and sensitivities of every quantizable layer of the FP `model` (held layers are skipped)."""
-    from search.models import quantizable_layers
+    from search.nn.models import quantizable_layers
 
     dev = torch.device(device)
     model = model.to(dev)

@@ -22,7 +22,7 @@ from torch import nn
 from search.budget import QUANTIZABLE
 from search.errors import SearchError
 from search.methods import METHODS
-from search.quantizers import ACT_BITS, WEIGHT_BITS
+from search.nn.quantizers import ACT_BITS, WEIGHT_BITS
 
 
 class LayerBits(NamedTuple):
@@ -45,7 +45,7 @@ def _as_int(v: Any) -> int | None:
 def layer_names(model_or_names: nn.Module | Sequence[str]) -> list[str]:
     """The quantizable layer names of a model (execution order), or the given names."""
     if isinstance(model_or_names, nn.Module):
-        from search.models import quantizable_layers
+        from search.nn.models import quantizable_layers
 
         return [n for n, _ in quantizable_layers(model_or_names)]
     return list(model_or_names)

@@ -15,7 +15,7 @@ Steps (each timed; the figures go into policy.json):
 3. Budget step (:mod:`search.knapsack`): the argmax policy if it meets every budget, else the exact
    multiple-choice knapsack over the scores (HAWQ: minimise the summed sensitivities instead).
    Uniform is never altered: a violated budget is an error.
-4. QAT of the final policy from the FP weights (:mod:`search.qat`, the same recipe for every method).
+4. QAT of the final policy from the FP weights (:mod:`search.nn.qat`, the same recipe for every method).
 5. ``policy.json`` (schema :class:`search.policy.PolicyFile`, documented in docs/policy-json.md), ``qat.pt``; the
    resumable search state is ``search_state.pt`` (EdMIPS trials: ``search_state_cd<i>.pt`` plus
    finished trials in ``search_state.pt``).
@@ -36,15 +36,15 @@ from search import distributed
 from search.atomic import atomic_write_text
 from search.budget import Budget
 from search.cost import CostModel, Omega, check
-from search.data import Dataset, load_dataset
+from search.nn.data import Dataset, load_dataset
 from search.errors import SearchError
-from search.graph import ExecGraph, extract_graph
+from search.nn.graph import ExecGraph, extract_graph
 from search.knapsack import Option, Selection, layer_scores, select_policy, softmax_scores
 from search.methods import METHODS
 from search.policy import FORMAT, FORMAT_VERSION, POLICY_FILE, Policy, validate_policy_file  # noqa: F401
-from search.qat import QAT_FILE, QATConfig, finetune
+from search.nn.qat import QAT_FILE, QATConfig, finetune
 from search.search_state import STATE_FILE, args_signature, atomic_save, tensors_digest
-from search.train import load_checkpoint, resolve_device
+from search.nn.train import load_checkpoint, resolve_device
 
 if TYPE_CHECKING:
     from search.supernet import Supernet
@@ -64,7 +64,7 @@ class SearchSettings:
     model: str | None = None            # optional check against the checkpoint's model
     seed: int = 0
     budget: Budget = field(default_factory=Budget)
-    cost_model: CostModel | None = None  # Ω of the deployment (deploy.deploy_cost.BlobCostModel); None: BOPs only
+    cost_model: CostModel | None = None  # Ω of the deployment (deploy.devices.cost.BlobCostModel); None: BOPs only
     w_bits: tuple[int, ...] = (2, 4, 8)
     a_bits: tuple[int, ...] = (2, 4, 8)
     first_last_8bit: bool = True
@@ -143,7 +143,7 @@ def _held(names: list[str], first_last_8bit: bool) -> set[str]:
 def _cost_model(settings: SearchSettings) -> CostModel:
     if settings.cost_model is None:
         raise SearchError("the search needs the deployment's cost model (SearchSettings.cost_model, "
-                          "deploy.deploy_cost.BlobCostModel) to price flash, SRAM and latency")
+                          "deploy.devices.cost.BlobCostModel) to price flash, SRAM and latency")
     return settings.cost_model
 
 
@@ -226,11 +226,11 @@ def _uniform(names: list[str], settings: SearchSettings) -> MethodResult:
 def build_supernet(fp_model: torch.nn.Module, dataset: Dataset, settings: SearchSettings) -> "Supernet":
     """The composite supernet over the FP model (stale BatchNorm statistics re-estimated first), its steps
     calibrated on training batches (deterministic)."""
-    from search.data import BatchLoader
-    from search.qmodel import calibrate
+    from search.nn.data import BatchLoader
+    from search.nn.qmodel import calibrate
     from search.supernet import Supernet
 
-    from search.train import refresh_stale_bn
+    from search.nn.train import refresh_stale_bn
 
     loader = BatchLoader(dataset.train.subset(settings.subset), dataset, settings.batch_size, shuffle=True, seed=settings.seed)
     fp_model, note = refresh_stale_bn(fp_model, loader, 8)

@@ -25,12 +25,12 @@ from torch import nn
 
 from search import distributed
 from search.atomic import atomic_write_text
-from search.data import BatchLoader, Dataset
+from search.nn.data import BatchLoader, Dataset
 from search.errors import SearchError
 from search.policy import Policy
 from search.supernet import Supernet
 # atomic_save and the RNG capture are the training's own (one implementation; re-exported for the searches)
-from search.train import LRSchedule, atomic_save, capture_rng_states, param_groups, restore_rng_states
+from search.nn.train import LRSchedule, atomic_save, capture_rng_states, param_groups, restore_rng_states
 
 STATE_FILE = "search_state.pt"
 SUPERNET_FILE = "supernet.pt"

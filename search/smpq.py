@@ -54,7 +54,7 @@ record per unit: ψ, α, evaluations, evaluations saved by truncation, wall time
 Cost of a round: every value is a masked forward pass (masked candidates are skipped) through
 :class:`search.supernet.IncrementalForward`, which recomputes only the graph nodes a walk step's
 mask change reaches and reuses the rest from the walk's previous step; ψ is bit-identical to plain
-forward passes (``tests/test_shapley.py``; timings: ``bench/shapley_speed.py``).
+forward passes (``tests/search/test_shapley.py``; timings: ``bench/shapley_speed.py``).
 """
 from __future__ import annotations
 
@@ -70,13 +70,13 @@ import torch
 from search import distributed
 from search.budget import Budget
 from search.cost import MixtureCost
-from search.data import BatchLoader, Dataset
+from search.nn.data import BatchLoader, Dataset
 from search.edmips import mixture_cost_for, mixture_probs
 from search.errors import SearchError
 from search.search_state import STATE_FILE, SearchResult, SupernetSearch
 from search.shapley import ShapleyResult, estimate_shapley, update_alpha, update_alpha_mean
 from search.supernet import IncrementalForward, Supernet
-from search.train import deterministic_mode, resolve_device
+from search.nn.train import deterministic_mode, resolve_device
 
 LOG_FILE = "smpq_log.jsonl"
 VALUES = ("accuracy", "tradeoff")

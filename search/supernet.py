@@ -23,7 +23,7 @@ Players and coefficients
     outputs its bias, if any), an all-masked activation group makes its input zero. The value then
     collapses, as a Shapley walk expects. Masked candidates are skipped, not computed.
     The coefficients reach the layers in ``Supernet.forward``; a mixed layer called on its own (e.g.
-    by ``search.models.quantizable_layers``' shape pass over ``supernet.model``) uses equal
+    by ``search.nn.models.quantizable_layers``' shape pass over ``supernet.model``) uses equal
     coefficients over its unmasked candidates.
 
 Masked evaluation
@@ -36,7 +36,7 @@ Masked evaluation
 From scores to a policy
     ``derive_policy(scores)`` takes per-player scores (default α) and picks, per layer and kind, the
     best candidate (ties → the higher bit width); ``to_fixed(policy)`` builds the fixed-policy QAT model
-    (``search.qmodel``) from the supernet's weights, BN and the chosen candidates' steps; with the
+    (``search.nn.qmodel``) from the supernet's weights, BN and the chosen candidates' steps; with the
     mask of ``policy_mask(policy)`` the supernet computes exactly what that model computes.
 """
 from __future__ import annotations
@@ -51,11 +51,11 @@ import torch
 from torch import Tensor, nn
 
 from search.errors import SearchError
-from search.models import quantizable_layers
+from search.nn.models import quantizable_layers
 from search.policy import LayerBits, Policy
-from search.qmodel import (QuantConv2d, QuantLayer, QuantLinear, model_input_shape, observe_and_init, probe_batch,
+from search.nn.qmodel import (QuantConv2d, QuantLayer, QuantLinear, model_input_shape, observe_and_init, probe_batch,
                            rebuild_layer, swap_module)
-from search.quantizers import ACT_BITS, WEIGHT_BITS, ActQuantizer, InitMethod, WeightQuantizer
+from search.nn.quantizers import ACT_BITS, WEIGHT_BITS, ActQuantizer, InitMethod, WeightQuantizer
 
 CoefficientMode = Literal["softmax", "normalized"]
 COEFFICIENT_MODES = ("softmax", "normalized")
@@ -371,7 +371,7 @@ class Supernet(nn.Module):
         return Policy(out)
 
     def to_fixed(self, policy: Policy) -> nn.Module:
-        """The fixed-policy QAT model (``search.qmodel`` layers) with this supernet's weights, BN and the
+        """The fixed-policy QAT model (``search.nn.qmodel`` layers) with this supernet's weights, BN and the
         chosen candidates' quantizers (steps and signedness) copied; the supernet is left unchanged."""
         resolved = policy.resolve(self.layer_names, self.first_last_8bit)
         idx = {n: (self.player_index(n, "w", b.w_bits) - ws.start, self.player_index(n, "a", b.a_bits) - as_.start)
@@ -407,7 +407,7 @@ class IncrementalForward:
     """
 
     def __init__(self, supernet: Supernet) -> None:
-        from search.graph import fx_trace
+        from search.nn.graph import fx_trace
 
         self.sn = supernet
         self.graph = fx_trace(supernet.model)

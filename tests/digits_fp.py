@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.deploy_cost import omega
-from search.data import load_dataset
-from search.graph import extract_graph
-from search.models import build_model
+from deploy.devices.cost import omega
+from search.nn.data import load_dataset
+from search.nn.graph import extract_graph
+from search.nn.models import build_model
 from search.policy import Policy
-from search.train import TrainConfig, fit, load_checkpoint
+from search.nn.train import TrainConfig, fit, load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def test_wheel_install_ships_pipeline_yaml_and_devices(tmp_path: Path) -> None:
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
                               "--prefix", str(env_dir), str(wheel)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
-    probe = ("import deploy.config as c, deploy.devices as d; print(c.DEFAULT_CONFIG); print(d.devices_dir()); "
+    probe = ("import deploy.pipeline.config as c, deploy.devices.profiles as d; print(c.DEFAULT_CONFIG); print(d.devices_dir()); "
              "print(len(d.list_devices()))")
     out = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

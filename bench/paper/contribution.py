@@ -34,13 +34,13 @@ from scipy.stats import kendalltau
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from bench.paper.common import cell, check_settings, logger, write_json  # noqa: E402
-from search.data import BatchLoader, load_dataset  # noqa: E402
+from search.nn.data import BatchLoader, load_dataset  # noqa: E402
 from search.policy import Policy  # noqa: E402
 from search.runner import SearchSettings, build_supernet  # noqa: E402
 from search.search_state import STATE_FILE  # noqa: E402
 from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, smpq_options  # noqa: E402
 from search.supernet import Supernet  # noqa: E402
-from search.train import load_checkpoint  # noqa: E402
+from search.nn.train import load_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

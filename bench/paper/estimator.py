@@ -27,11 +27,11 @@ from scipy.stats import kendalltau
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from bench.paper.common import cell, check_settings, logger, write_json  # noqa: E402
-from search.data import load_dataset  # noqa: E402
+from search.nn.data import load_dataset  # noqa: E402
 from search.runner import SearchSettings, build_supernet  # noqa: E402
 from search.search_state import STATE_FILE  # noqa: E402
 from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, smpq_options  # noqa: E402
-from search.train import load_checkpoint  # noqa: E402
+from search.nn.train import load_checkpoint  # noqa: E402
 
 ESTIMATORS = {"plain": {"threshold": 0.0}, "truncated": {"threshold": 0.5},
               "antithetic": {"threshold": 0.0, "antithetic": True}}

@@ -30,15 +30,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from bench.paper.common import cell, check_settings, fmt_pm, logger, mean_std, write_json  # noqa: E402
-from deploy.deploy_cost import BlobCostModel, omega  # noqa: E402
+from deploy.devices.cost import BlobCostModel, omega  # noqa: E402
 from search.budget import Budget  # noqa: E402
-from search.data import load_dataset  # noqa: E402
+from search.nn.data import load_dataset  # noqa: E402
 from search.errors import SearchError  # noqa: E402
-from search.graph import extract_graph  # noqa: E402
+from search.nn.graph import extract_graph  # noqa: E402
 from search.policy import Policy  # noqa: E402
-from search.qat import QATConfig  # noqa: E402
+from search.nn.qat import QATConfig  # noqa: E402
 from search.runner import SearchSettings, run_search  # noqa: E402
-from search.train import load_checkpoint  # noqa: E402
+from search.nn.train import load_checkpoint  # noqa: E402
 
 UNIFORM = re.compile(r"^w(\d)a(\d)$")
 

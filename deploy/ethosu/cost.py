@@ -14,7 +14,7 @@ a flash-bound layer, fewer cycles). So both come from Vela itself:
   area = encoded weights + Vela's fixed overhead there (per-channel scales and biases).
 * Compression depends on the weight *values*, not only the shape: the codes at width b are the
   layer's weights quantized per output channel at b bits with the project's own step initialisation
-  (:func:`search.quantizers.init_step`, MSE); a layer already at b bits in the given IR keeps its
+  (:func:`search.nn.quantizers.init_step`, MSE); a layer already at b bits in the given IR keeps its
   codes exactly (the check against a compiled model uses the same codes that are compiled).
 * Every compilation is cached on disk under ``<cache>/<sha256>.json``; the key hashes the TFLite bytes
   (layer shapes, bits and the weight values), the Vela version and the target configuration.
@@ -36,15 +36,15 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from deploy.deploy_cost import omega as blob_omega
+from deploy.devices.cost import omega as blob_omega
 from deploy.ethosu.vela import VelaResult, VelaTarget, compile_tflite, vela_version
-from deploy.export_tflite import to_tflite
-from deploy.ir import Graph
+from deploy.export.tflite import to_tflite
+from deploy.lower.ir import Graph
 from search.atomic import atomic_write_text
 from search.cost import Candidate, LayerOptions, Omega, OptionTable, check_candidates, layer_bops
 from search.errors import SearchError
-from search.graph import ExecGraph
-from search.quantizers import init_step, quantize_codes, weight_range
+from search.nn.graph import ExecGraph
+from search.nn.quantizers import init_step, quantize_codes, weight_range
 
 WEIGHTED = ("conv2d", "depthwise_conv2d", "fully_connected")
 ACT_BITS = (8,)

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploy.devices import DeviceProfile
+from deploy.devices.profiles import DeviceProfile
 from deploy.errors import DeployError
 from deploy.ethosu.cost import VelaCostModel, layer_of, relative_error
 from deploy.ethosu.vela import VelaTarget, compile_tflite, vela_version
-from deploy.export_tflite import to_tflite
-from deploy.ir import Graph
+from deploy.export.tflite import to_tflite
+from deploy.lower.ir import Graph
 from search.atomic import atomic_write_text
 
 STEM = "model_ethosu"
@@ -47,10 +47,10 @@ def is_ethos_u(profile: DeviceProfile | None) -> bool:
 def topology_ir(fp_model: torch.nn.Module, seed: int = 0) -> Graph:
     """The FP model lowered at w8a8 with seeded random calibration: the network Vela compiles for the
     cost model (its weights are the FP weights; activation scales do not change Vela's figures)."""
-    from deploy.lower import lower
-    from search.models import quantizable_layers
+    from deploy.lower.lower import lower
+    from search.nn.models import quantizable_layers
     from search.policy import Policy
-    from search.qmodel import quantize_model
+    from search.nn.qmodel import quantize_model
 
     shape = tuple(fp_model.input_shape)
     names = [n for n, _ in quantizable_layers(fp_model, shape)]
@@ -63,7 +63,7 @@ def topology_ir(fp_model: torch.nn.Module, seed: int = 0) -> Graph:
 def search_cost_model(fp_model: torch.nn.Module, profile: DeviceProfile, w_bits: list[int] | tuple[int, ...],
                       cache_dir: str | Path, seed: int = 0) -> VelaCostModel:
     """The search's cost model on an Ethos-U device (see the module docstring)."""
-    from search.graph import extract_graph
+    from search.nn.graph import extract_graph
 
     target = vela_target(profile)
     layers = extract_graph(fp_model).layer_names()
@@ -127,8 +127,8 @@ def _per_layer_rows(ops: list, bits: dict[str, int]) -> list[dict[str, Any]]:
 
 def check_tflite_bit_exact(g: Graph, run_dir: str | Path, x: np.ndarray) -> bool:
     """Whether ``model_ethosu.tflite`` (the model Vela compiled) gives the integer reference's outputs in TFLite Micro."""
-    from deploy import reference
-    from deploy.tflm import run_tflm
+    from deploy.lower import reference
+    from deploy.export.tflm import run_tflm
 
     got = run_tflm((Path(run_dir) / f"{STEM}.tflite").read_bytes(), x)
     ref = reference.run(g, x)

@@ -166,7 +166,7 @@ def compile_tflite(tflite: bytes, target: VelaTarget, out_dir: str | Path, stem:
     """Compile an int8 TFLite model with Vela into `out_dir` (``<stem>.tflite`` is written there first).
 
     `op_origin` names, per TFLite operator, the IR op it was emitted for (from
-    :func:`deploy.export_tflite.to_tflite`); the per-layer rows then carry ``ir_op``. `extra_args` go to
+    :func:`deploy.export.tflite.to_tflite`); the per-layer rows then carry ``ir_op``. `extra_args` go to
     Vela as they are (e.g. ``("--ignore-ops", "ADD")`` leaves ADD to the CPU).
     """
     out = Path(out_dir)

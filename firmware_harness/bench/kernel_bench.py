@@ -4,7 +4,7 @@ One image holds the reference kernels (renamed ``ref_*``), the Cortex-M DSP kern
 CMSIS-NN compiled from its source folder (a measurement anchor outside the project: referenced by path,
 never copied). It runs every case at 8/4/2/1-bit weights through both of our kernel sets and CMSIS-NN
 (s8; s4 for conv), reading the board's SysTick around each call under ``-icount shift=N``, where a tick
-is 2^N/40 instructions. Used by bench/kernels_qemu.py and tests/test_kernels_dsp.py.
+is 2^N/40 instructions. Used by bench/kernels_qemu.py and tests/firmware_harness/test_kernels_dsp.py.
 """
 from __future__ import annotations
 

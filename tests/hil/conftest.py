@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.export_smpq import export_c, export_smpq
+from deploy.export.smpq import export_c, export_smpq
 from firmware_harness.build import build_firmware
-from tests.test_smpq_format import bench_module
+from tests.firmware_harness.test_smpq_format import bench_module
 
 BOARD = "qemu-mps2-an500"
 

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from deploy.cli import main
-from firmware_harness.backends import make_backend
-from firmware_harness.backends.qemu import QemuBoard
-from firmware_harness.backends.stm32uart import ACK, SYNC, Stm32UartBackend, bootloader_sync
+from deploy.cli.main import main
+from firmware_harness.hil.backends import make_backend
+from firmware_harness.hil.backends.qemu import QemuBoard
+from firmware_harness.hil.backends.stm32uart import ACK, SYNC, Stm32UartBackend, bootloader_sync
 from firmware_harness.errors import HarnessError
-from firmware_harness.protocol import BoardError, DutClient
+from firmware_harness.hil.protocol import BoardError, DutClient
 
 
 def _gone(pid: int) -> bool:

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from deploy.cli import main
-from deploy.reference import dequantize, run as run_reference, to_int8_input
-from firmware_harness import hil, smpq_format
-from firmware_harness.backends.qemu import QemuBoard
-from firmware_harness.protocol import DutClient
+from deploy.cli.main import main
+from deploy.lower.reference import dequantize, run as run_reference, to_int8_input
+from firmware_harness.hil import measure as hil
+from firmware_harness import smpq_format
+from firmware_harness.hil.backends.qemu import QemuBoard
+from firmware_harness.hil.protocol import DutClient
 
 pytestmark = pytest.mark.hil
 N_IMAGES = 50
@@ -62,7 +63,7 @@ def test_flash_and_measure_commands_write_board_json(resnet8_run, cifar_test, ca
     assert report["transfer"]["payload_bytes_per_s"] > 0 and report["transfer"]["wall_s_per_image"] > 0
     assert report["command"].startswith("smpq-deploy measure --run")
     assert not list(resnet8_run.glob(".board.json.*"))  # the temporary file was renamed
-    from deploy.report import board_summary  # the report reads what measure wrote
+    from deploy.pipeline.report import board_summary  # the report reads what measure wrote
 
     summary = board_summary(resnet8_run)
     assert summary["samples"] == 4 and summary["bit_exact"] is True and summary["accuracy"] is not None

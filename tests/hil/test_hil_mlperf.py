@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deploy.cli import main
+from deploy.cli.main import main
 from tests.hil.conftest import require_tools
 from tests.tflite_fixtures import IC
 

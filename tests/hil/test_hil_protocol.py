@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
-from firmware_harness.backends.qemu import QemuBoard
+from firmware_harness.hil.backends.qemu import QemuBoard
 
 pytestmark = pytest.mark.hil
 
@@ -108,7 +108,7 @@ def test_every_command_ends_with_ready_and_documented_lines(link, resnet8_graph)
     raw = re.fullmatch(r"m-smpq-raw-\[([0-9a-f]+)\]-crc-\[([0-9a-f]{8})\]", link.cmd("smpq-raw")[0])
     out = bytes.fromhex(raw.group(1))
     assert len(out) == n_out and raw.group(2) == f"{zlib.crc32(out):08x}"
-    from deploy.reference import run as run_reference
+    from deploy.lower.reference import run as run_reference
 
     ref = run_reference(resnet8_graph, np.frombuffer(x, np.int8).reshape(1, 32, 32, 3))
     assert out == ref.astype(np.int8).tobytes()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware_harness.faultproxy import FAULTS, WireFaults
+from firmware_harness.hil.faultproxy import FAULTS, WireFaults
 
 pytestmark = pytest.mark.hil
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "wire_faults.py"
@@ -51,7 +51,7 @@ def test_proxy_faults_are_seeded():
                 while data := conn.recv(4096):
                     conn.sendall(data)
         threading.Thread(target=serve, daemon=True).start()
-        from firmware_harness.faultproxy import FaultProxy
+        from firmware_harness.hil.faultproxy import FaultProxy
 
         with FaultProxy(echo.getsockname()[1], WireFaults(flip=0.01, drop=0.01, duplicate=0.01), seed=seed) as p:
             s = socket.create_connection(("127.0.0.1", p.port))

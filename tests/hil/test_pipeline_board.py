@@ -41,7 +41,7 @@ POLICY_WALL_CLOCK = ("timings_s",)
 def smpq(*argv: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("SMPQ_TRACEBACK", None)
-    return subprocess.Popen([sys.executable, "-m", "deploy.cli", *argv], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli.main", *argv], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

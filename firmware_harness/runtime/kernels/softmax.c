@@ -1,6 +1,6 @@
 /* int8 softmax along the last axis: TFLite's reference_ops::Softmax (gemmlowp fixed point), as TFLite Micro
- * runs it. params: input_multiplier, input_left_shift, diff_min (TFLM's Prepare; deploy/softmax_int8.py).
- * Output scale 1/256, zero point -128. Python twin: deploy/softmax_int8.py. */
+ * runs it. params: input_multiplier, input_left_shift, diff_min (TFLM's Prepare; deploy/lower/softmax_int8.py).
+ * Output scale 1/256, zero point -128. Python twin: deploy/lower/softmax_int8.py. */
 #include "fixedpoint.h"
 #include "kernels.h"
 

@@ -1,0 +1,247 @@
+"""`smpq-deploy calibrate`: measure a device's latency model on the board, through the harness.
+
+    smpq-deploy calibrate --device qemu-mps2-an500 [--kernels cortex_m_dsp] [--models resnet8] [--seed 0]
+                          [--icount-shift 5] [--out devices/calibrated/<device>.yaml]
+
+Micro-benchmarks: each model (random weights, calibrated on CIFAR-10 test images or seeded noise) is lowered
+at uniform weights of every width the device allows (8-bit activations: the runtime's activations are int8
+containers, so activation bits do not change its work), exported, built into the firmware with the chosen
+kernel set (firmware_harness.build) and run once on the board (QEMU for the emulated board) over the serial
+protocol; the board times every op. The fit (:func:`fit`) gives instructions (or cycles) per MAC per op type
+and weight width, per element for add/requantize and pooling, and one per-op overhead. The
+models at a mixed policy (weights 1..8 bits) are held out and predicted with the fit: the error is written
+with the profile. The result, with its provenance (command, date, seed, firmware and kernel hashes), goes to
+``devices/calibrated/<device>.yaml``; deploy/devices/profiles.py takes its cost model for that device when present.
+tests/deploy/cli/test_calibrate.py fails when the kernels changed since (re-run this command then).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from deploy.errors import DeployError
+
+HELP = "measure the device's latency model on the board (micro-benchmarks through the harness) and write it"
+
+#: runtime op kind (firmware) → (cost-model op type, what its work is counted in)
+OP_WORK = {"conv2d": ("conv2d", "macs"), "depthwise_conv2d": ("depthwise_conv2d", "macs"),
+           "fully_connected": ("fully_connected", "macs"), "add": ("add", "elements"),
+           "requantize": ("add", "elements"), "avg_pool": ("pool", "elements"), "max_pool": ("pool", "elements")}
+WEIGHTED = ("conv2d", "depthwise_conv2d", "fully_connected")
+#: an op type and width is calibrated only with at least this much work measured (MACs or elements, all runs
+#: together); below that its ops are mostly overhead (resnet8's 1x1 normalise "depthwise" op, its 640-MAC fully
+#: connected layer) and the device profile keeps its own figure
+MIN_WORK = 100_000
+
+
+def calibrated_path(device: str) -> Path:
+    from deploy.devices.profiles import devices_dir
+
+    return devices_dir() / "calibrated" / f"{device}.yaml"
+
+
+def kernels_hash(kernels: str) -> str:
+    """sha256 of the kernel sources the set `kernels` compiles (its folders of firmware_harness/runtime)."""
+    from firmware_harness.build import KERNEL_SETS, RUNTIME
+
+    h = hashlib.sha256()
+    for folder in KERNEL_SETS[kernels]:
+        for src in sorted((RUNTIME / folder).glob("*.[ch]")):
+            h.update(f"{folder}/{src.name}\0".encode() + src.read_bytes())
+    return h.hexdigest()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from firmware_harness.build import KERNEL_SETS
+
+    parser.add_argument("--kernels", default="cortex_m_dsp", choices=sorted(KERNEL_SETS),
+                        help="kernel set the firmware is built with (default: cortex_m_dsp)")
+    parser.add_argument("--models", default="resnet8",
+                        help="micro-benchmark models, comma-separated (default: resnet8; one rate per op type and "
+                             "width fits the models it was measured on best: docs/performance.md)")
+    parser.add_argument("--icount-shift", type=int, default=5, help="QEMU -icount shift (default 5)")
+    parser.add_argument("--out", type=Path, default=None, help="output profile (default devices/calibrated/<device>.yaml)")
+
+
+def random_ir(model: str, w_bits: list[int], a_bits: list[int], images: np.ndarray, seed: int):
+    """Integer IR of a randomly initialised `model`, layer i at (w_bits[i % len], a_bits[i % len]), calibrated on `images`."""
+    import torch
+
+    from deploy.lower.lower import lower
+    from search.nn.data import CIFAR10_MEAN, CIFAR10_STD
+    from search.nn.models import build_model, quantizable_layers
+    from search.policy import Policy
+    from search.nn.qmodel import calibrate, quantize_model
+
+    torch.manual_seed(seed)
+    m = build_model(model, (3, *images.shape[1:3]), 10)
+    names = [n for n, _ in quantizable_layers(m)]
+    pol = Policy([(n, (w_bits[i % len(w_bits)], a_bits[i % len(a_bits)])) for i, n in enumerate(names)])
+    q = quantize_model(m, pol, method="lsq", seed=seed)
+    mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
+    x = ((torch.from_numpy(images).float() / 255 - mean) / std).permute(0, 3, 1, 2).contiguous()
+    calibrate(q, [x], n_batches=1, method="lsq", seed=seed)
+    return lower(q.eval(), CIFAR10_MEAN, CIFAR10_STD, x, name=model)
+
+
+def op_work(blob: bytes) -> list[tuple[str, int, float]]:
+    """(firmware op kind, weight bits, work: MACs or elements) of every op of a .smpq blob, in order."""
+    from firmware_harness import smpq_format as fmt
+
+    p = fmt.parse(blob)
+    out = []
+    for op in p.ops:
+        t_in, t_out = p.tensors[op.inputs[0]], p.tensors[op.output]
+        if op.kind in WEIGHTED:
+            pixels = t_out.size // t_out.dims[3] if op.kind != "fully_connected" else 1
+            out.append((op.kind, op.w_bits, float(p.codes(op) * pixels)))
+        elif op.kind in ("avg_pool", "max_pool"):
+            out.append((op.kind, 8, float(t_in.size)))
+        else:
+            out.append((op.kind, 8, float(t_out.size)))
+    return out
+
+
+def measure(graph, work_dir: Path, board: str, kernels: str, icount_shift: int, x: np.ndarray):
+    """Build `graph`'s firmware and run one inference on QEMU: ([(kind, bits, work, instructions)], fw_hash, unit)."""
+    from deploy.export.smpq import build_smpq, export_c
+    from firmware_harness.hil.backends.qemu import QemuBoard
+    from firmware_harness.build import build_firmware
+    from firmware_harness.hil.measure import TimerUnit
+    from firmware_harness.hil.protocol import DutClient
+
+    export_c(graph, work_dir)
+    image = build_firmware(work_dir, board, work_dir / "fw", kernels=kernels)
+    with QemuBoard(image.elf, icount_shift=icount_shift) as qemu, DutClient(qemu.url) as client:
+        unit = TimerUnit.from_info(client.info())
+        client.load(np.ascontiguousarray(x, np.int8).tobytes())
+        client.infer(1, 0)
+        kinds, ticks = client.layers(), client.layer_times()
+    work = op_work(build_smpq(graph))
+    if len(work) != len(ticks) or any(k != w[0] for (_, k, _, _), w in zip(kinds, work)):
+        raise DeployError("the board's op list does not match the blob's; rebuild the firmware")
+    return [(k, b, n, unit.convert(t)) for (k, b, n), t in zip(work, ticks)], image.fw_hash, unit.unit
+
+
+def fit(rows: list[tuple[str, int, float, float]]) -> tuple[float, dict[tuple[str, int], float]]:
+    """instructions ≈ overhead + rate[op type, bits] · work, over every priced op (not reshapes).
+
+    overhead: the cost of an op without work — the median of the ops measured with none, else the cheapest
+    op. rate: Σ (instructions − overhead) / Σ work over the ops of that type and width, so the model gives
+    each measured run's total exactly (a least-squares fit per op weighs small ops and was worse at
+    predicting held-out policies)."""
+    rows = [r for r in rows if r[0] in OP_WORK]
+    idle = [r[3] for r in rows if r[2] <= 0]
+    overhead = float(np.median(idle)) if idle else min((r[3] for r in rows), default=0.0)
+    num: dict[tuple[str, int], float] = {}
+    den: dict[tuple[str, int], float] = {}
+    for kind, bits, work, instr in rows:
+        if work <= 0:
+            continue
+        key = (OP_WORK[kind][0], bits if kind in WEIGHTED else 8)
+        num[key] = num.get(key, 0.0) + instr - overhead
+        den[key] = den.get(key, 0.0) + work
+    return overhead, {k: max(num[k] / den[k], 1e-3) for k in sorted(num) if den[k] >= MIN_WORK}
+
+
+def merged_tables(base: dict[str, dict[int, float]], rates: dict[tuple[str, int], float]) -> dict[str, dict[int, float]]:
+    """The cost model's tables once calibrated: an op type measured replaces its table, the others keep `base`'s."""
+    measured: dict[str, dict[int, float]] = {}
+    for (op, bits), v in rates.items():
+        measured.setdefault(op, {})[bits] = round(v, 3)
+    return {**{op: dict(t) for op, t in base.items()}, **measured}
+
+
+def predict(rows: list[tuple[str, int, float, float]], overhead: float, tables: dict[str, dict[int, float]]) -> float:
+    """Instructions the cost model (search.budget.LatencyModel with these tables) predicts for the ops `rows`."""
+    from search.budget import LatencyModel
+
+    model = LatencyModel(clock_hz=1.0, cycles_per_mac=tables, per_layer_overhead_cycles=overhead)
+    return sum(model.layer_cycles(OP_WORK[k][0], work, bits if k in WEIGHTED else 8)
+               for k, bits, work, _ in rows if k in OP_WORK)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from deploy.devices.profiles import devices_dir, load_device
+    from deploy.lower.reference import to_int8_input
+    from deploy.pipeline.validation import read_yaml
+
+    profile = load_device(args.device)
+    if profile.flash.backend != "qemu":
+        raise DeployError(f"calibrate builds and runs one firmware per micro-benchmark, so it needs a board it can "
+                          f"start itself; '{profile.name}' uses the '{profile.flash.backend}' backend (only qemu for now)")
+    if args.icount_shift < 0 or args.icount_shift > 10:
+        raise DeployError("--icount-shift must be in 0..10")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise DeployError("--models needs at least one model")
+    seed = int(getattr(args, "seed", 0) or 0)
+    images = _images(8, seed)
+    x = to_int8_input(images[:1])[0]
+    widths = list(profile.allowed_bits.weight)
+    tmp = tempfile.TemporaryDirectory(prefix="smpq-calibrate-")
+    work = Path(tmp.name)
+    train: list[tuple[str, int, float, float]] = []
+    runs: list[dict[str, object]] = []
+    held_out: dict[str, tuple[float, float]] = {}
+    fw_hashes = set()
+    unit = "instructions"
+    for model in models:
+        for w in widths:
+            print(f"calibrate: {model} at w{w}a8 on {profile.name} ({args.kernels})", file=sys.stderr)
+            rows, fw, unit = measure(random_ir(model, [w], [8], images, seed), work / model, profile.name,
+                                     args.kernels, args.icount_shift, x)
+            train += rows
+            fw_hashes.add(fw)
+            runs.append({"model": model, "policy": f"w{w}a8", "ops": [[k, b, int(n), round(t)] for k, b, n, t in rows]})
+    overhead, rates = fit(train)
+    shipped, _ = read_yaml(devices_dir() / f"{profile.name}.yaml")
+    tables = merged_tables(shipped["cost_model"]["cycles_per_mac"], rates)
+    for model in models:
+        rows, fw, _ = measure(random_ir(model, list(range(1, 9)), [8, 7, 6, 5, 4, 3, 2], images, seed),
+                              work / model, profile.name, args.kernels, args.icount_shift, x)
+        held_out[model] = (predict(rows, overhead, tables), sum(r[3] for r in rows if r[0] in OP_WORK))
+        runs.append({"model": model, "policy": "mixed (held out)", "ops": [[k, b, int(n), round(t)] for k, b, n, t in rows]})
+    table = merged_tables({}, rates)
+    command = "smpq-deploy calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else \
+        f"smpq-deploy calibrate --device {profile.name}"
+    out = {
+        "device": profile.name, "kernels": args.kernels, "kernels_hash": kernels_hash(args.kernels),
+        "firmware_hashes": sorted(fw_hashes), "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seed": seed,
+        "icount_shift": args.icount_shift, "models": models,
+        "cost_model": {"latency_unit": "instructions" if unit == "instructions" else "cycles",
+                       "per_layer_overhead_cycles": round(overhead, 1), "cycles_per_mac": table},
+        "held_out": {m: {"policy": "weights 1..8 bits by layer", "predicted": round(p), "measured": round(meas),
+                         "error": round(p / meas - 1, 4)} for m, (p, meas) in held_out.items()},
+        "measurements": runs,  # per run: [firmware op kind, weight bits, MACs or elements, instructions] per op
+    }
+    tmp.cleanup()
+    path = Path(args.out or calibrated_path(profile.name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from search.atomic import atomic_write_text
+
+    atomic_write_text(path, "# Written by smpq-deploy calibrate; do not edit (re-run the command instead).\n"
+                      + yaml.safe_dump(out, sort_keys=False))
+    for m, (p, meas) in held_out.items():
+        print(f"{m} mixed policy: predicted {p:,.0f}, measured {meas:,.0f} {unit} ({p / meas - 1:+.1%})")
+    print(f"calibrated cost model of {profile.name} ({args.kernels}) written to {path}")
+    return 0
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    """The first `n` CIFAR-10 test images (uint8 NHWC) from the shared data folder, else seeded noise."""
+    data = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10" / "test.npz"
+    if data.is_file():
+        with np.load(data) as d:
+            return d["x"][:n]
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)

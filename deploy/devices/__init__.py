@@ -1,0 +1,1 @@
+"""Device profiles (the YAMLs in the top-level devices/) and the deployment cost model priced from them."""

@@ -1,0 +1,154 @@
+"""Whole searches through search.runner on a tiny real dataset (scikit-learn digits, ResNet-8)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploy.devices.cost import BlobCostModel, record_bytes
+from search.budget import Budget
+from search.nn.data import BatchLoader
+from search.errors import SearchError
+from search.policy import Policy
+from search.nn.qat import QATConfig, load_qat, policy_hash
+from search.nn.qmodel import policy_of
+from search.policy import validate_policy_file
+from search.runner import SearchSettings, run_search
+from search.nn.train import evaluate
+from tests.digits_fp import fp  # noqa: F401  (a pytest fixture)
+
+
+def _settings(fp: dict, method: str, out: Path, **kw) -> SearchSettings:
+    base = dict(method=method, fp=fp["path"], output=str(out), accelerator="cpu", epochs=1, warmup_epochs=0,
+                batch_size=64, progress=False, qat=QATConfig(epochs=0, batch_size=64, progress=False),
+                shapley={"permutations": 2, "rounds": 2, "steps_per_round": 3}, subset=512, cost_model=BlobCostModel())
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+def _check_outputs(outcome, budget: Budget) -> dict:
+    record = json.loads(outcome.policy_path.read_text())
+    validate_policy_file(outcome.policy_path)
+    for key, limit in budget.items().items():
+        assert getattr(outcome.omega, key) <= limit
+        assert record["budget"][key]["ok"] and record["budget"][key]["value"] <= limit
+    assert [(L["w_bits"], L["a_bits"]) for L in record["layers"]] == [tuple(b) for b in outcome.policy.values()]
+    assert Policy.load(outcome.policy_path) == outcome.policy  # deploy reads it with search.policy
+    # per-layer flash covers every instance of the layer: with the records and the normalise op's data it
+    # adds up to the whole blob
+    fixed = record_bytes(outcome.omega.schedule) + sum(r.flash_bytes for r in outcome.omega.layers if r.op_type == "normalise")
+    assert fixed + sum(L["flash_bytes"] for L in record["layers"]) == outcome.omega.flash_bytes
+    return record
+
+
+def test_uniform_search_writes_valid_policy_and_loadable_qat(fp: dict, tmp_path: Path) -> None:
+    budget = Budget(bops=fp["w4a4"].bops)
+    s = _settings(fp, "uniform", tmp_path, budget=budget, qat=QATConfig(epochs=1, batch_size=64, progress=False))
+    outcome = run_search(s, dataset=fp["dataset"])
+    record = _check_outputs(outcome, budget)
+    assert record["selection"]["how"] == "fixed" and record["value_evaluations"] == 0
+    assert all((L["w_bits"], L["a_bits"]) == ((8, 8) if L["held_8bit"] else (4, 4)) for L in record["layers"])
+    model, meta = load_qat(outcome.qat_path)
+    test = BatchLoader(fp["dataset"].test, fp["dataset"], 500)
+    assert evaluate(model, test).accuracy == pytest.approx(record["accuracy"]["qat_test"], abs=1e-9)
+    assert policy_of(model) == outcome.policy and "policy" not in meta  # stored once: in policy.json
+    assert meta["policy_file"] == "policy.json" and meta["policy_hash"] == policy_hash(outcome.policy)
+    other = json.loads(outcome.policy_path.read_text())  # a policy.json that is not qat.pt's: refused
+    other["layers"][1]["w_bits"] = 2
+    outcome.policy_path.write_text(json.dumps(other))
+    with pytest.raises(SearchError, match="is not the policy") as e:
+        load_qat(outcome.qat_path)
+    assert "\n" not in str(e.value)
+    outcome.policy_path.unlink()
+    with pytest.raises(SearchError, match="which is missing"):
+        load_qat(outcome.qat_path)
+
+
+def test_smpq_search_meets_a_binding_budget_and_reloads_identically(fp: dict, tmp_path: Path) -> None:
+    budget = Budget(bops=0.8 * fp["w4a4"].bops)  # below W4A4: the knapsack must work for it
+    outcome = run_search(_settings(fp, "smpq", tmp_path, budget=budget), dataset=fp["dataset"])
+    record = _check_outputs(outcome, budget)
+    assert record["value_evaluations"] > 0
+    free = [L for L in record["layers"] if not L["held_8bit"]]
+    assert all(L["scores"] and L["normalized_scores"] for L in free)
+    # default scores: mean ψ in accuracy units, handed to the knapsack as additive values / max |score|
+    assert record["selection"]["normalization"] == "summed score / max |score|"
+    assert record["method_details"]["game"] == "fallback" and record["method_details"]["update"] == "mean"
+    top = max(abs(v) for L in free for k in ("w", "a") for v in L["normalized_scores"][k].values())
+    assert top == pytest.approx(1.0)
+    assert (tmp_path / "search_state.pt").is_file() and (tmp_path / "qat.pt").is_file()
+    again = run_search(_settings(fp, "smpq", tmp_path, budget=budget), dataset=fp["dataset"])
+    assert again.policy == outcome.policy
+
+
+def test_smpq_paper_preset_keeps_softmax_scores(fp: dict, tmp_path: Path) -> None:
+    budget = Budget(bops=0.8 * fp["w4a4"].bops)
+    s = _settings(fp, "smpq", tmp_path, budget=budget,
+                  shapley={"preset": "paper", "permutations": 2, "rounds": 1, "steps_per_round": 0})
+    record = _check_outputs(run_search(s, dataset=fp["dataset"]), budget)
+    assert record["method_details"]["game"] == "zero" and record["method_details"]["update"] == "paper"
+    free = [L for L in record["layers"] if not L["held_8bit"]]
+    assert all(sum(L["normalized_scores"]["w"].values()) == pytest.approx(1.0) for L in free)
+    with pytest.raises(SearchError, match="unknown preset"):
+        run_search(_settings(fp, "smpq", tmp_path / "x", shapley={"preset": "nope"}), dataset=fp["dataset"])
+
+
+def test_edmips_search_meets_budget_reports_cd_and_resumes_trials(fp: dict, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import search.runner as runner
+
+    budget = Budget(bops=fp["w4a4"].bops)
+    first = run_search(_settings(fp, "edmips", tmp_path, budget=budget, edmips_trials=1), dataset=fp["dataset"])
+    trial0 = first.record["method_details"]["trials"][0]
+    calls = []
+    real = runner._edmips_trial
+    monkeypatch.setattr(runner, "_edmips_trial", lambda *a, **k: calls.append(a[5]) or real(*a, **k))
+    outcome = run_search(_settings(fp, "edmips", tmp_path, budget=budget, edmips_trials=2), dataset=fp["dataset"])
+    record = _check_outputs(outcome, budget)
+    details = record["method_details"]
+    assert details["trials"][0] == trial0  # the finished trial was kept, not searched again
+    assert len(calls) == len(details["trials"]) - 1 and len(details["trials"]) in (1, 2)
+    if len(details["trials"]) == 2:  # bracketing: ×10 after a miss, ÷10 after a hit
+        assert details["trials"][1]["cd"] == pytest.approx(trial0["cd"] * (0.1 if trial0["fits"] else 10.0))
+    assert details["cd"] in [t["cd"] for t in details["trials"]]
+    assert details["reached_budget"] == any(t["fits"] for t in details["trials"])
+
+
+def test_impossible_budget_names_smallest_achievable(fp: dict, tmp_path: Path) -> None:
+    s = _settings(fp, "smpq", tmp_path, budget=Budget(flash_bytes=1000))
+    s.shapley = {"permutations": 1, "rounds": 1, "steps_per_round": 0}
+    with pytest.raises(SearchError, match=r"flash budget .* is impossible for resnet8 .* smallest achievable is \d"):
+        run_search(s, dataset=fp["dataset"])
+    assert not (tmp_path / "search_state.pt").exists()  # reported before any search work
+    with pytest.raises(SearchError, match="uniform W4A4 violates the budget"):
+        run_search(_settings(fp, "uniform", tmp_path, budget=Budget(bops=0.5 * fp["w4a4"].bops)), dataset=fp["dataset"])
+
+
+def test_policy_schema_rejects_bad_files(fp: dict, tmp_path: Path) -> None:
+    outcome = run_search(_settings(fp, "uniform", tmp_path), dataset=fp["dataset"])
+    good = json.loads(outcome.policy_path.read_text())
+    validate_policy_file(good)
+    bad_bits = json.loads(json.dumps(good))
+    bad_bits["layers"][1]["w_bits"] = 9
+    with pytest.raises(SearchError, match=r"layers\.1\.w_bits"):
+        validate_policy_file(bad_bits)
+    missing = {k: v for k, v in good.items() if k != "omega"}
+    with pytest.raises(SearchError, match="omega"):
+        validate_policy_file(missing)
+
+
+def test_cli_search_uniform(fp: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from deploy.cli.main import main
+
+    rc = main(["search", "--method", "uniform", "--uniform", "w8a4", "--model", "resnet8", "--dataset", "digits",
+               "--fp", fp["path"], "--output", str(tmp_path), "--budget-bops", "1G", "--qat-epochs", "0",
+               "--accelerator", "cpu", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    record = validate_policy_file(tmp_path / "policy.json")
+    assert record.budget["bops"].limit == 1e9
+    assert {(L.w_bits, L.a_bits) for L in record.layers if not L.held_8bit} == {(8, 4)}
+    assert "policy" in capsys.readouterr().out
+    rc = main(["search", "--method", "uniform", "--model", "resnet20", "--dataset", "digits", "--fp", fp["path"],
+               "--output", str(tmp_path / "x"), "--qat-epochs", "0", "--no-progress"])
+    assert rc == 2 and "holds resnet8" in capsys.readouterr().err

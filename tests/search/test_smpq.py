@@ -1,0 +1,180 @@
+"""SMPQ on a real supernet (ResNet-8 on scikit-learn's digits): rounds, α, determinism, SIGKILL + resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deploy.devices.cost import omega
+from search.budget import Budget
+from search.nn.data import load_dataset
+from search.errors import SearchError
+from search.nn.graph import extract_graph
+from search.nn.models import build_model
+from search.edmips import mixture_cost_for, mixture_probs
+from search.search_state import STATE_FILE, SUPERNET_FILE
+from search.smpq import (LOG_FILE, SMPQConfig, SMPQSearch, _budget_overshoot, coalition_mask, run_smpq, smpq_options,
+                         widest_candidates)
+from search.policy import Policy
+from search.supernet import Supernet
+from search.nn.train import TrainConfig, fit, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+CFG = dict(warmup_epochs=1, rounds=2, permutations=2, val_batch_size=32, batch_size=64, subset=256, seed=3,
+           progress=False)
+
+DRIVER = """
+import sys, torch
+torch.set_num_threads(1)
+from search.nn.data import load_dataset
+from search.smpq import SMPQConfig, run_smpq
+from search.supernet import Supernet
+from search.nn.train import load_checkpoint
+model, _ = load_checkpoint(sys.argv[1])
+run_smpq(Supernet(model, seed=0), load_dataset("digits", seed=0), SMPQConfig(**{cfg!r}), sys.argv[2], device="cpu")
+"""
+
+
+@pytest.fixture(scope="module")
+def fp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ResNet-8 briefly trained on digits (the search starts from an FP model, as in the pipeline)."""
+    out = tmp_path_factory.mktemp("fp")
+    torch.manual_seed(0)
+    ds = load_dataset("digits", seed=0)
+    fit(build_model("resnet8", ds.input_shape, ds.num_classes), ds,
+        TrainConfig(epochs=1, batch_size=64, lr=0.1, warmup_epochs=0, progress=False), out, model_name="resnet8")
+    return out / "fp.pt"
+
+
+def _supernet(fp: Path, **kwargs) -> Supernet:
+    model, _ = load_checkpoint(fp)
+    return Supernet(model, seed=0, **kwargs)
+
+
+def test_round_freezes_bn_and_weights_and_updates_alpha(fp_checkpoint: Path, tmp_path: Path) -> None:
+    sn = _supernet(fp_checkpoint, first_last_8bit=True)
+    cfg = SMPQConfig(**smpq_options({**CFG, "preset": "paper"}))
+    search = SMPQSearch(sn, load_dataset("digits", seed=0), cfg, tmp_path, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
+    before = {k: v.clone() for k, v in sn.state_dict().items() if k != "alpha"}
+    sn.train()
+    alpha0 = search.alpha.copy()
+    record = search._shapley_round(0, lambda *a, **k: None)
+    assert sn.training  # mode restored
+    assert torch.all(sn.mask == 1)  # mask restored
+    for k, v in sn.state_dict().items():
+        if k != "alpha":
+            assert torch.equal(v, before[k]), f"{k} changed during a Shapley round"
+    psi = np.array(record["psi"])
+    held = [i for i, p in enumerate(sn.players) if p.layer in (sn.layer_names[0], sn.layer_names[-1])]
+    assert len(held) == 4 and not set(held) & set(search.game_players.tolist())  # no choice there: not players
+    assert len(search.game_players) == sn.num_players - 4 and np.all(psi[held] == 0)
+    assert record["n_evaluations"] + record["n_saved_by_truncation"] == 2 * (len(search.game_players) + 1)
+    assert record["n_saved_by_truncation"] > 0  # a trained net collapses well before every candidate is gone
+    assert record["full_value_mean"] > 0.5
+    assert np.abs(psi).max() > 0
+    # α moved by exactly ξ (first step: q = λ ψ/‖ψ‖, α += ξ q/‖q‖)
+    np.testing.assert_allclose(np.linalg.norm(search.alpha - alpha0), cfg.xi, rtol=1e-9)
+    np.testing.assert_allclose(search.alpha - alpha0, cfg.xi * psi / np.linalg.norm(psi), atol=1e-12)
+
+
+def test_fallback_game_puts_the_widest_candidate_back_and_alpha_is_the_mean_psi(fp_checkpoint: Path,
+                                                                                  tmp_path: Path) -> None:
+    sn = _supernet(fp_checkpoint, first_last_8bit=True)
+    search = SMPQSearch(sn, load_dataset("digits", seed=0), SMPQConfig(**CFG), tmp_path, torch.device("cpu"), None, {},
+                        STATE_FILE, LOG_FILE)
+    players = torch.from_numpy(search.game_players)
+    # the empty coalition is the all-widest (W8A8) policy; the paper's game leaves every free layer empty
+    empty = np.zeros(len(players), dtype=bool)
+    w8a8 = sn.policy_mask(Policy.uniform(sn.layer_names, 8, 8, first_last_8bit=True))
+    assert torch.equal(coalition_mask(sn, players, empty, "fallback"), w8a8)
+    assert float(coalition_mask(sn, players, empty, "zero")[players].sum()) == 0
+    # a group keeps what it has; only emptied groups get their widest candidate back
+    some = np.ones(len(players), dtype=bool)
+    some[:2] = False  # the first free layer's 2- and 4-bit weights (its 8-bit weight stays)
+    assert torch.equal(coalition_mask(sn, players, some, "fallback"), coalition_mask(sn, players, some, "zero"))
+    assert sorted(sn.players[int(i)].bits for i in widest_candidates(sn)) == [8] * sn.num_groups
+    # α = α0 + mean ψ over rounds, in accuracy units (not normalised to a ξ step)
+    r0 = search._shapley_round(0, lambda *a, **k: None)
+    np.testing.assert_allclose(search.alpha, search.alpha0 + np.array(r0["psi"]), atol=1e-12)
+    r1 = search._shapley_round(1, lambda *a, **k: None)
+    np.testing.assert_allclose(search.alpha, search.alpha0 + (np.array(r0["psi"]) + np.array(r1["psi"])) / 2, atol=1e-12)
+    assert r0["n_saved_by_truncation"] == 0  # the W8A8 fallback never collapses below half of v(full)
+    # ψ sums to v(full) − v(∅) on each walk (efficiency), v(∅) being the W8A8 network, not a collapsed one
+    assert abs(float(np.sum(r0["psi"]))) < 0.5
+
+
+def test_expected_cost_of_a_one_hot_mixture_equals_the_discrete_omega(fp_checkpoint: Path) -> None:
+    sn = _supernet(fp_checkpoint)
+    cost = mixture_cost_for(sn)
+    w, a = mixture_probs(sn, cost)
+    torch.testing.assert_close(w.sum(1), torch.ones(len(sn.layer_names)))
+    torch.testing.assert_close(a.sum(1), torch.ones(len(sn.layer_names)))
+    policy = sn.derive_policy(torch.randn(sn.num_players, generator=torch.Generator().manual_seed(1)))
+    mask = sn.policy_mask(policy)
+    w, a = mixture_probs(sn, cost, mask)
+    discrete = omega(extract_graph(load_checkpoint(fp_checkpoint)[0]), policy)
+    assert float(cost.bops(w, a).detach()) == pytest.approx(discrete.bops)
+    limits = {"bops": discrete.bops / 2}
+    assert _budget_overshoot(sn, cost, limits, mask) == pytest.approx(1.0)
+    assert _budget_overshoot(sn, cost, {"bops": discrete.bops * 2}, mask) == 0.0
+
+
+def test_tradeoff_value_needs_a_budget(fp_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(SearchError, match="budget"):
+        run_smpq(_supernet(fp_checkpoint), load_dataset("digits", seed=0), SMPQConfig(**{**CFG, "value": "tradeoff"}),
+                 tmp_path, device="cpu", budget=Budget(sram_bytes=1000))
+
+
+def _kill_when_checkpointed(fp: Path, out: Path, timeout: float = 120.0) -> None:
+    """Start the search in a subprocess and SIGKILL it as soon as its first checkpoint exists."""
+    script = out.parent / f"{out.name}_driver.py"
+    script.write_text(DRIVER.format(cfg=CFG))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(fp), str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while not (out / STATE_FILE).is_file():
+            if proc.poll() is not None:
+                raise AssertionError(f"driver exited early: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError("driver wrote no checkpoint in time")
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_tiny_search_is_deterministic_and_survives_sigkill(fp_checkpoint: Path, tmp_path: Path) -> None:
+    ds = load_dataset("digits", seed=0)
+    cfg = SMPQConfig(**CFG)
+    a = run_smpq(_supernet(fp_checkpoint), ds, cfg, tmp_path / "a", device="cpu")
+    assert [h["kind"] for h in a.history] == ["warmup", "round", "train", "round"]
+    assert a.value_evaluations == sum(h["n_evaluations"] for h in a.history if h["kind"] == "round")
+    assert set(a.scores) == set(a.policy) and all(a.policy[n].w_bits in a.scores[n]["w"] for n in a.policy)
+    assert (tmp_path / "a" / SUPERNET_FILE).is_file()
+
+    b = tmp_path / "b"
+    _kill_when_checkpointed(fp_checkpoint, b)
+    killed_at = torch.load(b / STATE_FILE, weights_only=True)["step"]
+    assert 1 <= killed_at < len(a.history)  # it really died mid-search
+    resumed = run_smpq(_supernet(fp_checkpoint), ds, cfg, b, device="cpu")
+    assert resumed.policy == a.policy
+    np.testing.assert_array_equal(resumed.alpha, a.alpha)
+    steps = [json.loads(line)["step"] for line in (b / LOG_FILE).read_text().splitlines()]
+    assert steps == list(range(len(a.history) + 1))  # header + one record per unit, none duplicated
+
+    again = run_smpq(_supernet(fp_checkpoint), ds, cfg, b, device="cpu")  # finished: reloads, same answer
+    np.testing.assert_array_equal(again.alpha, a.alpha)
+    with pytest.raises(SearchError, match="different arguments"):
+        run_smpq(_supernet(fp_checkpoint), ds, SMPQConfig(**{**CFG, "permutations": 3}), b, device="cpu")
