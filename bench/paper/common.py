@@ -82,3 +82,19 @@ def logger(path: Path) -> Callable[[str], None]:
         with open(path, "a") as fh:
             fh.write(line + "\n")
     return log
+
+
+def fp_supernet(args: Any, out: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """The experiment's SMPQ supernet built from ``args.fp`` (bits ``args.w_bits``/``args.a_bits`` as "2,4,8",
+    ``args.subset``, seed 0): (supernet, dataset, its initial state to restore between walks)."""
+    from search.nn.data import load_dataset
+    from search.nn.train import load_checkpoint
+    from search.runner import SearchSettings, build_supernet
+
+    fp_model, meta = load_checkpoint(args.fp)
+    dataset = load_dataset(meta.get("dataset", "cifar10"), args.data_dir, seed=0)
+    bits = lambda t: tuple(int(x) for x in t.split(","))  # noqa: E731
+    settings = SearchSettings(method="smpq", fp=args.fp, output=str(out), w_bits=bits(args.w_bits),
+                              a_bits=bits(args.a_bits), subset=args.subset, seed=0, progress=False)
+    sn = build_supernet(fp_model, dataset, settings)
+    return sn, dataset, {k: v.clone() for k, v in sn.state_dict().items()}

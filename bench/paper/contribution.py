@@ -33,14 +33,12 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import cell, check_settings, logger, write_json  # noqa: E402
-from search.nn.data import BatchLoader, load_dataset  # noqa: E402
+from bench.paper.common import fp_supernet, cell, check_settings, logger, write_json  # noqa: E402
+from search.nn.data import BatchLoader  # noqa: E402
 from search.policy import Policy  # noqa: E402
-from search.runner import SearchSettings, build_supernet  # noqa: E402
 from search.search_state import STATE_FILE  # noqa: E402
 from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, smpq_options  # noqa: E402
 from search.supernet import Supernet  # noqa: E402
-from search.nn.train import load_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -139,15 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     log = logger(out / "contribution.log")
     check_settings(out, vars(args), ("threads", "runs"))
-    fp_model, meta = load_checkpoint(args.fp)
-    dataset = load_dataset(meta.get("dataset", "cifar10"), args.data_dir, seed=0)
-    bits = lambda t: tuple(int(x) for x in t.split(","))  # noqa: E731
-    settings = SearchSettings(method="smpq", fp=args.fp, output=str(out), w_bits=bits(args.w_bits), a_bits=bits(args.a_bits),
-                              subset=args.subset, seed=0, progress=False)
-    sn = build_supernet(fp_model, dataset, settings)
-    state = {k: v.clone() for k, v in sn.state_dict().items()}
+    sn, dataset, state = fp_supernet(args, out)
     gt = cell(out / "cells" / "ground_truth.json", lambda: ground_truth(sn, dataset, args.gt_images), log)
-    seeds = bits(args.seeds)
+    seeds = tuple(int(x) for x in args.seeds.split(","))
     games: dict[str, Any] = {}
     for preset, game in (("paper", "zero"), ("default", "fallback")):
         runs = []

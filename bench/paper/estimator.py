@@ -26,12 +26,9 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import cell, check_settings, logger, write_json  # noqa: E402
-from search.nn.data import load_dataset  # noqa: E402
-from search.runner import SearchSettings, build_supernet  # noqa: E402
+from bench.paper.common import fp_supernet, cell, check_settings, logger, write_json  # noqa: E402
 from search.search_state import STATE_FILE  # noqa: E402
 from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, smpq_options  # noqa: E402
-from search.nn.train import load_checkpoint  # noqa: E402
 
 ESTIMATORS = {"plain": {"threshold": 0.0}, "truncated": {"threshold": 0.5},
               "antithetic": {"threshold": 0.0, "antithetic": True}}
@@ -82,13 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     log = logger(out / "estimator.log")
     check_settings(out, vars(args), ("threads",))
-    fp_model, meta = load_checkpoint(args.fp)
-    dataset = load_dataset(meta.get("dataset", "cifar10"), args.data_dir, seed=0)
-    bits = lambda t: tuple(int(x) for x in t.split(","))  # noqa: E731
-    settings = SearchSettings(method="smpq", fp=args.fp, output=str(out), w_bits=bits(args.w_bits), a_bits=bits(args.a_bits),
-                              subset=args.subset, seed=0, progress=False)
-    sn = build_supernet(fp_model, dataset, settings)
-    state = {k: v.clone() for k, v in sn.state_dict().items()}
+    sn, dataset, state = fp_supernet(args, out)
     ref_run = cell(out / "cells" / f"reference-{args.game}-m{args.reference}.json",
                    lambda: walks(sn, state, dataset, args, args.reference, 100, out / "tmp" / "ref", threshold=0.0), log)
     ref = np.array(ref_run["contributions"]).mean(0)

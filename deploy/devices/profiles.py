@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deploy.errors import DeployError
-from deploy.pipeline.validation import dotted_keys, one_line_error, parse_bytes, read_yaml, shipped_path
+from deploy.pipeline.validation import dotted_keys, key_source, one_line_error, parse_bytes, read_yaml, shipped_path
 from search.budget import OP_TYPES, LatencyModel
 
 DEVICES_DIR_ENV = "SMPQ_DEVICES_DIR"
@@ -241,10 +241,7 @@ def _load_profile(path: Path, _mtime: int, _calibrated_mtime: int = 0) -> Device
     shown = f"devices/{path.name}" if path.parent == _SHIPPED_DIR else str(path)
 
     def source(key: tuple[str, ...]) -> str:
-        for n in range(len(key), 0, -1):
-            if key[:n] in lines:
-                return f"{shown}:{lines[key[:n]]}"
-        return shown
+        return key_source(lines, key, shown)
 
     try:
         profile = DeviceProfile.model_validate(data)

@@ -23,7 +23,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 from deploy.devices.profiles import DeviceProfile, latency_model, load_device
 from deploy.errors import DeployError
-from deploy.pipeline.validation import (Key, closest_key, dotted_keys, format_bytes, merge_dotted, one_line_error, parse_bytes,
+from deploy.pipeline.validation import (Key, closest_key, dotted_keys, format_bytes, key_source, merge_dotted, one_line_error, parse_bytes,
                                parse_count, parse_duration_ms, read_yaml, shipped_path, show)
 from search.budget import Budget
 from search.methods import METHODS
@@ -303,10 +303,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | S
     def source(key: Key) -> str:
         if any(k[:len(key)] == key or key[:len(k)] == k for k in cli_keys):
             return "command line"
-        for n in range(len(key), 0, -1):
-            if key[:n] in lines:
-                return f"{name}:{lines[key[:n]]}"
-        return name
+        return key_source(lines, key, name)
 
     try:
         cfg = PipelineConfig.model_validate(data)

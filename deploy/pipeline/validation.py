@@ -119,6 +119,15 @@ def show(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def key_source(lines: dict[Key, int], key: Key, shown: str) -> str:
+    """``file:line`` of `key` (or of its nearest enclosing key) in a file read by :func:`read_yaml`; the file
+    alone when neither is written there (a default)."""
+    for n in range(len(key), 0, -1):
+        if key[:n] in lines:
+            return f"{shown}:{lines[key[:n]]}"
+    return shown
+
+
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Key, int]]:
     """A YAML mapping and the 1-based line of every key in it; malformed YAML is a file:line:col error."""
     try:
