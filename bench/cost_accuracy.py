@@ -51,7 +51,7 @@ def measure_policies(device: str, models: list[str], kernels: str, seed: int, ic
                 predicted = omega(graph, policy, lm).latency_s * lm.clock_hz
                 ops, _, unit = measure(random_ir(model, w, a, images, seed), Path(tmp) / model, profile.name, kernels,
                                        icount_shift, x)
-                measured = sum(t for k, _, _, t in ops if k in OP_WORK)
+                measured = sum(t for k, _, _, _, t in ops if k in OP_WORK)
                 rows.append({"model": model, "policy": label, "predicted": predicted, "measured": measured,
                              "error": predicted / measured - 1, "unit": unit})
                 print(f"  {model:8} {label:12} predicted {predicted:>13,.0f}  measured {measured:>13,.0f} {unit}  "

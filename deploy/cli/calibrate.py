@@ -1,14 +1,15 @@
 """`smpq-deploy calibrate`: measure a device's latency model on the board, through the harness.
 
-    smpq-deploy calibrate --device qemu-mps2-an500 [--kernels cortex_m_dsp] [--models resnet8] [--seed 0]
+    smpq-deploy calibrate --device qemu-mps2-an500 [--kernels cortex_m_dsp] [--models resnet20,mbv2:width_mult=0.75] [--seed 0]
                           [--icount-shift 5] [--out devices/calibrated/<device>.yaml]
 
 Micro-benchmarks: each model (random weights, calibrated on CIFAR-10 test images or seeded noise) is lowered
 at uniform weights of every width the device allows (8-bit activations: the runtime's activations are int8
 containers, so activation bits do not change its work), exported, built into the firmware with the chosen
 kernel set (firmware_harness.build) and run once on the board (QEMU for the emulated board) over the serial
-protocol; the board times every op. The fit (:func:`fit`) gives instructions (or cycles) per MAC per op type
-and weight width, per element for add/requantize and pooling, and one per-op overhead. The
+protocol; the board times every op. The fit (:func:`fit`) gives instructions (or cycles) per MAC and per output
+element per weighted op type and weight width, per element for add, requantize and pooling, and one per-op overhead.
+The micro-benchmark models are not the ones bench/cost_accuracy.py predicts with the fit. The
 models at a mixed policy (weights 1..8 bits) are held out and predicted with the fit: the error is written
 with the profile. The result, with its provenance (command, date, seed, firmware and kernel hashes), goes to
 ``devices/calibrated/<device>.yaml``; deploy/devices/profiles.py takes its cost model for that device when present.
@@ -33,12 +34,15 @@ HELP = "measure the device's latency model on the board (micro-benchmarks throug
 #: runtime op kind (firmware) → (cost-model op type, what its work is counted in)
 OP_WORK = {"conv2d": ("conv2d", "macs"), "depthwise_conv2d": ("depthwise_conv2d", "macs"),
            "fully_connected": ("fully_connected", "macs"), "add": ("add", "elements"),
-           "requantize": ("add", "elements"), "avg_pool": ("pool", "elements"), "max_pool": ("pool", "elements")}
+           "requantize": ("requantize", "elements"), "avg_pool": ("pool", "elements"), "max_pool": ("pool", "elements")}
 WEIGHTED = ("conv2d", "depthwise_conv2d", "fully_connected")
 #: an op type and width is calibrated only with at least this much work measured (MACs or elements, all runs
 #: together); below that its ops are mostly overhead (resnet8's 1x1 normalise "depthwise" op, its 640-MAC fully
 #: connected layer) and the device profile keeps its own figure
 MIN_WORK = 100_000
+#: micro-benchmark models: every op type the zoo's models use (conv 3x3 and 1x1, depthwise, add, pooling, fully
+#: connected), at shapes other than resnet8's and mbv2's, which bench/cost_accuracy.py predicts with the fit
+DEFAULT_MODELS = "resnet20,mbv2:width_mult=0.75"
 
 
 def calibrated_path(device: str) -> Path:
@@ -63,15 +67,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--kernels", default="cortex_m_dsp", choices=sorted(KERNEL_SETS),
                         help="kernel set the firmware is built with (default: cortex_m_dsp)")
-    parser.add_argument("--models", default="resnet8",
-                        help="micro-benchmark models, comma-separated (default: resnet8; one rate per op type and "
-                             "width fits the models it was measured on best: docs/performance.md)")
+    parser.add_argument("--models", default=DEFAULT_MODELS,
+                        help=f"micro-benchmark models, comma-separated, each name[:key=number] (default: {DEFAULT_MODELS}; "
+                             "models other than those bench/cost_accuracy.py predicts, so that check is held out)")
     parser.add_argument("--icount-shift", type=int, default=5, help="QEMU -icount shift (default 5)")
     parser.add_argument("--out", type=Path, default=None, help="output profile (default devices/calibrated/<device>.yaml)")
 
 
+def model_spec(spec: str) -> tuple[str, dict[str, float]]:
+    """'mbv2:width_mult=0.75' → ('mbv2', {'width_mult': 0.75}): a zoo model with keyword arguments."""
+    name, _, rest = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        try:
+            kwargs[key.strip()] = float(value)
+        except ValueError:
+            eq = ""
+        if not eq:
+            raise DeployError(f"model '{spec}': write extra arguments as name:key=number (e.g. mbv2:width_mult=0.75)")
+    return name.strip(), kwargs
+
+
 def random_ir(model: str, w_bits: list[int], a_bits: list[int], images: np.ndarray, seed: int):
-    """Integer IR of a randomly initialised `model`, layer i at (w_bits[i % len], a_bits[i % len]), calibrated on `images`."""
+    """Integer IR of a randomly initialised `model` (a :func:`model_spec`), layer i at (w_bits[i % len],
+    a_bits[i % len]), calibrated on `images`."""
     import torch
 
     from deploy.lower.lower import lower
@@ -81,18 +101,19 @@ def random_ir(model: str, w_bits: list[int], a_bits: list[int], images: np.ndarr
     from search.nn.qmodel import calibrate, quantize_model
 
     torch.manual_seed(seed)
-    m = build_model(model, (3, *images.shape[1:3]), 10)
+    name, kwargs = model_spec(model)
+    m = build_model(name, (3, *images.shape[1:3]), 10, **kwargs)
     names = [n for n, _ in quantizable_layers(m)]
     pol = Policy([(n, (w_bits[i % len(w_bits)], a_bits[i % len(a_bits)])) for i, n in enumerate(names)])
     q = quantize_model(m, pol, method="lsq", seed=seed)
     mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
     x = ((torch.from_numpy(images).float() / 255 - mean) / std).permute(0, 3, 1, 2).contiguous()
     calibrate(q, [x], n_batches=1, method="lsq", seed=seed)
-    return lower(q.eval(), CIFAR10_MEAN, CIFAR10_STD, x, name=model)
+    return lower(q.eval(), CIFAR10_MEAN, CIFAR10_STD, x, name=name)
 
 
-def op_work(blob: bytes) -> list[tuple[str, int, float]]:
-    """(firmware op kind, weight bits, work: MACs or elements) of every op of a .smpq blob, in order."""
+def op_work(blob: bytes) -> list[tuple[str, int, float, float]]:
+    """(firmware op kind, weight bits, work: MACs or elements, output elements) of every op of a .smpq blob, in order."""
     from firmware_harness import smpq_format as fmt
 
     p = fmt.parse(blob)
@@ -101,16 +122,16 @@ def op_work(blob: bytes) -> list[tuple[str, int, float]]:
         t_in, t_out = p.tensors[op.inputs[0]], p.tensors[op.output]
         if op.kind in WEIGHTED:
             pixels = t_out.size // t_out.dims[3] if op.kind != "fully_connected" else 1
-            out.append((op.kind, op.w_bits, float(p.codes(op) * pixels)))
+            out.append((op.kind, op.w_bits, float(p.codes(op) * pixels), float(t_out.size)))
         elif op.kind in ("avg_pool", "max_pool"):
-            out.append((op.kind, 8, float(t_in.size)))
+            out.append((op.kind, 8, float(t_in.size), float(t_out.size)))
         else:
-            out.append((op.kind, 8, float(t_out.size)))
+            out.append((op.kind, 8, float(t_out.size), float(t_out.size)))
     return out
 
 
 def measure(graph, work_dir: Path, board: str, kernels: str, icount_shift: int, x: np.ndarray):
-    """Build `graph`'s firmware and run one inference on QEMU: ([(kind, bits, work, instructions)], fw_hash, unit)."""
+    """Build `graph`'s firmware and run one inference on QEMU: ([(kind, bits, work, outputs, instructions)], fw_hash, unit)."""
     from deploy.export.smpq import build_smpq, export_c
     from firmware_harness.hil.backends.qemu import QemuBoard
     from firmware_harness.build import build_firmware
@@ -127,31 +148,46 @@ def measure(graph, work_dir: Path, board: str, kernels: str, icount_shift: int, 
     work = op_work(build_smpq(graph))
     if len(work) != len(ticks) or any(k != w[0] for (_, k, _, _), w in zip(kinds, work)):
         raise DeployError("the board's op list does not match the blob's; rebuild the firmware")
-    return [(k, b, n, unit.convert(t)) for (k, b, n), t in zip(work, ticks)], image.fw_hash, unit.unit
+    return [(k, b, n, o, unit.convert(t)) for (k, b, n, o), t in zip(work, ticks)], image.fw_hash, unit.unit
 
 
-def fit(rows: list[tuple[str, int, float, float]]) -> tuple[float, dict[tuple[str, int], float]]:
-    """instructions ≈ overhead + rate[op type, bits] · work, over every priced op (not reshapes).
+Rates = dict[tuple[str, int], float]
 
-    overhead: the cost of an op without work — the median of the ops measured with none, else the cheapest
-    op. rate: Σ (instructions − overhead) / Σ work over the ops of that type and width, so the model gives
-    each measured run's total exactly (a least-squares fit per op weighs small ops and was worse at
-    predicting held-out policies)."""
+
+def fit(rows: list[tuple[str, int, float, float, float]]) -> tuple[float, Rates, Rates]:
+    """instructions ≈ overhead + rate[op type, bits] · work + out_rate[op type, bits] · outputs, over every priced op.
+
+    overhead: the cost of an op without work — the median of the ops measured with none, else the cheapest op.
+    Weighted ops (conv2d, depthwise, fully connected): rate and out_rate by least squares on the relative error
+    of each op, when its ops differ enough in MACs per output to tell the two apart (else out_rate 0 and the
+    ratio below). Element-wise ops: rate = Σ (instructions − overhead) / Σ work. Returns (overhead, rate, out_rate)."""
     rows = [r for r in rows if r[0] in OP_WORK]
-    idle = [r[3] for r in rows if r[2] <= 0]
-    overhead = float(np.median(idle)) if idle else min((r[3] for r in rows), default=0.0)
-    num: dict[tuple[str, int], float] = {}
-    den: dict[tuple[str, int], float] = {}
-    for kind, bits, work, instr in rows:
-        if work <= 0:
+    idle = [r[4] for r in rows if r[2] <= 0]
+    overhead = float(np.median(idle)) if idle else min((r[4] for r in rows), default=0.0)
+    groups: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    for kind, bits, work, outputs, instr in rows:
+        if work > 0:
+            groups.setdefault((OP_WORK[kind][0], bits if kind in WEIGHTED else 8), []).append((work, outputs, instr - overhead))
+    rates: Rates = {}
+    out_rates: Rates = {}
+    for key in sorted(groups):
+        g = np.array(groups[key])
+        if g[:, 0].sum() < MIN_WORK:
             continue
-        key = (OP_WORK[kind][0], bits if kind in WEIGHTED else 8)
-        num[key] = num.get(key, 0.0) + instr - overhead
-        den[key] = den.get(key, 0.0) + work
-    return overhead, {k: max(num[k] / den[k], 1e-3) for k in sorted(num) if den[k] >= MIN_WORK}
+        rate, out_rate = max(float(g[:, 2].sum() / g[:, 0].sum()), 1e-3), 0.0
+        per_out = g[:, 0] / np.maximum(g[:, 1], 1.0)
+        if key[0] in WEIGHTED and per_out.max() > 1.5 * per_out.min():
+            w = 1.0 / np.maximum(g[:, 2], 1.0)
+            (a, c), *_ = np.linalg.lstsq(g[:, :2] * w[:, None], g[:, 2] * w, rcond=None)
+            if a > 0 and c >= 0:
+                rate, out_rate = float(a), float(c)
+        rates[key] = rate
+        if out_rate > 0:
+            out_rates[key] = out_rate
+    return overhead, rates, out_rates
 
 
-def merged_tables(base: dict[str, dict[int, float]], rates: dict[tuple[str, int], float]) -> dict[str, dict[int, float]]:
+def merged_tables(base: dict[str, dict[int, float]], rates: Rates) -> dict[str, dict[int, float]]:
     """The cost model's tables once calibrated: an op type measured replaces its table, the others keep `base`'s."""
     measured: dict[str, dict[int, float]] = {}
     for (op, bits), v in rates.items():
@@ -159,13 +195,15 @@ def merged_tables(base: dict[str, dict[int, float]], rates: dict[tuple[str, int]
     return {**{op: dict(t) for op, t in base.items()}, **measured}
 
 
-def predict(rows: list[tuple[str, int, float, float]], overhead: float, tables: dict[str, dict[int, float]]) -> float:
+def predict(rows: list[tuple[str, int, float, float, float]], overhead: float, tables: dict[str, dict[int, float]],
+            out_tables: dict[str, dict[int, float]] | None = None) -> float:
     """Instructions the cost model (search.budget.LatencyModel with these tables) predicts for the ops `rows`."""
     from search.budget import LatencyModel
 
-    model = LatencyModel(clock_hz=1.0, cycles_per_mac=tables, per_layer_overhead_cycles=overhead)
-    return sum(model.layer_cycles(OP_WORK[k][0], work, bits if k in WEIGHTED else 8)
-               for k, bits, work, _ in rows if k in OP_WORK)
+    model = LatencyModel(clock_hz=1.0, cycles_per_mac=tables, per_layer_overhead_cycles=overhead,
+                         cycles_per_output=out_tables or {})
+    return sum(model.layer_cycles(OP_WORK[k][0], work, bits if k in WEIGHTED else 8, 8, outputs if k in WEIGHTED else 0.0)
+               for k, bits, work, outputs, _ in rows if k in OP_WORK)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
     if args.icount_shift < 0 or args.icount_shift > 10:
         raise DeployError("--icount-shift must be in 0..10")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        model_spec(m)
     if not models:
         raise DeployError("--models needs at least one model")
     seed = int(getattr(args, "seed", 0) or 0)
@@ -190,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     widths = list(profile.allowed_bits.weight)
     tmp = tempfile.TemporaryDirectory(prefix="smpq-calibrate-")
     work = Path(tmp.name)
-    train: list[tuple[str, int, float, float]] = []
+    train: list[tuple[str, int, float, float, float]] = []
     runs: list[dict[str, object]] = []
     held_out: dict[str, tuple[float, float]] = {}
     fw_hashes = set()
@@ -202,15 +242,16 @@ def run(args: argparse.Namespace) -> int:
                                      args.kernels, args.icount_shift, x)
             train += rows
             fw_hashes.add(fw)
-            runs.append({"model": model, "policy": f"w{w}a8", "ops": [[k, b, int(n), round(t)] for k, b, n, t in rows]})
-    overhead, rates = fit(train)
+            runs.append({"model": model, "policy": f"w{w}a8", "ops": [[k, b, int(n), int(o), round(t)] for k, b, n, o, t in rows]})
+    overhead, rates, out_rates = fit(train)
     shipped, _ = read_yaml(devices_dir() / f"{profile.name}.yaml")
     tables = merged_tables(shipped["cost_model"]["cycles_per_mac"], rates)
+    out_tables = merged_tables({}, out_rates)
     for model in models:
         rows, fw, _ = measure(random_ir(model, list(range(1, 9)), [8, 7, 6, 5, 4, 3, 2], images, seed),
                               work / model, profile.name, args.kernels, args.icount_shift, x)
-        held_out[model] = (predict(rows, overhead, tables), sum(r[3] for r in rows if r[0] in OP_WORK))
-        runs.append({"model": model, "policy": "mixed (held out)", "ops": [[k, b, int(n), round(t)] for k, b, n, t in rows]})
+        held_out[model] = (predict(rows, overhead, tables, out_tables), sum(r[4] for r in rows if r[0] in OP_WORK))
+        runs.append({"model": model, "policy": "mixed (held out)", "ops": [[k, b, int(n), int(o), round(t)] for k, b, n, o, t in rows]})
     table = merged_tables({}, rates)
     command = "smpq-deploy calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else \
         f"smpq-deploy calibrate --device {profile.name}"
@@ -220,10 +261,11 @@ def run(args: argparse.Namespace) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seed": seed,
         "icount_shift": args.icount_shift, "models": models,
         "cost_model": {"latency_unit": "instructions" if unit == "instructions" else "cycles",
-                       "per_layer_overhead_cycles": round(overhead, 1), "cycles_per_mac": table},
+                       "per_layer_overhead_cycles": round(overhead, 1), "cycles_per_mac": table,
+                       "cycles_per_output": out_tables},
         "held_out": {m: {"policy": "weights 1..8 bits by layer", "predicted": round(p), "measured": round(meas),
                          "error": round(p / meas - 1, 4)} for m, (p, meas) in held_out.items()},
-        "measurements": runs,  # per run: [firmware op kind, weight bits, MACs or elements, instructions] per op
+        "measurements": runs,  # per run: [firmware op kind, weight bits, MACs or elements, outputs, instructions] per op
     }
     tmp.cleanup()
     path = Path(args.out or calibrated_path(profile.name))

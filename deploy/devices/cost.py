@@ -42,10 +42,10 @@ Per quantizable layer l with policy (w_l, a_l) — a_l is the bit width of the l
   containers (1 byte per element) or, with ``packed_activations``, ⌈n·a/8⌉ bytes for tensors in a
   layer's a-bit grid (8 bits otherwise).
 * Latency = Σ cycles / clock_hz over the runtime ops with a :class:`~search.budget.LatencyModel`:
-  each layer ``layer_cycles(op_type, MACs, w, a)``; normalise as depthwise_conv2d with one
-  MAC per element at 8 bits; add ``layer_cycles('add', output elements)``; requantize
-  ``layer_cycles('add', elements)`` (element-wise, priced like add); pool ``layer_cycles('pool',
-  input elements)``.
+  each layer ``layer_cycles(op_type, MACs, w, a, output elements)``; normalise as depthwise_conv2d
+  with one MAC and one output per element at 8 bits; add ``layer_cycles('add', output elements)``;
+  requantize ``layer_cycles('requantize', elements)`` (a table look-up per element, its own rate);
+  pool ``layer_cycles('pool', input elements)``.
 
 Flash and peak SRAM equal the size and arena of the ``.smpq`` blob that deploy writes for the same
 policy; tests/deploy/devices/test_cost.py checks that against the real lowering and exporter, so a change on
@@ -107,13 +107,16 @@ def op_macs(op: RuntimeOp) -> int:
 def op_cycles(op: RuntimeOp, latency_model: LatencyModel, w_bits: int = 8, a_bits: int = 8) -> float:
     """Cycles of one runtime op (w_bits/a_bits matter for quantizable layers only)."""
     if op.node is not None and op.node.quantizable:
-        return latency_model.layer_cycles(op.kind, op.node.macs, w_bits, a_bits)
+        return latency_model.layer_cycles(op.kind, op.node.macs, w_bits, a_bits, math.prod(op.node.out_shape))
     if op.kind == "normalise":
-        return latency_model.layer_cycles("depthwise_conv2d", math.prod(op.in_shape), NORMALISE_BITS, 8)
+        n = math.prod(op.in_shape)
+        return latency_model.layer_cycles("depthwise_conv2d", n, NORMALISE_BITS, 8, n)
     if op.kind == "pool":
         return latency_model.layer_cycles("pool", math.prod(op.in_shape), 8, 8)
+    if op.kind == "requantize":
+        return latency_model.layer_cycles("requantize", math.prod(op.in_shape), 8, 8)
     out_numel = math.prod(op.node.out_shape) if op.node is not None else math.prod(op.in_shape)
-    return latency_model.layer_cycles("add", out_numel, 8, 8)  # add, requantize, element-wise
+    return latency_model.layer_cycles("add", out_numel, 8, 8)  # add, element-wise
 
 def act_bytes(numel: int, bits: int = ACT_CONTAINER_BITS) -> int:
     """Bytes of an activation tensor stored at `bits` per element (8: int8 containers)."""

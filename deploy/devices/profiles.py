@@ -54,9 +54,10 @@ class AllowedBits(_Strict):
 
 
 class CostModel(_Strict):
-    """Cycles of a layer = per_layer_overhead_cycles + MACs × cycles_per_mac[op][w_bits] × act_bits_factor[a_bits].
+    """Cycles of a layer = per_layer_overhead_cycles + MACs × cycles_per_mac[op][w_bits] × act_bits_factor[a_bits]
+    + output elements × cycles_per_output[op][w_bits] (optional; search.budget.LatencyModel).
 
-    For add and pool the "MACs" are output elements (one accumulate per input element for pool).
+    For add and requantize the "MACs" are output elements, for pool input elements.
     With latency_unit 'instructions' (emulators) the counts are instructions, not cycles.
     """
 
@@ -64,6 +65,15 @@ class CostModel(_Strict):
     per_layer_overhead_cycles: float = Field(ge=0)
     cycles_per_mac: dict[OpType, dict[int, float]]
     act_bits_factor: dict[int, float] = Field(default_factory=dict)
+    cycles_per_output: dict[OpType, dict[int, float]] = Field(default_factory=dict)
+
+    @field_validator("cycles_per_output")
+    @classmethod
+    def _output_tables(cls, v: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+        for op, table in v.items():
+            if not table or any(b < 1 or b > 8 for b in table) or any(c < 0 for c in table.values()):
+                raise ValueError(f"'{op}' must map weight bits 1..8 to cycles per output element >= 0, got {table}")
+        return v
 
     @field_validator("cycles_per_mac")
     @classmethod
@@ -148,7 +158,8 @@ class DeviceProfile(_Strict):
         if self.firmware_flash_bytes >= self.flash_bytes:
             raise ValueError(f"'firmware_flash_bytes' ({self.firmware_flash_bytes}) must be below "
                              f"'flash_bytes' ({self.flash_bytes})")
-        needed = set(SOURCED_FIGURES) | {f"cost_model.cycles_per_mac.{op}" for op in self.cost_model.cycles_per_mac}
+        needed = set(SOURCED_FIGURES) | {f"cost_model.cycles_per_mac.{op}" for op in self.cost_model.cycles_per_mac} \
+            | {f"cost_model.cycles_per_output.{op}" for op in self.cost_model.cycles_per_output}
         if self.cost_model.act_bits_factor:
             needed.add("cost_model.act_bits_factor")
         if self.npu is not None:
@@ -157,8 +168,8 @@ class DeviceProfile(_Strict):
         if unsourced:
             raise ValueError(f"no source for {', '.join(repr(k) for k in unsourced)}: add "
                              "'sources: {<figure>: <where it came from, or estimate + reasoning>}'")
-        per_width = {f"cost_model.cycles_per_mac.{op}.{b}"
-                     for op, table in self.cost_model.cycles_per_mac.items() for b in table}
+        per_width = {f"cost_model.{kind}.{op}.{b}" for kind in ("cycles_per_mac", "cycles_per_output")
+                     for op, table in getattr(self.cost_model, kind).items() for b in table}
         stray = sorted(set(self.sources) - needed - per_width)
         if stray:
             raise ValueError(f"'sources' names figures the profile does not have: {', '.join(stray)}")
@@ -224,10 +235,11 @@ def _with_calibration(data: dict, path: Path) -> dict:
         model = dict(data.get("cost_model") or {})
         tables = {**(model.get("cycles_per_mac") or {}), **cm["cycles_per_mac"]}
         model.update(latency_unit=cm["latency_unit"], per_layer_overhead_cycles=cm["per_layer_overhead_cycles"],
-                     cycles_per_mac=tables)
+                     cycles_per_mac=tables, cycles_per_output=cm.get("cycles_per_output") or {})
     except (KeyError, TypeError) as exc:
         raise DeployError(f"calibrated/{cal.name}: not a profile written by smpq-deploy calibrate ({exc})") from None
-    replaced = {"cost_model.per_layer_overhead_cycles", *(f"cost_model.cycles_per_mac.{op}" for op in cm["cycles_per_mac"])}
+    replaced = {"cost_model.per_layer_overhead_cycles", *(f"cost_model.cycles_per_mac.{op}" for op in cm["cycles_per_mac"]),
+                *(f"cost_model.cycles_per_output.{op}" for op in cm.get("cycles_per_output") or {})}
     sources = {k: v for k, v in (data.get("sources") or {}).items()
                if k not in replaced and not any(k.startswith(r + ".") for r in replaced)}
     sources.update({k: where for k in replaced})
@@ -258,4 +270,5 @@ def latency_model(profile: DeviceProfile) -> LatencyModel:
     return LatencyModel(clock_hz=float(profile.clock_hz),
                         cycles_per_mac={op: dict(table) for op, table in cm.cycles_per_mac.items()},
                         per_layer_overhead_cycles=float(cm.per_layer_overhead_cycles),
-                        act_bits_factor=dict(cm.act_bits_factor))
+                        act_bits_factor=dict(cm.act_bits_factor),
+                        cycles_per_output={op: dict(table) for op, table in cm.cycles_per_output.items()})

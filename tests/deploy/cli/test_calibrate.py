@@ -36,6 +36,10 @@ def test_the_device_takes_the_calibrated_cost_model():
     for op, table in cal["cost_model"]["cycles_per_mac"].items():
         assert cm.cycles_per_mac[op] == pytest.approx(table)
         assert profile.source_of(f"cost_model.cycles_per_mac.{op}").startswith("measured by `smpq-deploy calibrate")
+    assert cal["cost_model"]["cycles_per_output"], "the fit found no per-output term"
+    for op, table in cal["cost_model"]["cycles_per_output"].items():
+        assert cm.cycles_per_output[op] == pytest.approx(table)
+        assert profile.source_of(f"cost_model.cycles_per_output.{op}").startswith("measured by `smpq-deploy calibrate")
     assert cal["date"] in profile.source_of("cost_model.per_layer_overhead_cycles")
 
 
@@ -49,22 +53,35 @@ def test_the_held_out_policy_was_predicted():
 def test_fit_recovers_a_known_linear_model():
     import numpy as np
 
-    rates = {("conv2d", 8): 1.5, ("conv2d", 4): 2.0, ("add", 8): 40.0, ("fully_connected", 8): 3.0}
+    rates = {("conv2d", 8): 1.5, ("conv2d", 4): 2.0, ("add", 8): 40.0, ("requantize", 8): 6.0}
+    out_rates = {("conv2d", 8): 30.0, ("conv2d", 4): 12.0}
     rng = np.random.default_rng(0)
     rows = []
     for _ in range(60):
-        kind, bits = [("conv2d", 8), ("conv2d", 4), ("add", 8), ("fully_connected", 8)][int(rng.integers(4))]
+        kind, bits = [("conv2d", 8), ("conv2d", 4), ("add", 8), ("requantize", 8)][int(rng.integers(4))]
         work = float(rng.integers(20_000, 100_000))
-        rows.append((kind, bits, work, 900.0 + work * rates[(kind, bits)]))
-    rows.append(("reshape", 8, 64.0, 55.0))  # not priced: left out of the fit
-    rows.append(("add", 8, 0.0, 900.0))  # an op without work: the overhead
-    rows.append(("max_pool", 8, 50.0, 1000.0))  # too little work to price pooling: left to the device profile
-    overhead, got = fit(rows)
+        outputs = work / float(rng.choice([9, 27, 144])) if kind == "conv2d" else work
+        rows.append((kind, bits, work, outputs, 900.0 + work * rates[(kind, bits)] + outputs * out_rates.get((kind, bits), 0)))
+    rows.append(("reshape", 8, 64.0, 64.0, 55.0))  # not priced: left out of the fit
+    rows.append(("add", 8, 0.0, 0.0, 900.0))  # an op without work: the overhead
+    rows.append(("max_pool", 8, 50.0, 10.0, 1000.0))  # too little work to price pooling: left to the device profile
+    overhead, got, got_out = fit(rows)
     assert overhead == pytest.approx(900.0, rel=1e-6)
     assert got == pytest.approx(rates, rel=1e-6)  # no ("pool", 8)
+    assert got_out == pytest.approx(out_rates, rel=1e-6)  # a per-output term for weighted ops only
     tables = merged_tables({"pool": {8: 7.0}, "conv2d": {8: 99.0}}, got)
     assert tables["pool"] == {8: 7.0} and tables["conv2d"] == {4: 2.0, 8: 1.5}
-    assert predict(rows[:3], overhead, tables) == pytest.approx(sum(r[3] for r in rows[:3]), rel=1e-9)
+    assert predict(rows[:3], overhead, tables, merged_tables({}, got_out)) == pytest.approx(sum(r[4] for r in rows[:3]), rel=1e-9)
+
+
+def test_a_model_spec_takes_keyword_arguments():
+    from deploy.cli.calibrate import model_spec
+    from deploy.errors import DeployError
+
+    assert model_spec("mbv2:width_mult=0.75") == ("mbv2", {"width_mult": 0.75})
+    assert model_spec("resnet20") == ("resnet20", {})
+    with pytest.raises(DeployError, match="key=number"):
+        model_spec("mbv2:width_mult")
 
 
 def test_calibrate_refuses_a_board_it_cannot_start():
