@@ -16,7 +16,7 @@ setup:
 DEMO_ARGS ?= --device qemu-mps2-an500 --model resnet8 --output runs/demo --subset 4000 \
 	--set search.epochs=2 --set search.warmup_epochs=1 --set qat.epochs=1 \
 	--set "search.w_bits=[2,4,8]" --set "search.a_bits=[4,8]" --set search.shapley.permutations=3 \
-	--set harness.samples=100 --set budgets.flash_bytes=56KB --set budgets.latency_ms=1100
+	--set harness.samples=100 --set budgets.flash_bytes=56KB --set budgets.latency_ms=800
 demo: setup
 	$(VENV)/bin/smpq-deploy --config pipeline.yaml $(DEMO_ARGS) $(ARGS)
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from runtime_host import DATA, cached_ir  # noqa: E402
 
-from deploy.cli import main as cli  # noqa: E402
+from deploy.cli.main import main as cli  # noqa: E402
 from deploy.export.smpq import export_c, export_smpq  # noqa: E402
 
 

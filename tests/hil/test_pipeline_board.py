@@ -23,7 +23,7 @@ from tests.hil.conftest import require_tools
 
 pytestmark = pytest.mark.hil
 
-ARGS = ["--model", "resnet8", "--subset", "256", "--no-progress",
+ARGS = ["--model", "resnet8", "--subset", "256", "--no-progress", "--set", "model.pretrained=false",  # train FP too
         "--set", "train.epochs=1", "--set", "search.epochs=1", "--set", "search.warmup_epochs=0",
         "--set", "qat.epochs=1", "--set", "search.w_bits=[2,4,8]", "--set", "search.a_bits=[8]",
         "--set", "search.shapley.permutations=1", "--set", "harness.samples=16", "--set", "deploy.formats=[smpq,c]",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.cli import main as cli_main
+from deploy.cli.main import main as cli_main
 from search.nn.data import BatchLoader, load_dataset
 from search.errors import SearchError
 from search.nn.models import build_model
