@@ -13,7 +13,8 @@ finished SMPQ search of the same seed (its ``search_state.pt``; the cell says so
 search time once). One output folder holds one set of settings (``settings.json``; other settings are
 refused: use another ``--output``). EdMIPS reaches a budget by bisecting its complexity weight cd, each trial a full
 search, and its search time includes every trial. Writes ``<output>/main_table.json`` (cells and
-mean ± std per budget and method) and ``<output>/main_table.png``; prints a markdown table.
+mean ± std per budget and method, and policy stability: the share of layers on which two seeds choose the
+same bits) and ``<output>/main_table.png``; prints a markdown table.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import cell, check_settings, fmt_pm, logger, mean_std, write_json  # noqa: E402
+from bench.paper.common import cell, check_settings, fmt_pm, logger, mean_std, seed_agreement, write_json  # noqa: E402
 from deploy.devices.cost import BlobCostModel, omega  # noqa: E402
 from search.budget import Budget  # noqa: E402
 from search.nn.data import load_dataset  # noqa: E402
@@ -139,20 +140,30 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "flash_bytes": mean_std([r["flash_bytes"] for r in rs]),
                     "search_s": mean_std([r["search_s"] for r in searched]),
                     "value_evaluations": mean_std([r["value_evaluations"] for r in searched]),
+                    "seed_agreement": seed_agreement([r["policy"] for r in rs]),
                     "budget_bops": rs[0]["budget_bops"]})
     return out
 
 
 def markdown(agg: list[dict[str, Any]], fp_test: float | None) -> str:
     lines = [f"FP top-1: {fp_test * 100:.2f}%" if fp_test else "",
-             "| budget | method | top-1 (%) | BOPs (M) | flash (KB) | search (s) | value evaluations |",
-             "|---|---|---|---|---|---|---|"]
+             "| budget | method | top-1 (%) | BOPs (M) | flash (KB) | search (s) | value evaluations "
+             "| same bits across seeds (w / a / both) |",
+             "|---|---|---|---|---|---|---|---|"]
     for a in agg:
         limit = f"{a['budget_bops'] / 1e6:.1f} M" if a["budget_bops"] else "no budget"
         lines.append(f"| {a['budget']} ({limit}) | {a['method']} | {fmt_pm(a['top1'], 100)} | "
                      f"{fmt_pm(a['bops'], 1e-6, 1)} | {fmt_pm(a['flash_bytes'], 1 / 1024, 1)} | "
-                     f"{fmt_pm(a['search_s'], 1, 0)} | {fmt_pm(a['value_evaluations'], 1, 0)} |")
+                     f"{fmt_pm(a['search_s'], 1, 0)} | {fmt_pm(a['value_evaluations'], 1, 0)} | {fmt_agreement(a)} |")
     return "\n".join(lines)
+
+
+def fmt_agreement(a: dict[str, Any]) -> str:
+    """'w / a / both' shares of layers two seeds agree on, '—' below two seeds."""
+    s = a.get("seed_agreement") or {}
+    if s.get("both") is None:
+        return "—"
+    return f"{s['w']:.0%} / {s['a']:.0%} / {s['both']:.0%}"
 
 
 def plot(agg: list[dict[str, Any]], fp_test: float | None, path: Path) -> None:
