@@ -66,13 +66,14 @@ def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
 
 
-def seed_agreement(policies: Sequence[dict[str, Sequence[int]]]) -> dict[str, Any]:
+def seed_agreement(policies: Sequence[dict[str, Sequence[int]]], skip: Sequence[str] = ()) -> dict[str, Any]:
     """How often seeds choose the same bits: over every pair of policies (layer → [w_bits, a_bits]) and the
-    layers both hold, the share with the same weight bits, the same activation bits, and both; None below 2."""
+    layers both hold (less `skip`: layers no method chooses), the share with the same weight bits, the same
+    activation bits, and both; None below 2."""
     pairs = [(p, q) for i, p in enumerate(policies) for q in policies[i + 1:]]
     same = {"w": [], "a": [], "both": []}
     for p, q in pairs:
-        for name in p.keys() & q.keys():
+        for name in (p.keys() & q.keys()) - set(skip):
             w, a = p[name][0] == q[name][0], p[name][1] == q[name][1]
             same["w"].append(w)
             same["a"].append(a)

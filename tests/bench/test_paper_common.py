@@ -22,3 +22,9 @@ def test_seed_agreement_needs_two_policies() -> None:
 def test_mean_std_ignores_missing_values() -> None:
     s = mean_std([0.5, None, 0.7])
     assert s["n"] == 2 and abs(s["mean"] - 0.6) < 1e-12 and abs(s["std"] - 0.1414213562) < 1e-9
+
+
+def test_seed_agreement_skips_fixed_layers() -> None:
+    p0, p1 = {"first": [8, 8], "x": [2, 4]}, {"first": [8, 8], "x": [4, 4]}
+    assert seed_agreement([p0, p1])["w"] == 0.5
+    assert seed_agreement([p0, p1], skip=["first"])["w"] == 0.0
