@@ -216,7 +216,7 @@ def fit(rows: list[Row]) -> tuple[float, dict[str, Rates]]:
         w = 1.0 / np.maximum(y, 1.0)
         x = _nnls(a * w[:, None], y * w)
         for t, v in zip(terms, x):
-            if t == "macs" or v > 0:
+            if t == "macs" or v > 1e-6:
                 rates[t][key] = max(float(v), 1e-3) if t == "macs" else float(v)
     return overhead, rates
 
