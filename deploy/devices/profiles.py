@@ -54,8 +54,8 @@ class AllowedBits(_Strict):
 
 
 #: the optional tables of a cost model's other work terms (search.budget.TERM_TABLES but the MACs'): name → one unit
-TERM_UNITS = dict(zip(list(TERM_TABLES.values())[1:], ("output element", "input value gathered into a patch",
-                                                       "MAC on a row's padding codes")))
+TERM_UNITS = {TERM_TABLES["outputs"]: "output element", TERM_TABLES["gathered"]: "input value gathered into a patch",
+              TERM_TABLES["pad_macs"]: "MAC on a row's padding codes"}
 
 
 class CostModel(_Strict):
