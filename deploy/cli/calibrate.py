@@ -7,8 +7,11 @@ Micro-benchmarks: each model (random weights, calibrated on CIFAR-10 test images
 at uniform weights of every width the device allows (8-bit activations: the runtime's activations are int8
 containers, so activation bits do not change its work), exported, built into the firmware with the chosen
 kernel set (firmware_harness.build) and run once on the board (QEMU for the emulated board) over the serial
-protocol; the board times every op. The fit (:func:`fit`) gives instructions (or cycles) per MAC and per output
-element per weighted op type and weight width, per element for add, requantize and pooling, and one per-op overhead.
+protocol; the board times every op. The fit (:func:`fit`, NNLS) gives, per weighted op type (conv2d,
+conv2d_unaligned: K % 4 != 0, depthwise_conv2d, fully_connected) and weight width, instructions (or cycles) per
+MAC, per output element, per input value gathered into patches and per MAC on the zero codes padding 1/2/4-bit
+rows — the work quantities of search.budget.weighted_work, the same function Ω prices with —, per element for
+add, requantize and pooling, and one per-op overhead.
 The micro-benchmark models are not the ones bench/cost_accuracy.py predicts with the fit. The
 models at a mixed policy (weights 1..8 bits) are held out and predicted with the fit: the error is written
 with the profile. The result, with its provenance (command, date, seed, firmware and kernel hashes), goes to
@@ -112,8 +115,12 @@ def random_ir(model: str, w_bits: list[int], a_bits: list[int], images: np.ndarr
     return lower(q.eval(), CIFAR10_MEAN, CIFAR10_STD, x, name=name)
 
 
-def op_work(blob: bytes) -> list[tuple[str, int, float, float]]:
-    """(firmware op kind, weight bits, work: MACs or elements, output elements) of every op of a .smpq blob, in order."""
+Row = tuple  # (firmware op kind, weight bits, MACs or elements, output elements, output channels, instructions)
+
+
+def op_work(blob: bytes) -> list[tuple[str, int, float, float, int]]:
+    """(firmware op kind, weight bits, work: MACs or elements, output elements, output channels) of every op of a
+    .smpq blob, in order."""
     from firmware_harness import smpq_format as fmt
 
     p = fmt.parse(blob)
@@ -122,16 +129,17 @@ def op_work(blob: bytes) -> list[tuple[str, int, float, float]]:
         t_in, t_out = p.tensors[op.inputs[0]], p.tensors[op.output]
         if op.kind in WEIGHTED:
             pixels = t_out.size // t_out.dims[3] if op.kind != "fully_connected" else 1
-            out.append((op.kind, op.w_bits, float(p.codes(op) * pixels), float(t_out.size)))
+            out.append((op.kind, op.w_bits, float(p.codes(op) * pixels), float(t_out.size), int(t_out.dims[3])))
         elif op.kind in ("avg_pool", "max_pool"):
-            out.append((op.kind, 8, float(t_in.size), float(t_out.size)))
+            out.append((op.kind, 8, float(t_in.size), float(t_out.size), int(t_out.dims[3])))
         else:
-            out.append((op.kind, 8, float(t_out.size), float(t_out.size)))
+            out.append((op.kind, 8, float(t_out.size), float(t_out.size), int(t_out.dims[3])))
     return out
 
 
 def measure(graph, work_dir: Path, board: str, kernels: str, icount_shift: int, x: np.ndarray):
-    """Build `graph`'s firmware and run one inference on QEMU: ([(kind, bits, work, outputs, instructions)], fw_hash, unit)."""
+    """Build `graph`'s firmware and run one inference on QEMU: ([(kind, bits, work, outputs, channels, instructions)],
+    fw_hash, unit)."""
     from deploy.export.smpq import build_smpq, export_c
     from firmware_harness.hil.backends.qemu import QemuBoard
     from firmware_harness.build import build_firmware
@@ -148,68 +156,105 @@ def measure(graph, work_dir: Path, board: str, kernels: str, icount_shift: int, 
     work = op_work(build_smpq(graph))
     if len(work) != len(ticks) or any(k != w[0] for (_, k, _, _), w in zip(kinds, work)):
         raise DeployError("the board's op list does not match the blob's; rebuild the firmware")
-    return [(k, b, n, o, unit.convert(t)) for (k, b, n, o), t in zip(work, ticks)], image.fw_hash, unit.unit
+    return [(*w, unit.convert(t)) for w, t in zip(work, ticks)], image.fw_hash, unit.unit
+
+
+def features(row: Row) -> tuple[str, int, dict[str, float]]:
+    """(cost-model op type, weight bits it is priced at, work quantities) of one measured op: weighted ops by
+    search.budget.weighted_work (the same function Ω prices with), the others their elements as MACs."""
+    from search.budget import weighted_work
+
+    kind, bits, work, outputs, channels = row[:5]
+    if kind in WEIGHTED:
+        op_type, quantities = weighted_work(kind, work, outputs, channels, bits)
+        return op_type, bits, quantities
+    return OP_WORK[kind][0], 8, {"macs": work}
 
 
 Rates = dict[tuple[str, int], float]
 
 
-def fit(rows: list[tuple[str, int, float, float, float]]) -> tuple[float, Rates, Rates]:
-    """instructions ≈ overhead + rate[op type, bits] · work + out_rate[op type, bits] · outputs, over every priced op.
+def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    return nnls(a, b)[0]
+
+
+def fit(rows: list[Row]) -> tuple[float, dict[str, Rates]]:
+    """instructions ≈ overhead + Σ_term rate[term][op type, bits] · work[term] over every priced op, the work
+    quantities by :func:`features` (search.budget.weighted_work).
 
     overhead: the cost of an op without work — the median of the ops measured with none, else the cheapest op.
-    Weighted ops (conv2d, depthwise, fully connected): rate and out_rate by least squares on the relative error
-    of each op, when its ops differ enough in MACs per output to tell the two apart (else out_rate 0 and the
-    ratio below). Element-wise ops: rate = Σ (instructions − overhead) / Σ work. Returns (overhead, rate, out_rate)."""
+    Per op type and bits (with at least MIN_WORK MACs measured): non-negative least squares (NNLS) on the
+    relative error of each op. A term whose ratio to the MACs varies less than 1.5x over the group's ops cannot
+    be told apart from the MACs and is left out (rate 0); the MAC rate is at least 1e-3. Returns (overhead,
+    {term: {(op type, bits): rate}}), a term's rates only where positive."""
+    from search.budget import WORK_TERMS
+
     rows = [r for r in rows if r[0] in OP_WORK]
-    idle = [r[4] for r in rows if r[2] <= 0]
-    overhead = float(np.median(idle)) if idle else min((r[4] for r in rows), default=0.0)
-    groups: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
-    for kind, bits, work, outputs, instr in rows:
-        if work > 0:
-            groups.setdefault((OP_WORK[kind][0], bits if kind in WEIGHTED else 8), []).append((work, outputs, instr - overhead))
-    rates: Rates = {}
-    out_rates: Rates = {}
+    idle = [r[-1] for r in rows if r[2] <= 0]
+    overhead = float(np.median(idle)) if idle else min((r[-1] for r in rows), default=0.0)
+    groups: dict[tuple[str, int], list[tuple[dict[str, float], float]]] = {}
+    for r in rows:
+        if r[2] > 0:
+            op_type, bits, quantities = features(r)
+            groups.setdefault((op_type, bits), []).append((quantities, r[-1] - overhead))
+    rates: dict[str, Rates] = {t: {} for t in WORK_TERMS}
     for key in sorted(groups):
-        g = np.array(groups[key])
-        if g[:, 0].sum() < MIN_WORK:
+        g = groups[key]
+        macs = np.array([q["macs"] for q, _ in g])
+        if macs.sum() < MIN_WORK:
             continue
-        rate, out_rate = max(float(g[:, 2].sum() / g[:, 0].sum()), 1e-3), 0.0
-        per_out = g[:, 0] / np.maximum(g[:, 1], 1.0)
-        if key[0] in WEIGHTED and per_out.max() > 1.5 * per_out.min():
-            w = 1.0 / np.maximum(g[:, 2], 1.0)
-            (a, c), *_ = np.linalg.lstsq(g[:, :2] * w[:, None], g[:, 2] * w, rcond=None)
-            if a > 0 and c >= 0:
-                rate, out_rate = float(a), float(c)
-        rates[key] = rate
-        if out_rate > 0:
-            out_rates[key] = out_rate
-    return overhead, rates, out_rates
+        terms = ["macs"]
+        for t in WORK_TERMS[1:]:
+            col = np.array([q.get(t, 0.0) for q, _ in g])
+            ratio = col / macs
+            if col.any() and (not ratio.all() or ratio.max() > 1.5 * ratio.min()):
+                terms.append(t)
+        a = np.array([[q.get(t, 0.0) for t in terms] for q, _ in g])
+        y = np.array([v for _, v in g])
+        w = 1.0 / np.maximum(y, 1.0)
+        x = _nnls(a * w[:, None], y * w)
+        for t, v in zip(terms, x):
+            if t == "macs" or v > 1e-6:
+                rates[t][key] = max(float(v), 1e-3) if t == "macs" else float(v)
+    return overhead, rates
 
 
 def merged_tables(base: dict[str, dict[int, float]], rates: Rates) -> dict[str, dict[int, float]]:
     """The cost model's tables once calibrated: an op type measured replaces its table, the others keep `base`'s."""
     measured: dict[str, dict[int, float]] = {}
     for (op, bits), v in rates.items():
-        measured.setdefault(op, {})[bits] = round(v, 3)
+        measured.setdefault(op, {})[bits] = round(v, 4)
     return {**{op: dict(t) for op, t in base.items()}, **measured}
 
 
-def predict(rows: list[tuple[str, int, float, float, float]], overhead: float, tables: dict[str, dict[int, float]],
-            out_tables: dict[str, dict[int, float]] | None = None) -> float:
-    """Instructions the cost model (search.budget.LatencyModel with these tables) predicts for the ops `rows`."""
-    from search.budget import LatencyModel
+def latency_model_of(overhead: float, rates: dict[str, Rates], base_macs: dict[str, dict[int, float]] | None = None):
+    """The search.budget.LatencyModel of a fit (clock 1 Hz: its cycles are the counts measured); MAC tables of op
+    types not measured from `base_macs` (the device profile's)."""
+    from search.budget import TERM_TABLES, LatencyModel
 
-    model = LatencyModel(clock_hz=1.0, cycles_per_mac=tables, per_layer_overhead_cycles=overhead,
-                         cycles_per_output=out_tables or {})
-    return sum(model.layer_cycles(OP_WORK[k][0], work, bits if k in WEIGHTED else 8, 8, outputs if k in WEIGHTED else 0.0)
-               for k, bits, work, outputs, _ in rows if k in OP_WORK)
+    return LatencyModel(clock_hz=1.0, per_layer_overhead_cycles=overhead,
+                        cycles_per_mac=merged_tables(base_macs or {}, rates["macs"]),
+                        **{TERM_TABLES[t]: merged_tables({}, r) for t, r in rates.items() if t != "macs"})
+
+
+def predict_op(row: Row, model) -> float:
+    """Instructions the cost model `model` (search.budget.LatencyModel) predicts for one measured op."""
+    op_type, bits, quantities = features(row)
+    return model.work_cycles(op_type, quantities, bits, 8)
+
+
+def predict(rows: list[Row], model) -> float:
+    """Instructions the cost model `model` predicts for the priced ops of `rows`."""
+    return sum(predict_op(r, model) for r in rows if r[0] in OP_WORK)
 
 
 def run(args: argparse.Namespace) -> int:
     import yaml
 
     from deploy.devices.profiles import devices_dir, load_device
+    from search.budget import TERM_TABLES
     from deploy.lower.reference import to_int8_input
     from deploy.pipeline.validation import read_yaml
 
@@ -242,17 +287,15 @@ def run(args: argparse.Namespace) -> int:
                                      args.kernels, args.icount_shift, x)
             train += rows
             fw_hashes.add(fw)
-            runs.append({"model": model, "policy": f"w{w}a8", "ops": [[k, b, int(n), int(o), round(t)] for k, b, n, o, t in rows]})
-    overhead, rates, out_rates = fit(train)
+            runs.append({"model": model, "policy": f"w{w}a8", "ops": _records(rows)})
+    overhead, rates = fit(train)
     shipped, _ = read_yaml(devices_dir() / f"{profile.name}.yaml")
-    tables = merged_tables(shipped["cost_model"]["cycles_per_mac"], rates)
-    out_tables = merged_tables({}, out_rates)
+    fitted = latency_model_of(overhead, rates, shipped["cost_model"]["cycles_per_mac"])
     for model in models:
         rows, fw, _ = measure(random_ir(model, list(range(1, 9)), [8, 7, 6, 5, 4, 3, 2], images, seed),
                               work / model, profile.name, args.kernels, args.icount_shift, x)
-        held_out[model] = (predict(rows, overhead, tables, out_tables), sum(r[4] for r in rows if r[0] in OP_WORK))
-        runs.append({"model": model, "policy": "mixed (held out)", "ops": [[k, b, int(n), int(o), round(t)] for k, b, n, o, t in rows]})
-    table = merged_tables({}, rates)
+        held_out[model] = (predict(rows, fitted), sum(r[-1] for r in rows if r[0] in OP_WORK))
+        runs.append({"model": model, "policy": "mixed (held out)", "ops": _records(rows)})
     command = "smpq-deploy calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else \
         f"smpq-deploy calibrate --device {profile.name}"
     out = {
@@ -261,11 +304,11 @@ def run(args: argparse.Namespace) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seed": seed,
         "icount_shift": args.icount_shift, "models": models,
         "cost_model": {"latency_unit": "instructions" if unit == "instructions" else "cycles",
-                       "per_layer_overhead_cycles": round(overhead, 1), "cycles_per_mac": table,
-                       "cycles_per_output": out_tables},
+                       "per_layer_overhead_cycles": round(overhead, 1),
+                       **{TERM_TABLES[t]: merged_tables({}, r) for t, r in rates.items()}},
         "held_out": {m: {"policy": "weights 1..8 bits by layer", "predicted": round(p), "measured": round(meas),
                          "error": round(p / meas - 1, 4)} for m, (p, meas) in held_out.items()},
-        "measurements": runs,  # per run: [firmware op kind, weight bits, MACs or elements, outputs, instructions] per op
+        "measurements": runs,  # per run, per op: [firmware op kind, weight bits, MACs or elements, outputs, output channels, instructions]
     }
     tmp.cleanup()
     path = Path(args.out or calibrated_path(profile.name))
@@ -278,6 +321,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{m} mixed policy: predicted {p:,.0f}, measured {meas:,.0f} {unit} ({p / meas - 1:+.1%})")
     print(f"calibrated cost model of {profile.name} ({args.kernels}) written to {path}")
     return 0
+
+
+def _records(rows: list[Row]) -> list[list]:
+    """Measured ops as the calibrated profile stores them (see `measurements`)."""
+    return [[k, b, int(n), int(o), int(c), round(t)] for k, b, n, o, c, t in rows]
 
 
 def _images(n: int, seed: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from deploy.errors import DeployError
 from deploy.pipeline.validation import dotted_keys, key_source, one_line_error, parse_bytes, read_yaml, shipped_path
-from search.budget import OP_TYPES, LatencyModel
+from search.budget import OP_TYPES, TERM_TABLES, LatencyModel
 
 DEVICES_DIR_ENV = "SMPQ_DEVICES_DIR"
 _SHIPPED_DIR = shipped_path("devices")
@@ -53,9 +53,16 @@ class AllowedBits(_Strict):
         return sorted(set(v))
 
 
+#: the optional tables of a cost model's other work terms (search.budget.TERM_TABLES but the MACs'): name → one unit
+TERM_UNITS = {TERM_TABLES["outputs"]: "output element", TERM_TABLES["gathered"]: "input value gathered into a patch",
+              TERM_TABLES["pad_macs"]: "MAC on a row's padding codes"}
+
+
 class CostModel(_Strict):
     """Cycles of a layer = per_layer_overhead_cycles + MACs × cycles_per_mac[op][w_bits] × act_bits_factor[a_bits]
-    + output elements × cycles_per_output[op][w_bits] (optional; search.budget.LatencyModel).
+    + output elements × cycles_per_output[op][w_bits] + gathered input values × cycles_per_gathered[op][w_bits]
+    + padding MACs × cycles_per_pad_mac[op][w_bits] (the last three optional; the work quantities of
+    search.budget.weighted_work, priced by search.budget.LatencyModel).
 
     For add and requantize the "MACs" are output elements, for pool input elements.
     With latency_unit 'instructions' (emulators) the counts are instructions, not cycles.
@@ -66,13 +73,16 @@ class CostModel(_Strict):
     cycles_per_mac: dict[OpType, dict[int, float]]
     act_bits_factor: dict[int, float] = Field(default_factory=dict)
     cycles_per_output: dict[OpType, dict[int, float]] = Field(default_factory=dict)
+    cycles_per_gathered: dict[OpType, dict[int, float]] = Field(default_factory=dict)
+    cycles_per_pad_mac: dict[OpType, dict[int, float]] = Field(default_factory=dict)
 
-    @field_validator("cycles_per_output")
+    @field_validator(*TERM_UNITS)
     @classmethod
-    def _output_tables(cls, v: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+    def _term_tables(cls, v: dict[str, dict[int, float]], info) -> dict[str, dict[int, float]]:
         for op, table in v.items():
             if not table or any(b < 1 or b > 8 for b in table) or any(c < 0 for c in table.values()):
-                raise ValueError(f"'{op}' must map weight bits 1..8 to cycles per output element >= 0, got {table}")
+                raise ValueError(f"'{op}' must map weight bits 1..8 to cycles per {TERM_UNITS[info.field_name]} "
+                                 f">= 0, got {table}")
         return v
 
     @field_validator("cycles_per_mac")
@@ -159,7 +169,7 @@ class DeviceProfile(_Strict):
             raise ValueError(f"'firmware_flash_bytes' ({self.firmware_flash_bytes}) must be below "
                              f"'flash_bytes' ({self.flash_bytes})")
         needed = set(SOURCED_FIGURES) | {f"cost_model.cycles_per_mac.{op}" for op in self.cost_model.cycles_per_mac} \
-            | {f"cost_model.cycles_per_output.{op}" for op in self.cost_model.cycles_per_output}
+            | {f"cost_model.{kind}.{op}" for kind in TERM_UNITS for op in getattr(self.cost_model, kind)}
         if self.cost_model.act_bits_factor:
             needed.add("cost_model.act_bits_factor")
         if self.npu is not None:
@@ -168,7 +178,7 @@ class DeviceProfile(_Strict):
         if unsourced:
             raise ValueError(f"no source for {', '.join(repr(k) for k in unsourced)}: add "
                              "'sources: {<figure>: <where it came from, or estimate + reasoning>}'")
-        per_width = {f"cost_model.{kind}.{op}.{b}" for kind in ("cycles_per_mac", "cycles_per_output")
+        per_width = {f"cost_model.{kind}.{op}.{b}" for kind in ("cycles_per_mac", *TERM_UNITS)
                      for op, table in getattr(self.cost_model, kind).items() for b in table}
         stray = sorted(set(self.sources) - needed - per_width)
         if stray:
@@ -235,11 +245,11 @@ def _with_calibration(data: dict, path: Path) -> dict:
         model = dict(data.get("cost_model") or {})
         tables = {**(model.get("cycles_per_mac") or {}), **cm["cycles_per_mac"]}
         model.update(latency_unit=cm["latency_unit"], per_layer_overhead_cycles=cm["per_layer_overhead_cycles"],
-                     cycles_per_mac=tables, cycles_per_output=cm.get("cycles_per_output") or {})
-    except (KeyError, TypeError) as exc:
+                     cycles_per_mac=tables, **{kind: cm.get(kind) or {} for kind in TERM_UNITS})
+        replaced = {"cost_model.per_layer_overhead_cycles", *(f"cost_model.cycles_per_mac.{op}" for op in cm["cycles_per_mac"]),
+                    *(f"cost_model.{kind}.{op}" for kind in TERM_UNITS for op in cm.get(kind) or {})}
+    except (KeyError, TypeError, AttributeError) as exc:
         raise DeployError(f"calibrated/{cal.name}: not a profile written by smpq-deploy calibrate ({exc})") from None
-    replaced = {"cost_model.per_layer_overhead_cycles", *(f"cost_model.cycles_per_mac.{op}" for op in cm["cycles_per_mac"]),
-                *(f"cost_model.cycles_per_output.{op}" for op in cm.get("cycles_per_output") or {})}
     sources = {k: v for k, v in (data.get("sources") or {}).items()
                if k not in replaced and not any(k.startswith(r + ".") for r in replaced)}
     sources.update({k: where for k in replaced})
@@ -271,4 +281,4 @@ def latency_model(profile: DeviceProfile) -> LatencyModel:
                         cycles_per_mac={op: dict(table) for op, table in cm.cycles_per_mac.items()},
                         per_layer_overhead_cycles=float(cm.per_layer_overhead_cycles),
                         act_bits_factor=dict(cm.act_bits_factor),
-                        cycles_per_output={op: dict(table) for op, table in cm.cycles_per_output.items()})
+                        **{kind: {op: dict(table) for op, table in getattr(cm, kind).items()} for kind in TERM_UNITS})

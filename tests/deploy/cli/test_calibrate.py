@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.cli.calibrate import calibrated_path, fit, kernels_hash, merged_tables, predict
+from deploy.cli.calibrate import calibrated_path, fit, kernels_hash, latency_model_of, merged_tables, predict, predict_op
 from deploy.devices.profiles import load_device
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -36,10 +36,12 @@ def test_the_device_takes_the_calibrated_cost_model():
     for op, table in cal["cost_model"]["cycles_per_mac"].items():
         assert cm.cycles_per_mac[op] == pytest.approx(table)
         assert profile.source_of(f"cost_model.cycles_per_mac.{op}").startswith("measured by `smpq-deploy calibrate")
-    assert cal["cost_model"]["cycles_per_output"], "the fit found no per-output term"
-    for op, table in cal["cost_model"]["cycles_per_output"].items():
-        assert cm.cycles_per_output[op] == pytest.approx(table)
-        assert profile.source_of(f"cost_model.cycles_per_output.{op}").startswith("measured by `smpq-deploy calibrate")
+    for kind in ("cycles_per_output", "cycles_per_gathered", "cycles_per_pad_mac"):
+        assert cal["cost_model"][kind], f"the fit found no {kind} term"
+        for op, table in cal["cost_model"][kind].items():
+            assert getattr(cm, kind)[op] == pytest.approx(table)
+            assert profile.source_of(f"cost_model.{kind}.{op}").startswith("measured by `smpq-deploy calibrate")
+    assert "conv2d_unaligned" in cal["cost_model"]["cycles_per_mac"], "the 3-channel stems were not priced apart"
     assert cal["date"] in profile.source_of("cost_model.per_layer_overhead_cycles")
 
 
@@ -51,27 +53,38 @@ def test_the_held_out_policy_was_predicted():
 
 
 def test_fit_recovers_a_known_linear_model():
+    """Ops generated from known rates of every work term (search.budget.weighted_work's features) are fitted back."""
     import numpy as np
 
-    rates = {("conv2d", 8): 1.5, ("conv2d", 4): 2.0, ("add", 8): 40.0, ("requantize", 8): 6.0}
-    out_rates = {("conv2d", 8): 30.0, ("conv2d", 4): 12.0}
+    from search.budget import weighted_work
+
+    truth = {"macs": {("conv2d", 8): 1.5, ("conv2d", 2): 2.0, ("conv2d_unaligned", 2): 11.0, ("add", 8): 40.0,
+                      ("requantize", 8): 6.0},
+             "outputs": {("conv2d", 8): 30.0, ("conv2d", 2): 12.0},
+             "gathered": {("conv2d", 8): 4.0, ("conv2d", 2): 9.0},
+             "pad_macs": {("conv2d", 2): 3.0}}
+    model = latency_model_of(900.0, truth)
     rng = np.random.default_rng(0)
     rows = []
-    for _ in range(60):
-        kind, bits = [("conv2d", 8), ("conv2d", 4), ("add", 8), ("requantize", 8)][int(rng.integers(4))]
-        work = float(rng.integers(20_000, 100_000))
-        outputs = work / float(rng.choice([9, 27, 144])) if kind == "conv2d" else work
-        rows.append((kind, bits, work, outputs, 900.0 + work * rates[(kind, bits)] + outputs * out_rates.get((kind, bits), 0)))
-    rows.append(("reshape", 8, 64.0, 64.0, 55.0))  # not priced: left out of the fit
-    rows.append(("add", 8, 0.0, 0.0, 900.0))  # an op without work: the overhead
-    rows.append(("max_pool", 8, 50.0, 10.0, 1000.0))  # too little work to price pooling: left to the device profile
-    overhead, got, got_out = fit(rows)
+    for _ in range(80):
+        kind, bits = [("conv2d", 8), ("conv2d", 2), ("add", 8), ("requantize", 8)][int(rng.integers(4))]
+        channels = int(rng.choice([8, 16, 24, 64]))
+        k = int(rng.choice([24, 36, 144] + [27] * (bits == 2))) if kind == "conv2d" else 1  # 27: conv2d_unaligned
+        pixels = float(rng.integers(16, 1024))
+        row = (kind, bits, pixels * channels * k, pixels * channels, channels)
+        rows.append((*row, predict_op((*row, 0.0), model)))
+    assert any(weighted_work(r[0], r[2], r[3], r[4], r[1])[1]["pad_macs"] for r in rows if r[0] == "conv2d")
+    rows.append(("reshape", 8, 64.0, 64.0, 64, 55.0))  # not priced: left out of the fit
+    rows.append(("add", 8, 0.0, 0.0, 1, 900.0))  # an op without work: the overhead
+    rows.append(("max_pool", 8, 50.0, 10.0, 10, 1000.0))  # too little work to price pooling: left to the device profile
+    overhead, got = fit(rows)
     assert overhead == pytest.approx(900.0, rel=1e-6)
-    assert got == pytest.approx(rates, rel=1e-6)  # no ("pool", 8)
-    assert got_out == pytest.approx(out_rates, rel=1e-6)  # a per-output term for weighted ops only
-    tables = merged_tables({"pool": {8: 7.0}, "conv2d": {8: 99.0}}, got)
-    assert tables["pool"] == {8: 7.0} and tables["conv2d"] == {4: 2.0, 8: 1.5}
-    assert predict(rows[:3], overhead, tables, merged_tables({}, got_out)) == pytest.approx(sum(r[4] for r in rows[:3]), rel=1e-9)
+    for term, rates in truth.items():
+        assert got[term] == pytest.approx(rates, rel=1e-4), term  # no ("pool", 8)
+    tables = merged_tables({"pool": {8: 7.0}, "conv2d": {8: 99.0}}, got["macs"])
+    assert tables["pool"] == {8: 7.0} and tables["conv2d"] == {2: 2.0, 8: 1.5}
+    fitted = latency_model_of(overhead, got)
+    assert predict(rows, fitted) == pytest.approx(sum(r[-1] for r in rows if r[0] != "reshape"), rel=1e-6)
 
 
 def test_a_model_spec_takes_keyword_arguments():
