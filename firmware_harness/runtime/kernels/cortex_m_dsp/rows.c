@@ -49,6 +49,33 @@ void smpq_dsp_permute_patch(int16_t *p, int32_t k, int bits, int32_t stride) {
     }
 }
 
+void smpq_dsp_permute_tail(int16_t *p, int32_t k, int bits, int32_t stride) {
+    const int32_t body = smpq_dsp_body(k, bits), bytes = (k - body) * bits / 8;
+    int16_t *g = p + (body >> 2) * stride;
+    if (bytes & 2) { /* group s, lanes (0, 1, 2, 3) = elements (s, S + s, L + s, S + L + s); S = 8/bits, L = 4/bits */
+        if (bits == 4) {
+            const uint32_t e = smpq_ld32(g), o = smpq_ld32(g + 2);
+            smpq_st32(g, pk_lo(e, o)), smpq_st32(g + 2, pk_hi(e, o));
+        } else if (bits == 2) {
+            const uint32_t o0 = smpq_ld32(g + 2), e1 = smpq_ld32(g + stride);
+            smpq_st32(g + 2, e1), smpq_st32(g + stride, o0);
+        } else {
+            uint32_t e[4], o[4];
+            for (int32_t i = 0; i < 4; ++i) e[i] = smpq_ld32(g + i * stride), o[i] = smpq_ld32(g + i * stride + 2);
+            smpq_st32(g, pk_lo(e[0], e[1])), smpq_st32(g + 2, pk_lo(e[2], e[3]));
+            smpq_st32(g + stride, pk_lo(o[0], o[1])), smpq_st32(g + stride + 2, pk_lo(o[2], o[3]));
+            smpq_st32(g + 2 * stride, pk_hi(e[0], e[1])), smpq_st32(g + 2 * stride + 2, pk_hi(e[2], e[3]));
+            smpq_st32(g + 3 * stride, pk_hi(o[0], o[1])), smpq_st32(g + 3 * stride + 2, pk_hi(o[2], o[3]));
+        }
+        g += (4 / bits) * stride;
+    }
+    if ((bytes & 1) && bits == 1) { /* group s, lane j = element 2j + s (2 bits: lane j = element j, as is) */
+        const uint32_t e0 = smpq_ld32(g), o0 = smpq_ld32(g + 2), e1 = smpq_ld32(g + stride), o1 = smpq_ld32(g + stride + 2);
+        smpq_st32(g, pk_lo(e0, e1)), smpq_st32(g + 2, pk_hi(e0, e1));
+        smpq_st32(g + stride, pk_lo(o0, o1)), smpq_st32(g + stride + 2, pk_hi(o0, o1));
+    }
+}
+
 /* One 32-bit word of 32/bits codes -> 8/bits words of four int8 values (see rows.h). */
 static inline void decode_word_b4(int8_t *d, uint32_t w) {
     smpq_st32(d, smpq_sub8((w & 0x0F0F0F0Fu) ^ 0x08080808u, 0x08080808u));

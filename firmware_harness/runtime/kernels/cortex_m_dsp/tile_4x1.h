@@ -24,9 +24,19 @@ typedef struct {
     int32_t channels;       /* 44 */
     int32_t row_step;       /* 48 */
     int32_t lo, hi, clamp;  /* 52, 56, 60 */
-    int all_positive;       /* every channel's multiplier > 0 (else checked per channel) */
+    int all_positive;       /* 64: every channel's multiplier > 0 (else checked per channel) */
+    /* bits 1, 2, 4: rows of packed codes read in place (tile_4x1.c), row_step 0 */
+    int32_t init[4];        /* 68: the accumulators' start per pixel (1-bit: 64 * the sum of its patch; else 0) */
+    int32_t word_bytes;     /* 84: 4 x the whole row words of a row */
+    int32_t tail;           /* 88: the row's bytes after them: 2 (bit 1) and/or 1 (bit 0) */
+    int32_t bits;           /* 92: 8, or 1/2/4 (packed rows) */
 } smpq_dsp_tile4;
 
 void smpq_dsp_tile_4x1(smpq_dsp_tile4 t);
+
+/* Bytes of one row of the tile (K for 8-bit rows; packed: word_bytes + the tail bytes). */
+static inline int32_t smpq_dsp_tile4_row_bytes(const smpq_dsp_tile4 *t) {
+    return t->bits == 8 ? 4 * t->groups + t->row_step : t->word_bytes + (t->tail & 2) + (t->tail & 1);
+}
 
 #endif /* SMPQ_DSP_TILE_4X1_H */
