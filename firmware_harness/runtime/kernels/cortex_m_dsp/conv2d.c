@@ -169,7 +169,7 @@ static void conv_quads(const smpq_op_args *a, int32_t k, int16_t *patches) {
         t.at3 = (n_pix > 3 ? 3 : n_pix - 1) * cout, t.channels = cout;
         t.lo = a->act_min, t.hi = a->act_max, t.clamp = !(a->act_min == -128 && a->act_max == 127), t.all_positive = positive;
         t.bits = 8;
-        smpq_dsp_tile_4x1(t);
+        smpq_dsp_tile_4x1(&t);
     }
 }
 
@@ -181,7 +181,7 @@ static void conv_quads_packed(const smpq_op_args *a, int32_t k, int bits, int16_
     const int positive = all_positive(a);
     const int32_t tail_bytes = (k % c) * bits / 8;
     smpq_dsp_tile4 t;
-    t.patches = patches, t.row = (const int8_t *)(const void *)a->weights, t.groups = k >> 2, t.row_step = 0;
+    t.patches = patches, t.groups = k >> 2, t.row_step = 0;
     t.word_bytes = (k / c) * 4, t.tail = tail_bytes, t.bits = bits;
     t.lo = a->act_min, t.hi = a->act_max, t.clamp = !(a->act_min == -128 && a->act_max == 127), t.all_positive = positive;
     for (int32_t q = 0; q < n; q += 4) {
@@ -200,11 +200,11 @@ static void conv_quads_packed(const smpq_op_args *a, int32_t k, int bits, int16_
                 t.init[p] = t.init[p - 1];
             }
         }
-        t.bias = a->bias, t.mult = a->mult, t.shift = a->shift;
+        t.row = (const int8_t *)(const void *)a->weights, t.bias = a->bias, t.mult = a->mult, t.shift = a->shift;
         t.out = a->out + (size_t)q * (size_t)cout, t.offset = a->out_offset;
         t.at1 = (n_pix > 1 ? 1 : n_pix - 1) * cout, t.at2 = (n_pix > 2 ? 2 : n_pix - 1) * cout;
         t.at3 = (n_pix > 3 ? 3 : n_pix - 1) * cout, t.channels = cout;
-        smpq_dsp_tile_4x1(t);
+        smpq_dsp_tile_4x1(&t);
     }
 }
 

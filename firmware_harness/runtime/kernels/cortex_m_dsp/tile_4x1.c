@@ -368,25 +368,34 @@ static void tile_asm(const smpq_dsp_tile4 *t, int32_t o0, int32_t o1) {
 }
 #endif
 
-void smpq_dsp_tile_4x1(smpq_dsp_tile4 t) {
-    if (t.channels <= 0) return;
+void smpq_dsp_tile_4x1(smpq_dsp_tile4 *t) {
+    if (t->channels <= 0) return;
 #if SMPQ_SIMD_TARGET
     /* 8-bit rows of K % 4 != 0: the assembly's last word of a row reads the next row's first bytes (met by
      * the patches' zero padding), so the last channel, whose next bytes are not the op's, goes in C */
-    const int32_t n_asm = t.bits == 8 && t.row_step ? t.channels - 1 : t.channels;
-    if (t.all_positive) {
-        if (n_asm > 0) tile_asm(&t, 0, n_asm);
+    const int32_t n_asm = t->bits == 8 && t->row_step ? t->channels - 1 : t->channels;
+    if (t->all_positive && n_asm == t->channels) { /* the common case: every channel in one call, on t itself */
+        switch (t->bits) {
+            case 4: smpq_dsp_tile_4x1_b4(t); break;
+            case 2: smpq_dsp_tile_4x1_b2(t); break;
+            case 1: smpq_dsp_tile_4x1_b1(t); break;
+            default: smpq_dsp_tile_4x1_asm(t); break;
+        }
+        return;
+    }
+    if (t->all_positive) {
+        if (n_asm > 0) tile_asm(t, 0, n_asm);
     } else {
         for (int32_t o = 0; o < n_asm;) { /* runs of channels in assembly, the others in C */
             int32_t e = o;
-            while (e < n_asm && asm_channel(&t, e)) ++e;
-            if (e > o) tile_asm(&t, o, e);
-            if (e < n_asm) tile_c(&t, e, e + 1);
+            while (e < n_asm && asm_channel(t, e)) ++e;
+            if (e > o) tile_asm(t, o, e);
+            if (e < n_asm) tile_c(t, e, e + 1);
             o = e + 1;
         }
     }
-    tile_c(&t, n_asm, t.channels);
+    tile_c(t, n_asm, t->channels);
 #else
-    tile_c(&t, 0, t.channels);
+    tile_c(t, 0, t->channels);
 #endif
 }

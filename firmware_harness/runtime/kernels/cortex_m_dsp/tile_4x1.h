@@ -32,7 +32,8 @@ typedef struct {
     int32_t bits;           /* 92: 8, or 1/2/4 (packed rows) */
 } smpq_dsp_tile4;
 
-void smpq_dsp_tile_4x1(smpq_dsp_tile4 t);
+/* (The assembly advances bias, mult, shift, out, channels and may store row: set them again for the next tile.) */
+void smpq_dsp_tile_4x1(smpq_dsp_tile4 *t);
 
 /* Bytes of one row of the tile (K for 8-bit rows; packed: word_bytes + the tail bytes). */
 static inline int32_t smpq_dsp_tile4_row_bytes(const smpq_dsp_tile4 *t) {
