@@ -1,18 +1,22 @@
 /* conv2d (and its 1x1 path) for Cortex-M with the DSP extension; same results as kernels/conv2d.c.
- * Output pixels go a tile at a time: their int16 patches (input offset added by SXTAB16, padding 0) are
- * gathered once, in the order of rows.h; then output channels two at a time, each pair of pixels by the
- * 2 x 2 inner loop of mac_2x2.c (16 MACs per 4 elements: one LDM of four patch words, two row words, four
- * SXTB16, eight SMLAD). With K a multiple of 4 and a word-aligned scratch the patches of pixels 2j and 2j+1
- * are stored interleaved by groups of 4 ("pairs"), and
- *   - 8-bit rows are read in place;
- *   - 1/2/4-bit rows that start on a byte are read packed, never decoded (patches zero-padded to whole row
- *     words when that fits the scratch);
- *   - other widths (3/5/6/7 bits, rows not on a byte) are decoded into two int8 rows shared by the tile.
- * Otherwise (K % 4 != 0: the 3-channel stem) SMPQ_TILE contiguous patches and a C loop. Scratch: never more
- * than SMPQ_SCRATCH_CONV2D = 2*K*(SMPQ_TILE + (bits < 8)) bytes.
- * 8-bit weights go 4 pixels x all channels per call of tile_4x1.c instead (K % 4 == 0 in the scratch; else,
- * up to K = 64, zero-padded patches on the stack): 16 MACs in 13 instructions and the requantization in
- * registers. */
+ * The main paths take 4 output pixels x every output channel per call of tile_4x1.c (16 MACs per group of 4
+ * values: two LDM of the four pixels' patch words, one row word widened by two SXTB16, eight SMLAD) and
+ * requantize in registers:
+ *   - 8-bit weights (K % 4 == 0 in the scratch; else, up to K = 64, zero-padded patches on the stack): rows
+ *     read in place, 13 instructions per 16 MACs;
+ *   - 1/2/4-bit rows that start on a byte (K % 4 == 0): read packed, never decoded; per group one AND (with
+ *     a shift) brings one code of every byte to its top bits, the same count for every width; the row's
+ *     whole words, then a 2-byte and/or 1-byte tail (rows.h, tile_4x1.c), so the patches are not padded; the
+ *     patches are permuted once per pixel to match (rows.c);
+ *   - 1..7-bit weights with K % 4 != 0 (the 3-channel stem) and at most SMPQ_DSP_DECODED_STACK weights:
+ *     decoded to int8 once per op on the stack, then the 8-bit path.
+ * Otherwise output pixels go a tile at a time: their int16 patches (input offset added by SXTAB16, padding 0)
+ * are gathered once, in the order of rows.h; then output channels two at a time, each pair of pixels by the
+ * 2 x 2 inner loop of mac_2x2.c. With K a multiple of 4 and a word-aligned scratch the patches of pixels 2j
+ * and 2j+1 are stored interleaved by groups of 4 ("pairs"): 8-bit rows read in place, 1/2/4-bit rows that
+ * start on a byte read packed, other widths (3/5/6/7 bits, rows not on a byte) decoded into two int8 rows
+ * shared by the tile. Otherwise SMPQ_TILE contiguous patches and a C loop. Scratch: never more than
+ * SMPQ_SCRATCH_CONV2D = 2*K*(SMPQ_TILE + (bits < 8)) bytes. */
 #include "../fixedpoint.h"
 #include "../kernels.h"
 #include "../packed.h"

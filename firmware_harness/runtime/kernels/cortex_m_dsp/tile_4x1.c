@@ -1,9 +1,13 @@
-/* The 8-bit conv2d tile of 4 output pixels, every output channel, requantized in registers (tile_4x1.h).
- * Per group of 4 patch values: one row word widened by two SXTB16, two LDM of the four pixels' patch words
- * and eight SMLAD (16 MACs in 13 instructions); per output channel and pixel, the requantization in one
- * SMLAL (requant.h; 7-9 instructions; channels with a multiplier <= 0, which TFLite never makes, in C) and one
- * STRB. On a DSP target it is Thumb-2 assembly; on the
- * host the same computation in C with the emulated instructions. */
+/* The conv2d tile of 4 output pixels, every output channel, requantized in registers (tile_4x1.h).
+ * 8-bit rows: per group of 4 patch values one row word widened by two SXTB16, two LDM of the four pixels'
+ * patch words and eight SMLAD (16 MACs in 13 instructions). 1/2/4-bit rows read packed: per row word, per
+ * group one AND with a shifted operand brings field s of every byte to its top bits (the mask in a
+ * register), then the same two SXTB16, two LDM and eight SMLAD: 13 instructions per 16 MACs plus one LDR per
+ * word, for every width; the sums are scaled back when the bias is added (exact). 1-bit codes b (weight 2b - 1)
+ * are taken as -128*b, with the accumulator starting at 64 * the pixel's patch sum: -acc/64 = sum((2b - 1)*x).
+ * Per output channel and pixel, the requantization in one SMLAL (requant.h; 7-9 instructions; channels with a
+ * multiplier <= 0, which TFLite never makes, in C) and one STRB. On a DSP target it is Thumb-2 assembly; on
+ * the host the same computation in C with the emulated instructions. */
 #include "tile_4x1.h"
 
 #include <stddef.h>

@@ -1,4 +1,5 @@
-/* The 8-bit conv2d tile of 4 output pixels x every output channel, requantized in registers (tile_4x1.c). */
+/* The conv2d tile of 4 output pixels x every output channel (8-bit rows, or 1/2/4-bit rows read packed),
+ * requantized in registers (tile_4x1.c). */
 #ifndef SMPQ_DSP_TILE_4X1_H
 #define SMPQ_DSP_TILE_4X1_H
 
@@ -7,7 +8,9 @@
 /* One tile. `patches`: the 4 pixels' patches interleaved by groups of 4 values (rows.h's sigma order; group g
  * at patches + 16g: 4 int16 of pixel 0, then of pixels 1, 2, 3; word-aligned), `groups` groups; `row`: the
  * first channel's int8 row of K = 4*groups + row_step weights (row_step in -3..0: the patches are zero-padded
- * to whole groups), the next channels' rows following it. Channel o's output of
+ * to whole groups), the next channels' rows following it; or (bits 1, 2, 4) its packed row of K = 4*groups
+ * codes, starting on a byte, read as word_bytes of whole words and a tail (rows.h's order; the patches
+ * permuted to match by smpq_dsp_permute_patch and smpq_dsp_permute_tail). Channel o's output of
  * pixel j goes to out[o + at_j] (at_0 = 0; a pixel repeated to fill the tile gets the same offset as its
  * original). Channels with a multiplier > 0 run in assembly on a DSP target, the others in C; outputs are clamped to [lo, hi] (clamp != 0; else int8's range, one SSAT). Field
  * offsets are fixed: the assembly reads them. */
