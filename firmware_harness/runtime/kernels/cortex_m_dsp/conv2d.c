@@ -248,7 +248,13 @@ void smpq_conv2d(const smpq_op_args *a) {
         int32_t decoded32[SMPQ_DSP_DECODED_STACK / 4];
         int32_t quad[2 * SMPQ_DSP_QUAD_STACK_K];
         int8_t *decoded = (int8_t *)(void *)decoded32;
-        for (int32_t i = 0; i < cout * k; ++i) decoded[i] = (int8_t)smpq_code_at(a->weights, (uint32_t)i, bits);
+        int32_t i = 0;
+        if (bits == 1) /* 4 codes (a nibble) at a time: bit j spread to byte j by one multiply, then 2b - 1 */
+            for (; i + 4 <= cout * k; i += 4) {
+                const uint32_t t = ((((uint32_t)a->weights[i >> 3] >> (i & 4)) & 0xFu) * 0x00204081u) & 0x01010101u;
+                smpq_st32(decoded + i, smpq_sub8(t + t, 0x01010101u));
+            }
+        for (; i < cout * k; ++i) decoded[i] = (int8_t)smpq_code_at(a->weights, (uint32_t)i, bits);
         smpq_op_args b = *a;
         b.weights = (const uint8_t *)(const void *)decoded, b.w_bits = 8;
         conv_quads(&b, k, (int16_t *)(void *)quad);
