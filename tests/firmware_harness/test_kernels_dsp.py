@@ -49,12 +49,13 @@ def test_dsp_kernel_set_is_selectable():
 
 
 # Shapes that take every path: 3x3 with padding and stride, C_in not a multiple of 4, 1x1 strided,
-# K below one decoded word, odd channel and pixel counts, depthwise with a channel tail, FC over a chunk.
+# K below one decoded word, packed rows' tails (K % 32 = 8, 16, 24), odd channel and pixel counts, depthwise with a channel tail, FC over a chunk.
 BOARD_CASES = [
     Case("conv2d", 7, 6, 3, 5, 3, 3, 1, 1, 1, 1),
     Case("conv2d", 8, 8, 16, 8, 3, 3, 2, 2, 1, 1),
     Case("conv2d", 6, 6, 12, 7, 1, 1, 2, 2, 0, 0),
     Case("conv2d", 5, 5, 40, 4, 1, 1),
+    Case("conv2d", 3, 5, 24, 6, 1, 1),  # packed rows with both tails (1-bit: 2 + 1 bytes)
     Case("depthwise_conv2d", 7, 7, 22, 22, 3, 3, 2, 2, 1, 1),
     Case("depthwise_conv2d", 24, 24, 3, 3),  # 1x1 on a few channels and many pixels: tabulated
     Case("fully_connected", 1, 1, 300, 9),

@@ -1,20 +1,25 @@
 /* conv2d (and its 1x1 path) for Cortex-M with the DSP extension; same results as kernels/conv2d.c.
- * Output pixels go a tile at a time: their int16 patches (input offset added by SXTAB16, padding 0) are
- * gathered once, in the order of rows.h; then output channels two at a time, each pair of pixels by the
- * 2 x 2 inner loop of mac_2x2.c (16 MACs per 4 elements: one LDM of four patch words, two row words, four
- * SXTB16, eight SMLAD). With K a multiple of 4 and a word-aligned scratch the patches of pixels 2j and 2j+1
- * are stored interleaved by groups of 4 ("pairs"), and
- *   - 8-bit rows are read in place;
- *   - 1/2/4-bit rows that start on a byte are read packed, never decoded (patches zero-padded to whole row
- *     words when that fits the scratch);
- *   - other widths (3/5/6/7 bits, rows not on a byte) are decoded into two int8 rows shared by the tile.
- * Otherwise (K % 4 != 0: the 3-channel stem) SMPQ_TILE contiguous patches and a C loop. Scratch: never more
- * than SMPQ_SCRATCH_CONV2D = 2*K*(SMPQ_TILE + (bits < 8)) bytes.
- * 8-bit weights go 4 pixels x all channels per call of tile_4x1.c instead (K % 4 == 0 in the scratch; else,
- * up to K = 64, zero-padded patches on the stack): 16 MACs in 13 instructions and the requantization in
- * registers. */
+ * The main paths take 4 output pixels x every output channel per call of tile_4x1.c (16 MACs per group of 4
+ * values: two LDM of the four pixels' patch words, one row word widened by two SXTB16, eight SMLAD) and
+ * requantize in registers:
+ *   - 8-bit weights (K % 4 == 0 in the scratch; else, up to K = 64, zero-padded patches on the stack): rows
+ *     read in place, 13 instructions per 16 MACs;
+ *   - 1/2/4-bit rows that start on a byte (K % 4 == 0): read packed, never decoded; per group one AND (with
+ *     a shift) brings one code of every byte to its top bits, the same count for every width; the row's
+ *     whole words, then a 2-byte and/or 1-byte tail (rows.h, tile_4x1.c), so the patches are not padded; the
+ *     patches are permuted once per pixel to match (rows.c);
+ *   - 1..7-bit weights with K % 4 != 0 (the 3-channel stem) and at most SMPQ_DSP_DECODED_STACK weights:
+ *     decoded to int8 once per op on the stack, then the 8-bit path.
+ * Otherwise output pixels go a tile at a time: their int16 patches (input offset added by SXTAB16, padding 0)
+ * are gathered once, in the order of rows.h; then output channels two at a time, each pair of pixels by the
+ * 2 x 2 inner loop of mac_2x2.c. With K a multiple of 4 and a word-aligned scratch the patches of pixels 2j
+ * and 2j+1 are stored interleaved by groups of 4 ("pairs"): 8-bit rows read in place, 1/2/4-bit rows that
+ * start on a byte read packed, other widths (3/5/6/7 bits, rows not on a byte) decoded into two int8 rows
+ * shared by the tile. Otherwise SMPQ_TILE contiguous patches and a C loop. Scratch: never more than
+ * SMPQ_SCRATCH_CONV2D = 2*K*(SMPQ_TILE + (bits < 8)) bytes. */
 #include "../fixedpoint.h"
 #include "../kernels.h"
+#include "../packed.h"
 #include "../../src/smpq_format.h"
 #include "mac_2x2.h"
 #include "requant.h"
@@ -53,7 +58,9 @@ static inline int32_t sigma(int32_t i) { return (i & ~3) | ((i & 1) << 1) | ((i 
 /* The patch of output pixel q: kh*kw taps of in_c values, offset added, groups of 4 in sigma order
  * (rows.h; paired patches: also a last partial group), group g at dst + g*stride; kp - k zeros after
  * the k values. Contiguous patches with in_c % 4 != 0: the values go one by one, then sigma. */
-static void gather(const smpq_op_args *a, int32_t q, int16_t *dst, int32_t k, int32_t kp, int32_t stride) {
+static inline __attribute__((always_inline)) void gather_sum(const smpq_op_args *a, int32_t q, int16_t *dst, int32_t k,
+                                                             int32_t kp, int32_t stride, int32_t *sum) {
+    int32_t total = 0; /* sum: the patch's sum (its words: two SMLAD per 4 values) */
     const int32_t cin = a->in_c, oy = q / a->out_w, ox = q % a->out_w;
     const int32_t iy0 = oy * a->sh - a->pad_t, ix0 = ox * a->sw - a->pad_l;
     const uint32_t off2 = ((uint32_t)a->in_offset & 0xFFFFu) * 0x10001u;
@@ -68,8 +75,9 @@ static void gather(const smpq_op_args *a, int32_t q, int16_t *dst, int32_t k, in
         if (row_whole && row_in) {
             const int8_t *src = a->in + (iy * a->in_w + ix0) * cin;
             for (const int8_t *end = src + a->kw * cin; src < end; src += 4, d += stride) {
-                const uint32_t x = smpq_ld32(src);
-                smpq_st64(d, smpq_sxtab16(off2, x), smpq_sxtab16_ror8(off2, x));
+                const uint32_t x = smpq_ld32(src), lo = smpq_sxtab16(off2, x), hi = smpq_sxtab16_ror8(off2, x);
+                smpq_st64(d, lo, hi);
+                if (sum) total = smpq_smlad(hi, 0x10001u, smpq_smlad(lo, 0x10001u, total));
             }
             continue;
         }
@@ -79,8 +87,9 @@ static void gather(const smpq_op_args *a, int32_t q, int16_t *dst, int32_t k, in
             const int8_t *src = inside ? a->in + (iy * a->in_w + ix) * cin : a->in;
             if (words && inside) { /* four values per word, already in sigma order; d is word-aligned */
                 for (const int8_t *end = src + cin; src < end; src += 4, d += stride) {
-                    const uint32_t x = smpq_ld32(src);
-                    smpq_st64(d, smpq_sxtab16(off2, x), smpq_sxtab16_ror8(off2, x));
+                    const uint32_t x = smpq_ld32(src), lo = smpq_sxtab16(off2, x), hi = smpq_sxtab16_ror8(off2, x);
+                    smpq_st64(d, lo, hi);
+                    if (sum) total = smpq_smlad(hi, 0x10001u, smpq_smlad(lo, 0x10001u, total));
                 }
             } else if (words) {
                 for (int32_t c = 0; c < cin; c += 4, d += stride) smpq_st64(d, 0u, 0u);
@@ -93,6 +102,14 @@ static void gather(const smpq_op_args *a, int32_t q, int16_t *dst, int32_t k, in
         }
     }
     if (!words && contiguous) smpq_dsp_sigma(dst, k);
+    if (sum && !words) /* values one by one: the sum of the gathered groups */
+        for (int32_t g = 0; g < k >> 2; ++g)
+            total = smpq_smlad(smpq_ld32(dst + g * stride + 2), 0x10001u, smpq_smlad(smpq_ld32(dst + g * stride), 0x10001u, total));
+    if (sum) *sum = total;
+}
+
+static void gather(const smpq_op_args *a, int32_t q, int16_t *dst, int32_t k, int32_t kp, int32_t stride) {
+    gather_sum(a, q, dst, k, kp, stride, 0);
 }
 
 /* Whether every output channel's multiplier is > 0 (tile_4x1.c's assembly takes it). */
@@ -126,6 +143,7 @@ static void gather_values(const smpq_op_args *a, int32_t q, int16_t *d) {
 }
 
 #define SMPQ_DSP_QUAD_STACK_K 64 /* K % 4 != 0 (the 3-channel stem): 4 padded patches on the stack up to this K */
+#define SMPQ_DSP_DECODED_STACK 1024 /* ... and its weights decoded to int8 on the stack up to this many */
 
 /* 4 pixels x all channels per tile (tile_4x1.c) in `patches` (4*kp int16, word-aligned; kp = K rounded up to
  * whole groups, zero-padded); a last tile of fewer pixels repeats its last one. */
@@ -154,7 +172,43 @@ static void conv_quads(const smpq_op_args *a, int32_t k, int16_t *patches) {
         t.at1 = (n_pix > 1 ? 1 : n_pix - 1) * cout, t.at2 = (n_pix > 2 ? 2 : n_pix - 1) * cout;
         t.at3 = (n_pix > 3 ? 3 : n_pix - 1) * cout, t.channels = cout;
         t.lo = a->act_min, t.hi = a->act_max, t.clamp = !(a->act_min == -128 && a->act_max == 127), t.all_positive = positive;
-        smpq_dsp_tile_4x1(t);
+        t.bits = 8;
+        smpq_dsp_tile_4x1(&t);
+    }
+}
+
+/* 1/2/4-bit rows that start on a byte (K % 4 == 0), read packed by the 4-pixel tile (tile_4x1.c): the patches
+ * (4*K int16 in the scratch, no padding) in the order of the rows' whole words (rows.h) and tail
+ * (smpq_dsp_permute_tail); 1-bit: each pixel's patch sum starts its accumulator (w = 2b - 1). */
+static void conv_quads_packed(const smpq_op_args *a, int32_t k, int bits, int16_t *patches) {
+    const int32_t n = a->out_h * a->out_w, cout = a->out_c, c = 32 / bits;
+    const int positive = all_positive(a);
+    const int32_t tail_bytes = (k % c) * bits / 8;
+    smpq_dsp_tile4 t;
+    t.patches = patches, t.groups = k >> 2, t.row_step = 0;
+    t.word_bytes = (k / c) * 4, t.tail = tail_bytes, t.bits = bits;
+    t.lo = a->act_min, t.hi = a->act_max, t.clamp = !(a->act_min == -128 && a->act_max == 127), t.all_positive = positive;
+    for (int32_t q = 0; q < n; q += 4) {
+        const int32_t n_pix = n - q < 4 ? n - q : 4;
+        for (int32_t p = 0; p < 4; ++p) {
+            int16_t *patch = patches + 4 * p;
+            if (p < n_pix) {
+                int32_t sum = 0;
+                if (bits == 1) gather_sum(a, q + p, patch, k, k, 16, &sum);
+                else gather(a, q + p, patch, k, k, 16);
+                smpq_dsp_permute_patch(patch, k, bits, 16);
+                smpq_dsp_permute_tail(patch, k, bits, 16);
+                t.init[p] = sum * 64;
+            } else { /* a last tile of fewer pixels repeats its last one */
+                for (int32_t g = 0; g < k >> 2; ++g) smpq_st64(patch + 16 * g, smpq_ld32(patch - 4 + 16 * g), smpq_ld32(patch - 2 + 16 * g));
+                t.init[p] = t.init[p - 1];
+            }
+        }
+        t.row = (const int8_t *)(const void *)a->weights, t.bias = a->bias, t.mult = a->mult, t.shift = a->shift;
+        t.out = a->out + (size_t)q * (size_t)cout, t.offset = a->out_offset;
+        t.at1 = (n_pix > 1 ? 1 : n_pix - 1) * cout, t.at2 = (n_pix > 2 ? 2 : n_pix - 1) * cout;
+        t.at3 = (n_pix > 3 ? 3 : n_pix - 1) * cout, t.channels = cout;
+        smpq_dsp_tile_4x1(&t);
     }
 }
 
@@ -185,6 +239,27 @@ void smpq_conv2d(const smpq_op_args *a) {
         }
     }
     const int32_t c = smpq_dsp_codes_per_word(bits);
+    if (c && (k & 3) == 0 && (k * bits) % 8 == 0 && ((uintptr_t)(void *)patches & 3u) == 0 && 8u * (uint64_t)k <= room) {
+        conv_quads_packed(a, k, bits, patches);
+        return;
+    }
+    if (bits < 8 && (k & 3) != 0 && ((k + 3) & ~3) <= SMPQ_DSP_QUAD_STACK_K && (uint64_t)cout * (uint64_t)k <= SMPQ_DSP_DECODED_STACK) {
+        /* a small op of K % 4 != 0 (the 3-channel stem): its weights decoded to int8 once, then the 8-bit tile */
+        int32_t decoded32[SMPQ_DSP_DECODED_STACK / 4];
+        int32_t quad[2 * SMPQ_DSP_QUAD_STACK_K];
+        int8_t *decoded = (int8_t *)(void *)decoded32;
+        int32_t i = 0;
+        if (bits == 1) /* 4 codes (a nibble) at a time: bit j spread to byte j by one multiply, then 2b - 1 */
+            for (; i + 4 <= cout * k; i += 4) {
+                const uint32_t t = ((((uint32_t)a->weights[i >> 3] >> (i & 4)) & 0xFu) * 0x00204081u) & 0x01010101u;
+                smpq_st32(decoded + i, smpq_sub8(t + t, 0x01010101u));
+            }
+        for (; i < cout * k; ++i) decoded[i] = (int8_t)smpq_code_at(a->weights, (uint32_t)i, bits);
+        smpq_op_args b = *a;
+        b.weights = (const uint8_t *)(const void *)decoded, b.w_bits = 8;
+        conv_quads(&b, k, (int16_t *)(void *)quad);
+        return;
+    }
     int mode = SEPARATE;
     int32_t kp = k;
     if (((uintptr_t)(void *)patches & 3u) == 0 && (k & 3) == 0) { /* (k % 4 != 0: the one-by-one gather costs more) */

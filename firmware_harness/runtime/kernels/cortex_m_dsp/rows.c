@@ -25,27 +25,80 @@ static inline uint32_t pk_hi(uint32_t a, uint32_t b) { return (b & 0xFFFF0000u) 
 /* A patch group of 4 in sigma order is two words: e = (x0, x2), o = (x1, x3). The body's blocks of c = 32/bits
  * values (c/4 groups) are rearranged word-wise: position 4s + j of a block must hold x[j*S + s] (S = 8/bits),
  * in sigma order, i.e. group s = ((x_s, x_{2S+s}), (x_{S+s}, x_{3S+s})). */
-void smpq_dsp_permute_patch(int16_t *p, int32_t k, int bits, int32_t stride) {
-    const int32_t c = smpq_dsp_codes_per_word(bits), body = smpq_dsp_body(k, bits), n = c / 4;
+
+/* 4 groups at q (stride st) from the words (ea, eb, ec, ed) and (oa, ob, oc, od) */
+static inline void quad(int16_t *q, int32_t st, uint32_t ea, uint32_t eb, uint32_t ec, uint32_t ed, uint32_t oa,
+                        uint32_t ob, uint32_t oc, uint32_t od) {
+    smpq_st32(q, pk_lo(ea, eb)), smpq_st32(q + 2, pk_lo(ec, ed));
+    smpq_st32(q + st, pk_lo(oa, ob)), smpq_st32(q + st + 2, pk_lo(oc, od));
+    smpq_st32(q + 2 * st, pk_hi(ea, eb)), smpq_st32(q + 2 * st + 2, pk_hi(ec, ed));
+    smpq_st32(q + 3 * st, pk_hi(oa, ob)), smpq_st32(q + 3 * st + 2, pk_hi(oc, od));
+}
+
+/* straight-line blocks for constant bits and stride */
+static inline __attribute__((always_inline)) void permute_body(int16_t *p, int32_t body, const int bits, const int32_t st) {
+    const int32_t c = 32 / bits;
     for (int32_t base = 0; base < body; base += c) {
-        int16_t *g = p + (base >> 2) * stride;
-        uint32_t e[8], o[8];
-        for (int32_t i = 0; i < n; ++i) e[i] = smpq_ld32(g + i * stride), o[i] = smpq_ld32(g + i * stride + 2);
+        int16_t *g = p + (base >> 2) * st;
+#define E(i) smpq_ld32(g + (i) * st)
+#define O(i) smpq_ld32(g + (i) * st + 2)
         if (bits == 4) { /* s = 0: (x0, x4), (x2, x6); s = 1: (x1, x5), (x3, x7) */
-            smpq_st32(g, pk_lo(e[0], e[1])), smpq_st32(g + 2, pk_hi(e[0], e[1]));
-            smpq_st32(g + stride, pk_lo(o[0], o[1])), smpq_st32(g + stride + 2, pk_hi(o[0], o[1]));
-            continue;
+            const uint32_t e0 = E(0), o0 = O(0), e1 = E(1), o1 = O(1);
+            smpq_st32(g, pk_lo(e0, e1)), smpq_st32(g + 2, pk_hi(e0, e1));
+            smpq_st32(g + st, pk_lo(o0, o1)), smpq_st32(g + st + 2, pk_hi(o0, o1));
+        } else if (bits == 2) {
+            const uint32_t e0 = E(0), o0 = O(0), e1 = E(1), o1 = O(1), e2 = E(2), o2 = O(2), e3 = E(3), o3 = O(3);
+            quad(g, st, e0, e2, e1, e3, o0, o2, o1, o3);
+        } else {
+            const uint32_t e0 = E(0), o0 = O(0), e1 = E(1), o1 = O(1), e2 = E(2), o2 = O(2), e3 = E(3), o3 = O(3);
+            const uint32_t e4 = E(4), o4 = O(4), e5 = E(5), o5 = O(5), e6 = E(6), o6 = O(6), e7 = E(7), o7 = O(7);
+            quad(g, st, e0, e4, e2, e6, o0, o4, o2, o6);
+            quad(g + 4 * st, st, e1, e5, e3, e7, o1, o5, o3, o7);
         }
-        /* bits 2 (S = 4): words (0, 2 | 1, 3) -> groups 0..3; bits 1 (S = 8): (0, 4 | 2, 6) -> 0..3, (1, 5 | 3, 7) -> 4..7 */
-        const int32_t d = n / 2, half = bits == 1 ? 2 : 1;
-        for (int32_t h = 0; h < half; ++h) {
-            const int32_t a0 = h, b0 = h + d, a1 = h + d / 2 * (bits == 1) + (bits == 2), b1 = a1 + d;
-            int16_t *q = g + 4 * h * stride;
-            smpq_st32(q, pk_lo(e[a0], e[b0])), smpq_st32(q + 2, pk_lo(e[a1], e[b1]));
-            smpq_st32(q + stride, pk_lo(o[a0], o[b0])), smpq_st32(q + stride + 2, pk_lo(o[a1], o[b1]));
-            smpq_st32(q + 2 * stride, pk_hi(e[a0], e[b0])), smpq_st32(q + 2 * stride + 2, pk_hi(e[a1], e[b1]));
-            smpq_st32(q + 3 * stride, pk_hi(o[a0], o[b0])), smpq_st32(q + 3 * stride + 2, pk_hi(o[a1], o[b1]));
+#undef E
+#undef O
+    }
+}
+
+void smpq_dsp_permute_patch(int16_t *p, int32_t k, int bits, int32_t stride) {
+    const int32_t body = smpq_dsp_body(k, bits);
+    if (stride == 16) {
+        if (bits == 4) permute_body(p, body, 4, 16);
+        else if (bits == 2) permute_body(p, body, 2, 16);
+        else if (bits == 1) permute_body(p, body, 1, 16);
+    } else if (stride == 8) {
+        if (bits == 4) permute_body(p, body, 4, 8);
+        else if (bits == 2) permute_body(p, body, 2, 8);
+        else if (bits == 1) permute_body(p, body, 1, 8);
+    } else {
+        if (bits == 4) permute_body(p, body, 4, stride);
+        else if (bits == 2) permute_body(p, body, 2, stride);
+        else if (bits == 1) permute_body(p, body, 1, stride);
+    }
+}
+
+void smpq_dsp_permute_tail(int16_t *p, int32_t k, int bits, int32_t stride) {
+    const int32_t body = smpq_dsp_body(k, bits), bytes = (k - body) * bits / 8;
+    int16_t *g = p + (body >> 2) * stride;
+    if (bytes & 2) { /* group s, lanes (0, 1, 2, 3) = elements (s, S + s, L + s, S + L + s); S = 8/bits, L = 4/bits */
+        if (bits == 4) {
+            const uint32_t e = smpq_ld32(g), o = smpq_ld32(g + 2);
+            smpq_st32(g, pk_lo(e, o)), smpq_st32(g + 2, pk_hi(e, o));
+        } else if (bits == 2) {
+            const uint32_t o0 = smpq_ld32(g + 2), e1 = smpq_ld32(g + stride);
+            smpq_st32(g + 2, e1), smpq_st32(g + stride, o0);
+        } else {
+            const uint32_t e0 = smpq_ld32(g), o0 = smpq_ld32(g + 2), e1 = smpq_ld32(g + stride), o1 = smpq_ld32(g + stride + 2);
+            const uint32_t e2 = smpq_ld32(g + 2 * stride), o2 = smpq_ld32(g + 2 * stride + 2);
+            const uint32_t e3 = smpq_ld32(g + 3 * stride), o3 = smpq_ld32(g + 3 * stride + 2);
+            quad(g, stride, e0, e1, e2, e3, o0, o1, o2, o3);
         }
+        g += (4 / bits) * stride;
+    }
+    if ((bytes & 1) && bits == 1) { /* group s, lane j = element 2j + s (2 bits: lane j = element j, as is) */
+        const uint32_t e0 = smpq_ld32(g), o0 = smpq_ld32(g + 2), e1 = smpq_ld32(g + stride), o1 = smpq_ld32(g + stride + 2);
+        smpq_st32(g, pk_lo(e0, e1)), smpq_st32(g + 2, pk_hi(e0, e1));
+        smpq_st32(g + stride, pk_lo(o0, o1)), smpq_st32(g + stride + 2, pk_hi(o0, o1));
     }
 }
 

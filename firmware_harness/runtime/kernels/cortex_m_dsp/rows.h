@@ -31,6 +31,13 @@ static inline int32_t smpq_dsp_body(int32_t k, int bits) {
  * starts at p + g*stride (stride 4: contiguous; 8: two pixels' patches interleaved, see conv2d.c). */
 void smpq_dsp_permute_patch(int16_t *p, int32_t k, int bits, int32_t stride);
 
+/* The tail of a row of `bits`-bit codes (1, 2, 4) after its whole words, as the 4-pixel tile reads it
+ * (tile_4x1.c): its first 2 bytes B0 B1 as the word (B0, B1, B0 >> 4, B1 >> 4) and field s (bits
+ * [s*bits, (s+1)*bits) of each byte) for s < 4/bits, then a last byte B as (B, B >> 2, B >> 4, B >> 6), fields
+ * s < 2/bits; each field one group of 4. Reorders the patch's tail groups (sigma order, group g at p + g*stride)
+ * to match; k a multiple of 4 (k*bits a multiple of 8). */
+void smpq_dsp_permute_tail(int16_t *p, int32_t k, int bits, int32_t stride);
+
 /* Put the groups of 4 of a patch in natural order into sigma order (the last k%4 stay in place). */
 void smpq_dsp_sigma(int16_t *p, int32_t k);
 
