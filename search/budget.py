@@ -11,23 +11,21 @@ QUANTIZABLE = ("conv2d", "depthwise_conv2d", "fully_connected")  # op types of t
 #: K = kh·kw·C_in is not a multiple of 4, e.g. a 3-channel stem: its patches are gathered one value at a time)
 OP_TYPES = (*QUANTIZABLE, "add", "requantize", "pool", "conv2d_unaligned")
 #: work quantities of a weighted op (see :func:`weighted_work`), each priced by its own table of LatencyModel
-WORK_TERMS = ("macs", "outputs", "gathered", "pad_macs")
+WORK_TERMS = ("macs", "outputs", "gathered")
 #: the LatencyModel table (and device-profile key) that prices each work quantity
-TERM_TABLES = {"macs": "cycles_per_mac", "outputs": "cycles_per_output", "gathered": "cycles_per_gathered",
-               "pad_macs": "cycles_per_pad_mac"}
+TERM_TABLES = {"macs": "cycles_per_mac", "outputs": "cycles_per_output", "gathered": "cycles_per_gathered"}
 
 
-def weighted_work(kind: str, macs: float, outputs: float, out_channels: int, w_bits: int) -> tuple[str, dict[str, float]]:
+def weighted_work(kind: str, macs: float, outputs: float, out_channels: int) -> tuple[str, dict[str, float]]:
     """The op type and work quantities the latency model prices for one weighted op (conv2d, depthwise_conv2d,
-    fully_connected) with `macs` MACs, `outputs` output elements over `out_channels` channels, at `w_bits`.
+    fully_connected) with `macs` MACs and `outputs` output elements over `out_channels` channels (any width: the
+    kernels read 1/2/4-bit rows packed, whole words plus a 2-/1-byte tail, so no row is padded).
 
     With K = macs / outputs (MACs per output element):
 
     * ``macs`` and ``outputs`` (accumulator set-up, requantization and the store of each output);
     * ``gathered``: input values gathered into patches, output pixels × K (conv2d, fully connected; a depthwise
       op's are its MACs, so it has none of its own);
-    * ``pad_macs``: MACs on the zero codes that pad each 1/2/4-bit row of a conv2d to whole 32-bit words
-      (rows read packed, never decoded), (K rounded up to 32 / w_bits codes − K) × outputs; none when K % 4 != 0.
 
     A conv2d with K % 4 != 0 is priced as ``conv2d_unaligned``. This one function gives the work to Ω (through
     deploy.devices.cost) and to the calibration's fit (deploy/cli/calibrate.py), so both use the same features.
@@ -38,10 +36,7 @@ def weighted_work(kind: str, macs: float, outputs: float, out_channels: int, w_b
     pixels = outputs / out_channels if out_channels else 0.0
     op_type = "conv2d_unaligned" if kind == "conv2d" and k % 4 else kind
     work = {"macs": float(macs), "outputs": float(outputs),
-            "gathered": 0.0 if kind == "depthwise_conv2d" else float(pixels * k), "pad_macs": 0.0}
-    if op_type == "conv2d" and w_bits in (1, 2, 4):
-        codes = 32 // w_bits
-        work["pad_macs"] = float((-k % codes) * outputs)
+            "gathered": 0.0 if kind == "depthwise_conv2d" else float(pixels * k)}
     return op_type, work
 
 
@@ -69,8 +64,8 @@ class LatencyModel:
     requantize and pool); a missing bit width uses the nearest listed width at or above it (else the widest),
     a missing op type its fallback (requantize → add, conv2d_unaligned and others → conv2d). The optional
     tables of the other terms — `cycles_per_output` (accumulator set-up, requantization and the store of each
-    output element), `cycles_per_gathered` (each input value gathered into a patch) and `cycles_per_pad_mac`
-    (each MAC on a row's padding codes) — are read at the op type and width the MAC table resolved to: a width
+    output element), and `cycles_per_gathered` (each input value gathered into a
+    patch) — are read at the op type and width the MAC table resolved to: a width
     they do not list has no such term (a width's terms were fitted together, so they are never mixed).
     `act_bits_factor` optionally scales the MAC term by activation bits (a_bits → factor, default 1: int8 containers).
     """
@@ -81,7 +76,6 @@ class LatencyModel:
     act_bits_factor: dict[int, float] = field(default_factory=dict)
     cycles_per_output: dict[str, dict[int, float]] = field(default_factory=dict)
     cycles_per_gathered: dict[str, dict[int, float]] = field(default_factory=dict)
-    cycles_per_pad_mac: dict[str, dict[int, float]] = field(default_factory=dict)
 
     @staticmethod
     def _width(table: dict[int, float], w_bits: int) -> int:

@@ -42,8 +42,8 @@ Per quantizable layer l with policy (w_l, a_l) — a_l is the bit width of the l
   containers (1 byte per element) or, with ``packed_activations``, ⌈n·a/8⌉ bytes for tensors in a
   layer's a-bit grid (8 bits otherwise).
 * Latency = Σ cycles / clock_hz over the runtime ops with a :class:`~search.budget.LatencyModel`:
-  each layer ``work_cycles(*weighted_work(kind, MACs, output elements, output channels, w), w, a)`` (MACs,
-  outputs, gathered input values and MACs on row padding; a conv2d with K % 4 != 0 priced as
+  each layer ``work_cycles(*weighted_work(kind, MACs, output elements, output channels), w, a)`` (MACs,
+  outputs and gathered input values; a conv2d with K % 4 != 0 priced as
   conv2d_unaligned); normalise as depthwise_conv2d with one MAC and one output per element at 8 bits; add ``layer_cycles('add', output elements)``;
   requantize ``layer_cycles('requantize', elements)`` (a table look-up per element, its own rate);
   pool ``layer_cycles('pool', input elements)``.
@@ -108,11 +108,11 @@ def op_macs(op: RuntimeOp) -> int:
 def op_cycles(op: RuntimeOp, latency_model: LatencyModel, w_bits: int = 8, a_bits: int = 8) -> float:
     """Cycles of one runtime op (w_bits/a_bits matter for quantizable layers only)."""
     if op.node is not None and op.node.quantizable:
-        op_type, work = weighted_work(op.kind, op.node.macs, math.prod(op.node.out_shape), op.node.out_channels, w_bits)
+        op_type, work = weighted_work(op.kind, op.node.macs, math.prod(op.node.out_shape), op.node.out_channels)
         return latency_model.work_cycles(op_type, work, w_bits, a_bits)
     if op.kind == "normalise":
         n = math.prod(op.in_shape)
-        op_type, work = weighted_work("depthwise_conv2d", n, n, op.in_shape[0], NORMALISE_BITS)
+        op_type, work = weighted_work("depthwise_conv2d", n, n, op.in_shape[0])
         return latency_model.work_cycles(op_type, work, NORMALISE_BITS, 8)
     if op.kind == "pool":
         return latency_model.layer_cycles("pool", math.prod(op.in_shape), 8, 8)

@@ -54,14 +54,12 @@ class AllowedBits(_Strict):
 
 
 #: the optional tables of a cost model's other work terms (search.budget.TERM_TABLES but the MACs'): name → one unit
-TERM_UNITS = {TERM_TABLES["outputs"]: "output element", TERM_TABLES["gathered"]: "input value gathered into a patch",
-              TERM_TABLES["pad_macs"]: "MAC on a row's padding codes"}
+TERM_UNITS = {TERM_TABLES["outputs"]: "output element", TERM_TABLES["gathered"]: "input value gathered into a patch"}
 
 
 class CostModel(_Strict):
     """Cycles of a layer = per_layer_overhead_cycles + MACs × cycles_per_mac[op][w_bits] × act_bits_factor[a_bits]
-    + output elements × cycles_per_output[op][w_bits] + gathered input values × cycles_per_gathered[op][w_bits]
-    + padding MACs × cycles_per_pad_mac[op][w_bits] (the last three optional; the work quantities of
+    + output elements × cycles_per_output[op][w_bits] + gathered input values × cycles_per_gathered[op][w_bits] (the last two optional; the work quantities of
     search.budget.weighted_work, priced by search.budget.LatencyModel).
 
     For add and requantize the "MACs" are output elements, for pool input elements.
@@ -74,7 +72,6 @@ class CostModel(_Strict):
     act_bits_factor: dict[int, float] = Field(default_factory=dict)
     cycles_per_output: dict[OpType, dict[int, float]] = Field(default_factory=dict)
     cycles_per_gathered: dict[OpType, dict[int, float]] = Field(default_factory=dict)
-    cycles_per_pad_mac: dict[OpType, dict[int, float]] = Field(default_factory=dict)
 
     @field_validator(*TERM_UNITS)
     @classmethod

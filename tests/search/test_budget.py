@@ -11,30 +11,29 @@ from search.budget import OP_TYPES, TERM_TABLES, WORK_TERMS, LatencyModel, weigh
 
 def test_an_unaligned_conv_is_its_own_op_type():
     # the 3-channel stem: K = 3*3*3 = 27, 16 output channels over 32x32 pixels
-    op_type, work = weighted_work("conv2d", 1024 * 16 * 27, 1024 * 16, 16, 2)
+    op_type, work = weighted_work("conv2d", 1024 * 16 * 27, 1024 * 16, 16)
     assert op_type == "conv2d_unaligned" and "conv2d_unaligned" in OP_TYPES
-    assert work == {"macs": 1024 * 16 * 27, "outputs": 1024 * 16, "gathered": 1024 * 27, "pad_macs": 0.0}
-    assert weighted_work("conv2d", 1024 * 16 * 144, 1024 * 16, 16, 2)[0] == "conv2d"  # K = 144
-    assert weighted_work("depthwise_conv2d", 1024 * 16 * 9, 1024 * 16, 16, 2)[0] == "depthwise_conv2d"  # K = 9
-    assert weighted_work("fully_connected", 64 * 10, 10, 10, 4)[0] == "fully_connected"
+    assert work == {"macs": 1024 * 16 * 27, "outputs": 1024 * 16, "gathered": 1024 * 27}
+    assert weighted_work("conv2d", 1024 * 16 * 144, 1024 * 16, 16)[0] == "conv2d"  # K = 144
+    assert weighted_work("conv2d", 1024 * 16 * 20, 1024 * 16, 16)[0] == "conv2d"  # K = 20: whole groups of 4
+    assert weighted_work("depthwise_conv2d", 1024 * 16 * 9, 1024 * 16, 16)[0] == "depthwise_conv2d"  # K = 9
+    assert weighted_work("fully_connected", 64 * 10, 10, 10)[0] == "fully_connected"
     with pytest.raises(ValueError, match="add"):
-        weighted_work("add", 10, 10, 1, 8)
+        weighted_work("add", 10, 10, 1)
 
 
-@pytest.mark.parametrize("k,bits,pad", [(144, 1, 16), (144, 2, 0), (24, 2, 8), (24, 4, 0), (20, 4, 4), (16, 1, 16),
-                                        (288, 1, 0), (24, 3, 0), (24, 8, 0)])
-def test_padding_work_of_packed_rows(k, bits, pad):
-    """1/2/4-bit rows are read packed, padded to whole 32-bit words (32/bits codes): the padding codes are MACs."""
+@pytest.mark.parametrize("k", [8, 20, 24, 144])
+def test_gathered_values_of_a_conv(k):
+    """Each output pixel gathers one patch of K input values, whatever the number of output channels."""
     pixels, channels = 64, 32
-    _, work = weighted_work("conv2d", pixels * channels * k, pixels * channels, channels, bits)
-    assert work["pad_macs"] == pad * pixels * channels
-    assert work["gathered"] == pixels * k
+    _, work = weighted_work("conv2d", pixels * channels * k, pixels * channels, channels)
+    assert work["gathered"] == pixels * k and work["macs"] == work["gathered"] * channels
 
 
 def test_gathered_values_of_each_weighted_op():
-    assert weighted_work("fully_connected", 640 * 10, 10, 10, 8)[1]["gathered"] == 640  # one patch: the input
-    _, dw = weighted_work("depthwise_conv2d", 256 * 96 * 9, 256 * 96, 96, 4)
-    assert dw["gathered"] == 0 and dw["pad_macs"] == 0  # a depthwise op's gathering is its MACs
+    assert weighted_work("fully_connected", 640 * 10, 10, 10)[1]["gathered"] == 640  # one patch: the input
+    _, dw = weighted_work("depthwise_conv2d", 256 * 96 * 9, 256 * 96, 96)
+    assert dw["gathered"] == 0  # a depthwise op's gathering is its MACs
 
 
 def _model(**tables) -> LatencyModel:
@@ -55,13 +54,12 @@ def test_term_tables_are_read_at_the_width_the_mac_table_resolves_to():
 
 def test_every_term_is_priced_and_unaligned_falls_back_to_conv2d():
     tables = {"cycles_per_mac": {"conv2d": {2: 2.0, 8: 1.0}, "conv2d_unaligned": {8: 11.0}},
-              "cycles_per_output": {"conv2d": {2: 50.0}}, "cycles_per_gathered": {"conv2d": {2: 5.0, 8: 4.0}},
-              "cycles_per_pad_mac": {"conv2d": {2: 3.0}}}
+              "cycles_per_output": {"conv2d": {2: 50.0}}, "cycles_per_gathered": {"conv2d": {2: 5.0, 8: 4.0}}}
     assert set(TERM_TABLES) == set(WORK_TERMS) and set(TERM_TABLES.values()) == set(tables)
     m = _model(**tables)
-    work = {"macs": 1000.0, "outputs": 10.0, "gathered": 20.0, "pad_macs": 30.0}
-    assert m.work_cycles("conv2d", work, 2) == pytest.approx(100 + 2000 + 500 + 100 + 90)
-    assert m.work_cycles("conv2d", work, 8) == pytest.approx(100 + 1000 + 80)  # no 8-bit output or padding term
+    work = {"macs": 1000.0, "outputs": 10.0, "gathered": 20.0}
+    assert m.work_cycles("conv2d", work, 2) == pytest.approx(100 + 2000 + 500 + 100)
+    assert m.work_cycles("conv2d", work, 8) == pytest.approx(100 + 1000 + 80)  # no 8-bit output term
     assert m.work_cycles("conv2d_unaligned", work, 2) == pytest.approx(100 + 11000)  # its own table: no other terms
     no_unaligned = _model(**{**tables, "cycles_per_mac": {"conv2d": {2: 2.0, 8: 1.0}}})
     assert no_unaligned.work_cycles("conv2d_unaligned", work, 2) == m.work_cycles("conv2d", work, 2)
@@ -83,8 +81,7 @@ def test_omega_and_the_calibration_price_the_same_work():
              ("depthwise_conv2d", 8): 6.0, ("fully_connected", 8): 5.0, ("add", 8): 20.0, ("requantize", 8): 12.0,
              ("pool", 8): 9.0},
              "outputs": {("conv2d", 2): 40.0, ("conv2d", 8): 20.0, ("depthwise_conv2d", 8): 11.0},
-             "gathered": {("conv2d", 2): 9.0, ("conv2d_unaligned", 2): 3.0, ("fully_connected", 8): 2.0},
-             "pad_macs": {("conv2d", 2): 7.0, ("conv2d", 1): 5.0}}
+             "gathered": {("conv2d", 2): 9.0, ("conv2d_unaligned", 2): 3.0, ("fully_connected", 8): 2.0}}
     model = latency_model_of(500.0, rates)
     w_bits = [2, 1, 8]
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
@@ -99,6 +96,5 @@ def test_omega_and_the_calibration_price_the_same_work():
     assert {"conv2d", "fully_connected"} <= kinds
     priced = [(r.cycles, predict_op((*op, 0.0), model)) for r, op in zip(rows, blob_ops)]
     assert all(math.isclose(a, b, rel_tol=1e-9) for a, b in priced), priced
-    # the stem is unaligned (K = 27) and a 1/2-bit layer pads its rows: both terms are in Ω
-    assert any(weighted_work(*op[:1], op[2], op[3], op[4], op[1])[0] == "conv2d_unaligned" for op in blob_ops)
-    assert any(weighted_work(op[0], op[2], op[3], op[4], op[1])[1]["pad_macs"] for op in blob_ops if op[0] == "conv2d")
+    # the stem is unaligned (K = 27): its own op type in Ω too
+    assert any(weighted_work(op[0], op[2], op[3], op[4])[0] == "conv2d_unaligned" for op in blob_ops)
