@@ -10,10 +10,10 @@ QUANTIZABLE = ("conv2d", "depthwise_conv2d", "fully_connected")  # op types of t
 #: op types the latency model prices: the quantizable layers, element-wise ops, and conv2d_unaligned (a conv2d whose
 #: K = kh·kw·C_in is not a multiple of 4, e.g. a 3-channel stem: its patches are gathered one value at a time)
 OP_TYPES = (*QUANTIZABLE, "add", "requantize", "pool", "conv2d_unaligned")
-#: work quantities of a weighted op (see :func:`weighted_work`), each priced by its own table of LatencyModel
-WORK_TERMS = ("macs", "outputs", "gathered")
-#: the LatencyModel table (and device-profile key) that prices each work quantity
+#: work quantity of a weighted op (see :func:`weighted_work`) → the LatencyModel table (and device-profile key) that
+#: prices it
 TERM_TABLES = {"macs": "cycles_per_mac", "outputs": "cycles_per_output", "gathered": "cycles_per_gathered"}
+WORK_TERMS = tuple(TERM_TABLES)  # the work quantities, MACs first
 
 
 def weighted_work(kind: str, macs: float, outputs: float, out_channels: int) -> tuple[str, dict[str, float]]:
@@ -25,7 +25,7 @@ def weighted_work(kind: str, macs: float, outputs: float, out_channels: int) -> 
 
     * ``macs`` and ``outputs`` (accumulator set-up, requantization and the store of each output);
     * ``gathered``: input values gathered into patches, output pixels × K (conv2d, fully connected; a depthwise
-      op's are its MACs, so it has none of its own);
+      op's are its MACs, so it has none of its own).
 
     A conv2d with K % 4 != 0 is priced as ``conv2d_unaligned``. This one function gives the work to Ω (through
     deploy.devices.cost) and to the calibration's fit (deploy/cli/calibrate.py), so both use the same features.
@@ -101,10 +101,6 @@ class LatencyModel:
         tables = getattr(self, TERM_TABLES[term])
         op, width = self._resolve(op_type, w_bits)
         return (tables.get(op) or {}).get(width, 0.0)
-
-    def output_cost(self, op_type: str, w_bits: int) -> float:
-        """Cycles per output element for one op type (0 when the model has no such term)."""
-        return self.term_cost("outputs", op_type, w_bits)
 
     def work_cycles(self, op_type: str, work: dict[str, float], w_bits: int, a_bits: int = 8) -> float:
         """Estimated cycles of one op with the work quantities `work` (:func:`weighted_work`; element-wise ops:

@@ -9,8 +9,9 @@ containers, so activation bits do not change its work), exported, built into the
 kernel set (firmware_harness.build) and run once on the board (QEMU for the emulated board) over the serial
 protocol; the board times every op. The fit (:func:`fit`, NNLS) gives, per weighted op type (conv2d,
 conv2d_unaligned: K % 4 != 0, depthwise_conv2d, fully_connected) and weight width, instructions (or cycles) per
-MAC, per output element and per input value gathered into patches — the work quantities of search.budget.weighted_work, the same function Ω prices with —, per element for
-add, requantize and pooling, and one per-op overhead.
+MAC, per output element and per input value gathered into patches — the work quantities of
+search.budget.weighted_work, the same function Ω prices with —, per element for add, requantize and pooling,
+and one per-op overhead.
 The micro-benchmark models are not the ones bench/cost_accuracy.py predicts with the fit. The
 models at a mixed policy (weights 1..8 bits) are held out and predicted with the fit: the error is written
 with the profile. The result, with its provenance (command, date, seed, firmware and kernel hashes), goes to

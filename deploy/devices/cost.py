@@ -43,8 +43,8 @@ Per quantizable layer l with policy (w_l, a_l) — a_l is the bit width of the l
   layer's a-bit grid (8 bits otherwise).
 * Latency = Σ cycles / clock_hz over the runtime ops with a :class:`~search.budget.LatencyModel`:
   each layer ``work_cycles(*weighted_work(kind, MACs, output elements, output channels), w, a)`` (MACs,
-  outputs and gathered input values; a conv2d with K % 4 != 0 priced as
-  conv2d_unaligned); normalise as depthwise_conv2d with one MAC and one output per element at 8 bits; add ``layer_cycles('add', output elements)``;
+  outputs and gathered input values; a conv2d with K % 4 != 0 priced as conv2d_unaligned); normalise as
+  depthwise_conv2d with one MAC and one output per element at 8 bits; add ``layer_cycles('add', output elements)``;
   requantize ``layer_cycles('requantize', elements)`` (a table look-up per element, its own rate);
   pool ``layer_cycles('pool', input elements)``.
 

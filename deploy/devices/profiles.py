@@ -59,8 +59,9 @@ TERM_UNITS = {TERM_TABLES["outputs"]: "output element", TERM_TABLES["gathered"]:
 
 class CostModel(_Strict):
     """Cycles of a layer = per_layer_overhead_cycles + MACs × cycles_per_mac[op][w_bits] × act_bits_factor[a_bits]
-    + output elements × cycles_per_output[op][w_bits] + gathered input values × cycles_per_gathered[op][w_bits] (the last two optional; the work quantities of
-    search.budget.weighted_work, priced by search.budget.LatencyModel).
+    + output elements × cycles_per_output[op][w_bits] + gathered input values × cycles_per_gathered[op][w_bits]
+    (the last two optional; the work quantities of search.budget.weighted_work, priced by
+    search.budget.LatencyModel).
 
     For add and requantize the "MACs" are output elements, for pool input elements.
     With latency_unit 'instructions' (emulators) the counts are instructions, not cycles.

@@ -44,9 +44,9 @@ def test_term_tables_are_read_at_the_width_the_mac_table_resolves_to():
     """A depthwise op at 2 bits is not charged the 8-bit per-output term (its MAC rate already holds its outputs)."""
     m = _model(cycles_per_mac={"conv2d": {8: 1.0}, "depthwise_conv2d": {2: 8.0, 4: 8.0, 8: 6.0}},
                cycles_per_output={"depthwise_conv2d": {8: 12.0}})
-    assert m.output_cost("depthwise_conv2d", 8) == 12.0
-    assert m.output_cost("depthwise_conv2d", 2) == 0.0
-    assert m.output_cost("depthwise_conv2d", 3) == 0.0  # resolves to 4, which has no per-output term
+    assert m.term_cost("outputs", "depthwise_conv2d", 8) == 12.0
+    assert m.term_cost("outputs", "depthwise_conv2d", 2) == 0.0
+    assert m.term_cost("outputs", "depthwise_conv2d", 3) == 0.0  # resolves to 4, which has no per-output term
     assert m.mac_cost("depthwise_conv2d", 3) == 8.0
     assert m.layer_cycles("depthwise_conv2d", 900, 2, outputs=100) == pytest.approx(100 + 900 * 8.0)
     assert m.layer_cycles("depthwise_conv2d", 900, 8, outputs=100) == pytest.approx(100 + 900 * 6.0 + 100 * 12.0)
