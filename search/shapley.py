@@ -41,7 +41,7 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
                      on_permutation: Callable[[int], None] | None = None,
                      permutation_rng: Callable[[int], np.random.Generator] | None = None,
                      shard: tuple[int, int] = (0, 1), gather: Gather | None = None,
-                     antithetic: bool = False) -> ShapleyResult:
+                     antithetic: bool = False, order: Callable[[int], np.ndarray] | None = None) -> ShapleyResult:
     """Estimate Shapley values of `value_fn` from `n_permutations` random truncated removal walks.
 
     `threshold` = 0 disables truncation. `robust` returns mean − std over permutations (Shapley-NAS)
@@ -58,6 +58,9 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
     `antithetic` (variance reduction, antithetic permutations): every odd walk p removes the players in the
     reverse order of walk p − 1, so a player removed early in one walk is removed late in its partner;
     its draw from `rng` / `permutation_rng(p)` is not used. Still unbiased (each walk's order is uniform).
+
+    `order(p)`: the removal order of walk p, given by the caller (e.g. :func:`last_stratified_order`);
+    it replaces the draws from `rng` / `permutation_rng`.
     """
     if n_players < 1:
         raise ValueError(f"a game needs at least one player, got n_players={n_players}")
@@ -73,7 +76,9 @@ def estimate_shapley(value_fn: ValueFn, n_players: int, n_permutations: int = 10
     rows = np.zeros((n_permutations, 2 * n_players + 3), dtype=np.float64)
     perm = np.arange(n_players)
     for p in range(n_permutations):
-        if antithetic and p % 2 == 1:
+        if order is not None:
+            perm = np.asarray(order(p), dtype=np.int64)
+        elif antithetic and p % 2 == 1:
             perm = perm[::-1].copy()
         else:
             perm = permutation_rng(p).permutation(n_players) if permutation_rng is not None else rng.permutation(n_players)
@@ -115,6 +120,44 @@ def _walk(value_fn: ValueFn, perm: np.ndarray, threshold: float) -> np.ndarray:
         v_prev = v
     row[2 * n:] = (v_full, n_eval, n_saved)
     return row
+
+
+def last_stratified_order(rng: np.random.Generator, group: np.ndarray, walk: int, seed: int) -> np.ndarray:
+    """A uniformly random removal order in which each group's last member is stratified: the walks are cut
+    into blocks of |g| consecutive walks, and within a block every member of g is the last one once (in an
+    order drawn from (`seed`, g, block), so that which members are last in different groups stay independent).
+    Given the last members, the rest of the order is uniform; over whole blocks the estimate is unbiased."""
+    perm = rng.permutation(len(group))
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        block = np.random.default_rng([seed, int(g), walk // len(members)]).permutation(members)
+        chosen = block[walk % len(members)]
+        slots = np.flatnonzero(group[perm] == g)  # positions the group occupies in the order
+        where = slots[np.flatnonzero(perm[slots] == chosen)[0]]
+        perm[where], perm[slots[-1]] = perm[slots[-1]], perm[where]
+    return perm
+
+
+def last_of_group(res: ShapleyResult, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per player, the sum of its marginal contributions over the walks in which it was the last member of
+    its group to be removed (before any truncation), and the number of those walks.
+
+    In SMPQ's fallback game that step is the switch from the candidate alone in its layer to the
+    fallback: the candidate's value as the layer's only choice, in the context the walk has reached."""
+    n = res.contributions.shape[1]
+    total, count = np.zeros(n), np.zeros(n, dtype=np.int64)
+    removed = (res.walk_evaluations if res.walk_evaluations is not None
+               else np.full(len(res.permutations), n + 1)) - 1
+    for p, perm in enumerate(res.permutations):
+        done = perm[: int(removed[p])]
+        last: dict[int, int] = {}
+        for player in done:
+            last[int(group[player])] = int(player)
+        for g, player in last.items():
+            if np.count_nonzero(group[done] == g) == np.count_nonzero(group == g):  # the whole group was removed
+                total[player] += res.contributions[p, player]
+                count[player] += 1
+    return total, count
 
 
 def exact_shapley(value_fn: ValueFn, n_players: int) -> np.ndarray:

@@ -44,6 +44,17 @@ def check_settings(out: Path, settings: dict[str, Any], ignore: Sequence[str] = 
     write_json(path, mine)
 
 
+def open_experiment(args: Any, name: str, ignore: Sequence[str] = ()) -> tuple[Path, Callable[[str], None]]:
+    """Start an experiment: ``args.threads`` torch threads, its folder ``args.output``, a log ``<name>.log``
+    there and the settings check (:func:`check_settings`; ``threads`` and `ignore` may differ between runs)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    check_settings(out, vars(args), ("threads", *ignore))
+    return out, logger(out / f"{name}.log")
+
+
 def cell(path: Path, compute: Callable[[], dict[str, Any]], log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The cached result at `path`, or `compute()` written there (with its wall time) when there is none."""
     if path.is_file():

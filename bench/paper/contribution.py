@@ -13,7 +13,8 @@ candidate per group the supernet computes exactly the fixed policy's model (``Su
 ψ: one Shapley round of SMPQ (``SMPQSearch._shapley_round``: M permutations, truncation threshold
 ``--threshold``, 256-image batches) on the same calibrated supernet, for the paper's game (an emptied
 group zeroes its layer) and the fallback game (it falls back to 8 bits), each with two seeds
-(independent permutations and batches). Reported per game: τ(ψ, GT) over all candidates, the mean
+(independent permutations and batches); and, from the fallback game's walks, the score ``last``
+(``SMPQConfig.score``: each candidate's mean contribution over the walks where it is the last of its group). Reported per game: τ(ψ, GT) over all candidates, the mean
 within-group τ, τ(ψ seed a, ψ seed b) (do the scores reproduce, i.e. separate from noise) and the
 value evaluations. With ``--runs`` (a folder of main-table runs ``<method>-s<seed>/policy.json``):
 τ(scores, GT) of every method's final scores (HAWQ: −sensitivity; EdMIPS: α; SMPQ: α).
@@ -33,7 +34,7 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import fp_supernet, cell, check_settings, logger, write_json  # noqa: E402
+from bench.paper.common import fp_supernet, cell, open_experiment, write_json  # noqa: E402
 from search.nn.data import BatchLoader  # noqa: E402
 from search.policy import Policy  # noqa: E402
 from search.search_state import STATE_FILE  # noqa: E402
@@ -62,41 +63,48 @@ def key(p: Any) -> str:
     return f"{p.layer}/{p.kind}{p.bits}"
 
 
-def ground_truth(sn: Supernet, dataset: Any, n_images: int) -> dict[str, float]:
-    """GT per free candidate: accuracy with that one group at its bits, every other group at 8, minus W8A8's."""
+def masked_accuracy(sn: Supernet, val: BatchLoader, mask: torch.Tensor) -> float:
+    """Top-1 of the supernet under `mask` on every batch of `val` (one candidate per group: a fixed policy)."""
+    correct = 0
+    with sn.masked(mask):
+        for x, y in val:
+            correct += int((sn(x).argmax(1) == y).sum())
+    return correct / len(val.y)
+
+
+def ground_truth(sn: Supernet, dataset: Any, n_images: int, base: tuple[int, int] = (8, 8)) -> dict[str, float]:
+    """GT per free candidate: accuracy with that one group at its bits and every other group at the `base`
+    policy's (uniform W8A8 by default; the first and last layer stay at 8 bits), minus the base policy's."""
     val = BatchLoader(dataset.val.subset(n_images), dataset, 500)
-    names = sn.layer_names
-    base = Policy.uniform(names, 8, 8, first_last_8bit=sn.first_last_8bit)
-
-    def acc(mask: torch.Tensor) -> float:
-        correct = 0
-        with sn.masked(mask):
-            for x, y in val:
-                correct += int((sn(x).argmax(1) == y).sum())
-        return correct / len(val.y)
-
-    ref_mask = sn.policy_mask(base)
+    ref_policy = Policy.uniform(sn.layer_names, *base, first_last_8bit=sn.first_last_8bit)
+    acc = lambda mask: masked_accuracy(sn, val, mask)  # noqa: E731
+    ref_mask = sn.policy_mask(ref_policy)
     ref = acc(ref_mask)
-    out = {"__w8a8__": ref}
+    out = {f"__w{base[0]}a{base[1]}__": ref}
     for i, p in enumerate(sn.players):
-        if p.bits == 8 or len(sn.candidates(p.layer)[0 if p.kind == "w" else 1]) < 2:
-            if len(sn.candidates(p.layer)[0 if p.kind == "w" else 1]) >= 2:
-                out[key(p)] = 0.0
+        if len(sn.candidates(p.layer)[0 if p.kind == "w" else 1]) < 2:
+            continue
+        base_bits = base[0] if p.kind == "w" else base[1]
+        if p.bits == base_bits:
+            out[key(p)] = 0.0
             continue
         m = ref_mask.clone()
-        m[sn.player_index(p.layer, p.kind, 8)] = 0.0
+        m[sn.player_index(p.layer, p.kind, base_bits)] = 0.0
         m[i] = 1.0
         out[key(p)] = acc(m) - ref
     return out
 
 
-def shapley_psi(sn: Supernet, dataset: Any, args: argparse.Namespace, preset: str, seed: int, folder: Path) -> dict[str, Any]:
+def shapley_psi(sn: Supernet, dataset: Any, args: argparse.Namespace, preset: str, seed: int, folder: Path,
+                score: str = "shapley") -> dict[str, Any]:
+    """One SMPQ round's scores per candidate: ψ, or with ``score="last"`` the last-of-group scores (α − α₀)."""
     cfg = SMPQConfig(**smpq_options({"preset": preset}), permutations=args.permutations, threshold=args.threshold,
-                     warmup_epochs=0, rounds=1, subset=args.subset, seed=seed, progress=False)
+                     warmup_epochs=0, rounds=1, subset=args.subset, seed=seed, progress=False, score=score)
     search = SMPQSearch(sn, dataset, cfg, folder, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
     search._before_unit()
     rec = search._shapley_round(0, lambda *a, **k: None)
-    return {"psi": {key(sn.players[i]): rec["psi"][i] for i in search.game_players.tolist()},
+    values = rec["psi"] if score == "shapley" else (search.alpha - search.alpha0).tolist()
+    return {"psi": {key(sn.players[i]): values[i] for i in search.game_players.tolist()},
             "n_evaluations": rec["n_evaluations"], "n_saved_by_truncation": rec["n_saved_by_truncation"],
             "wall_s": rec["wall_s"], "full_value_mean": rec["full_value_mean"]}
 
@@ -133,29 +141,32 @@ def method_scores(runs: Path) -> dict[str, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out = Path(args.output)
-    log = logger(out / "contribution.log")
-    check_settings(out, vars(args), ("threads", "runs"))
+    out, log = open_experiment(args, "contribution", ("runs",))
     sn, dataset, state = fp_supernet(args, out)
     gt = cell(out / "cells" / "ground_truth.json", lambda: ground_truth(sn, dataset, args.gt_images), log)
     seeds = tuple(int(x) for x in args.seeds.split(","))
     games: dict[str, Any] = {}
-    for preset, game in (("paper", "zero"), ("default", "fallback")):
+    for preset, game, score in (("paper", "zero", "shapley"), ("default", "fallback", "shapley"),
+                                ("default", "fallback", "last")):
+        name = game if score == "shapley" else f"{game}-{score}"
         runs = []
         for seed in seeds:
             sn.load_state_dict(state)
-            runs.append(cell(out / "cells" / f"psi-{game}-s{seed}.json",
-                             lambda: shapley_psi(sn, dataset, args, preset, seed, out / "tmp" / f"{game}-s{seed}"), log))
+            runs.append(cell(out / "cells" / f"psi-{name}-s{seed}.json",
+                             lambda: shapley_psi(sn, dataset, args, preset, seed, out / "tmp" / f"{name}-s{seed}", score), log))
         psi_mean = {k: float(np.mean([r["psi"][k] for r in runs])) for k in runs[0]["psi"]}
-        games[game] = {"per_seed": [taus(r["psi"], gt) for r in runs], "mean_of_seeds": taus(psi_mean, gt),
+        games[name] = {"per_seed": [taus(r["psi"], gt) for r in runs], "mean_of_seeds": taus(psi_mean, gt),
                        "tau_between_seeds": taus(runs[0]["psi"], runs[1]["psi"])["tau_all"] if len(runs) > 1 else None,
                        "n_evaluations": [r["n_evaluations"] for r in runs], "wall_s": [r["wall_s"] for r in runs]}
-        log(f"{game}: {json.dumps(games[game])}")
-    methods = {name: taus(sc, gt) for name, sc in method_scores(Path(args.runs)).items()} if args.runs else {}
-    report = {"command": " ".join(sys.argv), "settings": vars(args), "ground_truth": gt, "games": games, "methods": methods}
+        log(f"{name}: {json.dumps(games[name])}")
+    scores = method_scores(Path(args.runs)) if args.runs else {}
+    methods = {name: taus(sc, gt) for name, sc in scores.items()}
+    report = {"command": " ".join(sys.argv), "settings": vars(args), "ground_truth": gt, "games": games, "methods": methods,
+              "method_scores": scores}
     write_json(out / "contribution.json", report)
     plot(report, out / "contribution.png")
+    if scores:
+        scatter(scores, gt, out / "contribution-scatter.png")
     print(json.dumps({"games": games, "methods": methods}, indent=2))
     return 0
 
@@ -167,16 +178,46 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     labels, values = [], []
     for game, g in report["games"].items():
-        labels.append(f"SMPQ ψ\n{game} game")
+        labels.append(f"SMPQ ψ\n{game} game" if not game.endswith("-last") else f"SMPQ last-of-group\n{game[:-5]} game")
         values.append(g["mean_of_seeds"]["tau_all"])
     for name, t in sorted(report["methods"].items()):
         labels.append(name)
         values.append(t["tau_all"])
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(labels), 3.2))
-    ax.bar(range(len(labels)), values, color=["C2", "C1"] + ["C0"] * (len(labels) - 2))
+    n_games = len(report["games"])
+    ax.bar(range(len(labels)), values, color=["C2"] * n_games + ["C0"] * (len(labels) - n_games))
     ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30, ha="right")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("Kendall τ vs measured contribution")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def scatter(scores: dict[str, dict[str, float]], gt: dict[str, float], path: Path) -> None:
+    """The α pitfall (paper Fig. 2): each method's final score of every candidate against its measured
+    contribution, one panel per method (its first run, e.g. seed 0); weights and inputs marked apart."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first: dict[str, str] = {}
+    for name in sorted(scores):
+        first.setdefault(name.rsplit("-s", 1)[0], name)
+    scores = {name: scores[name] for name in first.values()}
+
+    fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 3.0), squeeze=False)
+    for ax, (name, sc) in zip(axes[0], sorted(scores.items())):
+        for kind, marker in (("w", "o"), ("a", "^")):
+            keys = [k for k in sc if k in gt and k.split("/")[-1].startswith(kind)]
+            ax.scatter([gt[k] * 100 for k in keys], [sc[k] for k in keys], s=12, marker=marker,
+                       label="weights" if kind == "w" else "inputs")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_title(f"{name}: τ = {taus(sc, gt)['tau_all']:.2f}", fontsize=8)
+        ax.set_xlabel("measured contribution (pp)", fontsize=7)
+        ax.set_ylabel("final score", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

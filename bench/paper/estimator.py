@@ -26,7 +26,8 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import fp_supernet, cell, check_settings, logger, write_json  # noqa: E402
+from bench.paper.common import fp_supernet, cell, open_experiment, write_json  # noqa: E402
+from bench.paper.contribution import key  # noqa: E402
 from search.search_state import STATE_FILE  # noqa: E402
 from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, smpq_options  # noqa: E402
 
@@ -47,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--walks", type=int, default=30, help="walks of each estimator")
     p.add_argument("--estimators", default=",".join(ESTIMATORS))
     p.add_argument("--target", type=float, default=0.9)
+    p.add_argument("--ground-truth", default=None,
+                   help="contribution.py's cells/ground_truth.json: also τ of every running ψ against the measured contributions")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
@@ -66,39 +69,52 @@ def walks(sn: Any, state: dict, dataset: Any, args: argparse.Namespace, walks_n:
             "n_evaluations": res.n_evaluations, "n_saved_by_truncation": res.n_saved_by_truncation}
 
 
-def curve(run: dict[str, Any], ref: np.ndarray) -> dict[str, Any]:
+def curve(run: dict[str, Any], ref: np.ndarray, gt: np.ndarray | None = None) -> dict[str, Any]:
+    """τ of the running mean ψ_k (first k walks) against `ref` (and against `gt`) after every walk."""
     c = np.array(run["contributions"])
     ev = np.cumsum(run["evaluations_per_walk"])
-    taus = [float(kendalltau(c[:k].mean(0), ref).statistic) for k in range(1, len(c) + 1)]
-    return {"evaluations": ev.tolist(), "tau": taus}
+    out = {"evaluations": ev.tolist(), "tau": [float(kendalltau(c[:k].mean(0), ref).statistic) for k in range(1, len(c) + 1)]}
+    if gt is not None:
+        out["tau_ground_truth"] = [float(kendalltau(c[:k].mean(0), gt).statistic) for k in range(1, len(c) + 1)]
+    return out
+
+
+def game_player_keys(sn: Any) -> list[str]:
+    """'layer/kind+bits' of the game's players in their order (groups with more than one candidate)."""
+    group = sn.group.cpu().numpy()
+    sizes = np.bincount(group, minlength=sn.num_groups)
+    return [key(p) for p, g in zip(sn.players, group) if sizes[g] > 1]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out = Path(args.output)
-    log = logger(out / "estimator.log")
-    check_settings(out, vars(args), ("threads",))
+    out, log = open_experiment(args, "estimator", ("target", "ground_truth"))  # the target and the ground truth only read the cached walks
     sn, dataset, state = fp_supernet(args, out)
     ref_run = cell(out / "cells" / f"reference-{args.game}-m{args.reference}.json",
                    lambda: walks(sn, state, dataset, args, args.reference, 100, out / "tmp" / "ref", threshold=0.0), log)
     ref = np.array(ref_run["contributions"]).mean(0)
+    gt = None
+    if args.ground_truth:
+        measured = json.loads(Path(args.ground_truth).read_text())
+        gt = np.array([measured[k] for k in game_player_keys(sn)])
     half = np.array(ref_run["contributions"])
     split_tau = float(kendalltau(half[: len(half) // 2].mean(0), half[len(half) // 2:].mean(0)).statistic)
     results: dict[str, Any] = {}
     for name in [e for e in args.estimators.split(",") if e]:
         run = cell(out / "cells" / f"{name}-{args.game}-m{args.walks}.json",
                    lambda: walks(sn, state, dataset, args, args.walks, 1, out / "tmp" / name, **ESTIMATORS[name]), log)
-        cv = curve(run, ref)
+        cv = curve(run, ref, gt)
         hit = next((e for e, t in zip(cv["evaluations"], cv["tau"]) if t >= args.target), None)
         results[name] = {**cv, "evaluations_to_target": hit, "n_evaluations": run["n_evaluations"],
                          "n_saved_by_truncation": run["n_saved_by_truncation"]}
         log(f"{name}: τ after {cv['evaluations'][-1]} evaluations = {cv['tau'][-1]:.3f}; to τ ≥ {args.target}: {hit}")
     report = {"command": " ".join(sys.argv), "settings": vars(args), "reference_walks": args.reference,
-              "reference_split_half_tau": split_tau, "estimators": results}
+              "reference_split_half_tau": split_tau, "estimators": results,
+              "reference_vs_ground_truth": None if gt is None else curve(ref_run, ref, gt)["tau_ground_truth"]}
     write_json(out / "estimator.json", report)
     plot(report, args.target, out / "estimator.png")
-    print(json.dumps({k: {"evaluations_to_target": v["evaluations_to_target"], "final_tau": v["tau"][-1]}
+    print(json.dumps({k: {"evaluations_to_target": v["evaluations_to_target"], "final_tau": v["tau"][-1],
+                          "final_tau_ground_truth": (v.get("tau_ground_truth") or [None])[-1]}
                       for k, v in results.items()} | {"reference_split_half_tau": split_tau}, indent=2))
     return 0
 
@@ -108,13 +124,24 @@ def plot(report: dict[str, Any], target: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    with_gt = report.get("reference_vs_ground_truth") is not None
+    fig, axes = plt.subplots(1, 2 if with_gt else 1, figsize=(10 if with_gt else 5, 3.2), squeeze=False)
+    ax = axes[0][0]
     for name, r in report["estimators"].items():
         ax.plot(r["evaluations"], r["tau"], label=name)
     ax.axhline(target, color="k", lw=0.6, ls="--")
     ax.set_xlabel("value evaluations")
     ax.set_ylabel("Kendall τ vs reference ψ")
     ax.legend(fontsize=8)
+    if with_gt:
+        ax = axes[0][1]
+        for name, r in report["estimators"].items():
+            ax.plot(range(1, len(r["tau_ground_truth"]) + 1), r["tau_ground_truth"], label=name)
+        ref = report["reference_vs_ground_truth"]
+        ax.plot(range(1, len(ref) + 1), ref, color="k", lw=1.2, label="reference walks")
+        ax.set_xlabel("walks")
+        ax.set_ylabel("Kendall τ vs measured contribution")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -15,6 +15,11 @@ refused: use another ``--output``). EdMIPS reaches a budget by bisecting its com
 search, and its search time includes every trial. Writes ``<output>/main_table.json`` (cells and
 mean ± std per budget and method, and policy stability: the share of layers on which two seeds choose the
 same bits) and ``<output>/main_table.png``; prints a markdown table.
+
+Reference rows beside the methods: ``oracle`` and ``oracle-local`` run the same budget step over *measured*
+per-candidate contributions (``contribution.ground_truth`` around W8A8, or around the budget's uniform
+policy; cached in ``<output>/oracle_ground_truth*.json``) — what any method whose scores estimate those
+contributions could reach at best.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import json
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +36,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import cell, check_settings, fmt_pm, logger, mean_std, seed_agreement, write_json  # noqa: E402
+from bench.paper.common import (cell, open_experiment, fmt_pm, fp_supernet, mean_std, seed_agreement,  # noqa: E402
+                                write_json)
 from deploy.devices.cost import BlobCostModel, omega  # noqa: E402
 from search.budget import Budget  # noqa: E402
 from search.nn.data import load_dataset  # noqa: E402
 from search.errors import SearchError  # noqa: E402
 from search.nn.graph import extract_graph  # noqa: E402
 from search.policy import Policy  # noqa: E402
-from search.nn.qat import QATConfig  # noqa: E402
-from search.runner import SearchSettings, run_search  # noqa: E402
+from search.nn.qat import QATConfig, finetune  # noqa: E402
+from search.runner import SearchSettings, evaluate_omega, run_search, select  # noqa: E402
 from search.nn.train import load_checkpoint  # noqa: E402
 
 UNIFORM = re.compile(r"^w(\d)a(\d)$")
@@ -51,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--budgets", default="w3a3,w4a4", help="uniform policies whose BOPs are the budgets, tightest first")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default="uniform,hawq,smpq,edmips", help="also: smpq-paper (SMPQ, preset paper)")
+    p.add_argument("--methods", default="uniform,hawq,smpq,edmips",
+                   help="also: smpq-paper (SMPQ, preset paper), smpq-last (SMPQ scoring by last-of-group steps), oracle / oracle-local (knapsack over measured contributions around W8A8 / the budget's uniform policy)")
     p.add_argument("--ceiling", action="store_true", help="also uniform W8A8 per seed (no budget)")
     p.add_argument("--w-bits", default="2,3,4,8")
     p.add_argument("--a-bits", default="2,3,4,8")
@@ -69,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--qat-epochs", type=int, default=1)
     p.add_argument("--qat-subset", type=int, default=10000, help="QAT training images (val/test capped to it: 10000 = full test)")
     p.add_argument("--qat-lr", type=float, default=0.01)
+    p.add_argument("--gt-images", type=int, default=2000, help="oracle: validation images of the measured contributions")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--accelerator", default="cpu", choices=("cpu", "cuda", "auto"))
     return p.parse_args(argv)
@@ -89,8 +98,9 @@ def settings_for(args: argparse.Namespace, label: str, budget_name: str, bops: f
                  out: Path) -> SearchSettings:
     """The search settings of one cell; `label` is a method name or ``smpq-paper`` (SMPQ, preset paper)."""
     w, a = uniform_bits(budget_name)
-    method = "smpq" if label == "smpq-paper" else label
+    method = "smpq" if label.startswith("smpq") else label
     preset = "paper" if label == "smpq-paper" else args.preset
+    score = {"score": "last"} if label == "smpq-last" else {}
     return SearchSettings(
         method=method, fp=args.fp, output=str(out), data_dir=args.data_dir, seed=seed,
         budget=Budget(bops=bops) if bops is not None else Budget(), cost_model=BlobCostModel(),
@@ -98,7 +108,7 @@ def settings_for(args: argparse.Namespace, label: str, budget_name: str, bops: f
         subset=args.subset, epochs=args.edmips_epochs if method == "edmips" else args.warmup_epochs + 1,
         warmup_epochs=0 if method == "edmips" else args.warmup_epochs,
         shapley={"preset": preset, "permutations": args.permutations, "rounds": args.rounds,
-                 "steps_per_round": args.steps_per_round, "val_batch_size": args.val_batch},
+                 "steps_per_round": args.steps_per_round, "val_batch_size": args.val_batch, **score},
         hawq={"max_samples": args.hawq_max_samples, "min_samples": min(16, args.hawq_max_samples)},
         edmips_cd=args.edmips_cd, edmips_trials=args.edmips_trials,
         qat=QATConfig(epochs=args.qat_epochs, subset=args.qat_subset, lr=args.qat_lr, seed=seed, progress=False),
@@ -127,6 +137,50 @@ def run_cell(args: argparse.Namespace, method: str, budget_name: str, bops: floa
             "selection": rec["selection"]["how"], "cd": d.get("cd"), "edmips_trials": d.get("trials"),
             "search_reused_from": reused,
             "policy": {L["name"]: [L["w_bits"], L["a_bits"]] for L in rec["layers"]}, "folder": str(folder)}
+
+
+def oracle_scores(args: argparse.Namespace, out: Path, log, base: tuple[int, int] = (8, 8)
+                  ) -> dict[str, dict[str, dict[int, float]]]:
+    """The oracle's scores: every candidate's measured contribution (``contribution.ground_truth``: that one
+    layer's weight or input at b bits, the rest at the `base` policy, accuracy minus the base policy's), as
+    layer → kind → bits → score."""
+    from bench.paper.contribution import ground_truth
+
+    name = "oracle_ground_truth.json" if base == (8, 8) else f"oracle_ground_truth_w{base[0]}a{base[1]}.json"
+    gt = cell(out / name, lambda: ground_truth(*fp_supernet(args, out / "oracle")[:2], args.gt_images, base), log)
+    scores: dict[str, dict[str, dict[int, float]]] = {}
+    for name, value in gt.items():
+        if "/" not in name:  # W8A8's accuracy, the cell's wall time
+            continue
+        layer, cand = name.rsplit("/", 1)
+        scores.setdefault(layer, {"w": {}, "a": {}})[cand[0]][int(cand[1:])] = float(value)
+    return scores
+
+
+def run_oracle_cell(args: argparse.Namespace, method: str, budget_name: str, bops: float | None, seed: int, out: Path,
+                    fp: tuple[torch.nn.Module, dict], dataset: Any, log) -> dict[str, Any]:
+    """The oracle rows: the same budget step (knapsack maximising the summed scores) over *measured* per-layer
+    contributions instead of a method's estimates, then the same QAT. ``oracle``: contributions around W8A8
+    (what SMPQ's default game estimates); ``oracle-local``: around the budget's uniform policy. Both ignore
+    interactions between layers (one layer changes at a time) and are measured before QAT."""
+    folder = out / "runs" / budget_name / f"{method}-s{seed}"
+    settings = settings_for(args, "uniform", budget_name, bops, seed, folder)
+    graph = extract_graph(fp[0])
+    t0 = time.perf_counter()
+    base = uniform_bits(budget_name) if method == "oracle-local" else (8, 8)
+    policy, sel, _ = select(graph, oracle_scores(args, out, log, base), settings, method, additive=True)
+    om = evaluate_omega(graph, policy, settings)
+    search_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = finetune(fp[0], policy, dataset, settings.qat, folder, fp[1].get("model", "model"), "cpu",
+                   settings.first_last_8bit, model_kwargs=fp[1].get("model_kwargs"))
+    return {"budget": budget_name, "budget_bops": bops, "method": method, "seed": seed,
+            "top1": res.meta.get("test_accuracy"), "val": res.meta.get("val_accuracy"), "fp_test": fp[1].get("test_accuracy"),
+            "bops": om.bops, "flash_bytes": float(om.flash_bytes), "sram_bytes": float(om.sram_bytes),
+            "search_s": search_s, "qat_s": time.perf_counter() - t0, "value_evaluations": None,
+            "hessian_vector_products": None, "selection": sel.how, "cd": None, "edmips_trials": None,
+            "search_reused_from": None, "policy": {n: [policy[n].w_bits, policy[n].a_bits] for n in graph.layer_names()},
+            "folder": str(folder)}
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -202,10 +256,7 @@ def plot(agg: list[dict[str, Any]], fp_test: float | None, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out = Path(args.output)
-    log = logger(out / "main_table.log")
-    check_settings(out, vars(args), ("threads", "methods", "seeds", "budgets", "ceiling"))
+    out, log = open_experiment(args, "main_table", ("methods", "seeds", "budgets", "ceiling"))
     fp_model, fp_meta = load_checkpoint(args.fp)
     dataset = load_dataset(fp_meta.get("dataset", "cifar10"), args.data_dir, seed=0)
     graph = extract_graph(fp_model)
@@ -220,9 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         reuse = (out / "runs" / first_budget / f"{method}-s{seed}"
                  if method.startswith("smpq") and budget_name != first_budget else None)
         path = out / "cells" / f"{budget_name}-{method}-s{seed}.json"
+        if method.startswith("oracle"):
+            compute = lambda: run_oracle_cell(args, method, budget_name, bops, seed, out, (fp_model, fp_meta), dataset, log)  # noqa: E731
+        else:
+            compute = lambda: run_cell(args, method, budget_name, bops, seed, out, (fp_model, fp_meta),  # noqa: E731
+                                       dataset, reuse, log)
         try:
-            cell(path, lambda: run_cell(args, method, budget_name, bops, seed, out, (fp_model, fp_meta),
-                                                    dataset, reuse, log), log)
+            cell(path, compute, log)
         except SearchError as exc:
             log(f"cell {path.stem}: error: {exc}")
             continue
@@ -231,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-ORDER = ("uniform", "hawq", "edmips", "smpq-paper", "smpq")
+ORDER = ("uniform", "hawq", "edmips", "smpq-paper", "smpq", "smpq-last", "oracle", "oracle-local")
 
 
 def report(out: Path, args: argparse.Namespace, fp_meta: dict) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.shapley import estimate_shapley, exact_shapley, update_alpha
+from search.shapley import (ShapleyResult, estimate_shapley, exact_shapley, last_of_group, last_stratified_order,
+                            update_alpha)
 
 
 def test_additive_game_is_exact_after_one_permutation() -> None:
@@ -134,3 +135,36 @@ def test_walk_evaluations_add_up_and_show_truncation() -> None:
     res = estimate_shapley(game, 7, 6, threshold=0.9, rng=np.random.default_rng(2))
     assert res.walk_evaluations is not None and res.walk_evaluations.sum() == res.n_evaluations
     assert (res.walk_evaluations <= 8).all() and (res.walk_evaluations < 8).any()  # some walk was cut short
+
+
+def test_last_stratified_order_makes_every_member_last_once_per_block() -> None:
+    group = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 5])
+    lasts = []
+    for walk in range(12):
+        perm = last_stratified_order(np.random.default_rng(walk), group, walk, seed=3)
+        assert sorted(perm.tolist()) == list(range(len(group)))
+        lasts.append({int(group[j]): int(j) for j in perm})  # the last member of each group in removal order
+    for g, size in ((0, 4), (1, 3), (2, 2), (5, 1)):
+        members = np.flatnonzero(group == g).tolist()
+        for start in range(0, 12, size):
+            assert sorted(last[g] for last in lasts[start:start + size]) == members
+
+
+def test_stratified_orders_keep_the_shapley_estimate_unbiased() -> None:
+    game, n = _glove_like_game(6), 6
+    group = np.array([0, 0, 0, 1, 1, 1])
+    res = estimate_shapley(game, n, n_permutations=3000, threshold=0.0,
+                           order=lambda p: last_stratified_order(np.random.default_rng(p), group, p, seed=0))
+    np.testing.assert_allclose(res.psi, exact_shapley(game, n), atol=0.01)
+
+
+def test_last_of_group_sums_the_contribution_of_each_groups_last_removal() -> None:
+    group = np.array([0, 0, 1, 1])
+    perms = np.array([[0, 2, 1, 3], [3, 1, 0, 2], [1, 2, 0, 3]])
+    contrib = np.arange(12, dtype=float).reshape(3, 4)
+    # walk 2 was truncated after two removals (3 evaluations): no group was removed whole
+    res = ShapleyResult(contrib.mean(0), contrib, perms, np.ones(3), 13, 2, np.array([5, 5, 3]))
+    total, count = last_of_group(res, group)
+    # walk 0: group 0 last = 1, group 1 last = 3; walk 1: group 0 last = 0, group 1 last = 2
+    np.testing.assert_array_equal(count, [1, 1, 1, 1])
+    np.testing.assert_allclose(total, [contrib[1, 0], contrib[0, 1], contrib[1, 2], contrib[0, 3]])

@@ -111,6 +111,31 @@ def test_fallback_game_puts_the_widest_candidate_back_and_alpha_is_the_mean_psi(
     assert abs(float(np.sum(r0["psi"]))) < 0.5
 
 
+def test_last_score_is_the_mean_last_of_group_contribution(fp_checkpoint: Path, tmp_path: Path) -> None:
+    sn = _supernet(fp_checkpoint, first_last_8bit=True)
+    cfg = SMPQConfig(**{**CFG, "score": "last", "permutations": 3})
+    search = SMPQSearch(sn, load_dataset("digits", seed=0), cfg, tmp_path, torch.device("cpu"), None, {},
+                        STATE_FILE, LOG_FILE)
+    search._before_unit()
+    res, _ = search.estimate_round(0)
+    r0 = search._shapley_round(0, lambda *a, **k: None)
+    assert r0["n_evaluations"] == res.n_evaluations
+    # three walks, groups of three candidates (bits 2, 4, 8): every candidate is its group's last once
+    count = search.last_count[search.game_players]
+    assert count.tolist() == [1] * len(search.game_players)
+    group = search.game_group
+    for p, perm in enumerate(res.permutations):
+        last = {int(group[j]): int(j) for j in perm}
+        for j in last.values():
+            assert search.last_sum[search.game_players[j]] == pytest.approx(res.contributions[p, j])
+    np.testing.assert_allclose(search.alpha, search.alpha0 + search.last_scores(), atol=1e-12)
+    # an 8-bit candidate left last falls back to itself: it contributes exactly 0
+    eight = [i for i in search.game_players if sn.players[i].bits == 8]
+    assert np.all(search.last_sum[eight] == 0)
+    with pytest.raises(SearchError, match="score 'last' needs"):
+        SMPQConfig(**{**CFG, "score": "last", "game": "zero"})
+
+
 def test_expected_cost_of_a_one_hot_mixture_equals_the_discrete_omega(fp_checkpoint: Path) -> None:
     sn = _supernet(fp_checkpoint)
     cost = mixture_cost_for(sn)

@@ -1,0 +1,28 @@
+"""bench/paper: the oracle's scores from a cached ground truth, and the interaction summary."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from bench.paper.interaction import summary
+from bench.paper.main_table import oracle_scores
+
+
+def test_oracle_scores_read_the_cached_ground_truth_per_layer_kind_and_bits(tmp_path: Path) -> None:
+    gt = {"__w3a3__": 0.58, "cell_wall_s": 12.0, "layers.0.conv1/w2": -0.35, "layers.0.conv1/w3": 0.0,
+          "layers.0.conv1/a2": -0.05, "layers.1.shortcut.0/a8": 0.01}
+    (tmp_path / "oracle_ground_truth_w3a3.json").write_text(json.dumps(gt))
+    scores = oracle_scores(SimpleNamespace(), tmp_path, None, base=(3, 3))  # cached: nothing is measured
+    assert scores == {"layers.0.conv1": {"w": {2: -0.35, 3: 0.0}, "a": {2: -0.05}},
+                      "layers.1.shortcut.0": {"w": {}, "a": {8: 0.01}}}
+
+
+def test_interaction_summary_compares_pairs_with_their_singles() -> None:
+    inter = np.array([[0.0, 0.02, -0.25], [0.02, 0.0, 0.0], [-0.25, 0.0, 0.0]])
+    r = {"interaction": inter.tolist(), "delta": [-0.1, -0.01, -0.3], "all_of_kind": {}}
+    s = summary(r)
+    assert abs(s["mean_abs_interaction"] - (0.02 + 0.25 + 0.0) / 3) < 1e-12
+    assert s["min_interaction"] == -0.25 and s["max_interaction"] == 0.02
+    # pair (0,1): 0.02 > 0.055 no; (0,2): 0.25 > 0.2 yes; (1,2): 0 > 0.155 no
+    assert abs(s["pairs_interaction_over_half_of_their_deltas"] - 1 / 3) < 1e-12
