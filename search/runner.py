@@ -261,7 +261,7 @@ def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset,
                         {"argmax_policy": {n: list(b) for n, b in res.policy.items()},
                          "saved_by_truncation": res.saved_by_truncation, "rounds": cfg.rounds,
                          "permutations": cfg.permutations, "supernet_file": "supernet.pt",
-                         "game": cfg.game, "update": cfg.update},
+                         "game": cfg.game, "update": cfg.update, "score": cfg.score},
                         additive=bool(res.details.get("additive_scores")))
 
 

@@ -143,7 +143,8 @@ def build_settings(args: argparse.Namespace) -> Any:
     uniform = uniform_flag or (sc.uniform.w_bits, sc.uniform.a_bits)
     sh = sc.shapley
     shapley = {"preset": sh.preset, "permutations": sh.permutations, "threshold": sh.threshold, "xi": sh.xi, "beta": sh.beta,
-               "lam": sh.lambda_, "value": sh.value, "robust": sh.estimator == "mean-std"}
+               "lam": sh.lambda_, "value": sh.value, "robust": sh.estimator == "mean-std",
+               **({"score": sh.score} if sh.score != "shapley" else {})}  # the default keeps earlier runs' signature
     epochs = args.epochs if args.epochs is not None else sc.epochs
     warmup = args.warmup_epochs if args.warmup_epochs is not None else min(sc.warmup_epochs, max(epochs - 1, 0))
     qat_epochs = args.qat_epochs if args.qat_epochs is not None else cfg.qat.epochs

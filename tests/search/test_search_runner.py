@@ -152,3 +152,16 @@ def test_cli_search_uniform(fp: dict, tmp_path: Path, capsys: pytest.CaptureFixt
     rc = main(["search", "--method", "uniform", "--model", "resnet20", "--dataset", "digits", "--fp", fp["path"],
                "--output", str(tmp_path / "x"), "--qat-epochs", "0", "--no-progress"])
     assert rc == 2 and "holds resnet8" in capsys.readouterr().err
+
+
+def test_cli_search_smpq_takes_the_last_of_group_score_from_the_pipeline_config(fp: dict, tmp_path: Path,
+                                                                                 capsys: pytest.CaptureFixture) -> None:
+    from deploy.cli.main import main
+
+    rc = main(["search", "--method", "smpq", "--model", "resnet8", "--dataset", "digits", "--fp", fp["path"],
+               "--output", str(tmp_path), "--epochs", "1", "--warmup-epochs", "0", "--subset", "256", "--qat-epochs", "0",
+               "--accelerator", "cpu", "--no-progress", "--set", "search.shapley.permutations=3",
+               "--set", "search.shapley.score=last"])
+    assert rc == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "policy.json").read_text())
+    assert record["method_details"]["score"] == "last" and record["method_details"]["game"] == "fallback"

@@ -45,6 +45,12 @@ def test_partial_file_takes_defaults_for_the_rest(tmp_path: Path) -> None:
     assert cfg.search.shapley.permutations == PipelineConfig().search.shapley.permutations
 
 
+def test_shapley_score_reaches_the_search_only_when_it_is_not_the_default(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "search:\n  shapley:\n    score: last\n"))
+    assert cfg.search.shapley.score == "last" and PipelineConfig().search.shapley.score == "shapley"
+    assert error_of(None, {"search.shapley.score": "first"}).startswith("'search.shapley.score' must be")
+
+
 def test_malformed_yaml_names_file_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, """\
         train:
