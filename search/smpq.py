@@ -189,6 +189,13 @@ def widest_candidates(supernet: Supernet) -> torch.Tensor:
     return torch.tensor([best[g] for g in range(supernet.num_groups)], device=supernet.mask.device)
 
 
+def game_players(supernet: Supernet) -> np.ndarray:
+    """Flat indices of the Shapley game's players: the candidates of every group (layer and kind) that has a
+    choice; a group held at a single candidate (first/last at 8 bits) is always present."""
+    group = supernet.group.cpu().numpy()
+    return np.flatnonzero(np.bincount(group, minlength=supernet.num_groups)[group] > 1)
+
+
 def coalition_mask(supernet: Supernet, players: torch.Tensor, coalition: np.ndarray, game: str,
                    widest: torch.Tensor | None = None) -> torch.Tensor:
     """The supernet mask a coalition of `players` (flat indices) is evaluated with; non-players are present.
@@ -253,15 +260,15 @@ class SMPQSearch(SupernetSearch):
         val_loader = BatchLoader(self.val_split, dataset, len(self.val_split))
         self.val_x = val_loader.normalize(val_loader.x).to(dev)
         self.val_y = val_loader.y.to(dev)
-        group = supernet.group.cpu().numpy()
-        self.game_players = np.flatnonzero(np.bincount(group, minlength=supernet.num_groups)[group] > 1)
+        self.game_players = game_players(supernet)
         if len(self.game_players) == 0:
             raise SearchError("smpq: no layer has more than one bit-width candidate: give more w/a bit candidates")
         self.q = np.zeros(supernet.num_players)  # "paper": momentum q; "mean": the mean ψ so far
         self.alpha0 = self.alpha.copy()
         self.widest = widest_candidates(supernet)
         self.evaluations = self.saved = 0
-        self.game_group = supernet.group.cpu().numpy()[self.game_players]
+        self.group = supernet.group.cpu().numpy()
+        self.game_group = self.group[self.game_players]
         self.last_sum = np.zeros(supernet.num_players)   # score "last": Σ and count of last-of-group contributions
         self.last_count = np.zeros(supernet.num_players, dtype=np.int64)
 
@@ -336,7 +343,7 @@ class SMPQSearch(SupernetSearch):
         (fewer walks so far than its group has candidates, or truncated walks) gets its group's lowest
         measured score, 0 when none is."""
         mean = np.divide(self.last_sum, self.last_count, out=np.zeros_like(self.last_sum), where=self.last_count > 0)
-        group = self.supernet.group.cpu().numpy()
+        group = self.group
         for i in np.flatnonzero(self.last_count == 0):
             measured = (group == group[i]) & (self.last_count > 0)
             mean[i] = mean[measured].min() if measured.any() else 0.0

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 from bench.paper.common import fp_supernet, cell, open_experiment, write_json  # noqa: E402
 from bench.paper.contribution import key  # noqa: E402
 from search.search_state import STATE_FILE  # noqa: E402
-from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, smpq_options  # noqa: E402
+from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, game_players, smpq_options  # noqa: E402
 
 ESTIMATORS = {"plain": {"threshold": 0.0}, "truncated": {"threshold": 0.5},
               "antithetic": {"threshold": 0.0, "antithetic": True}}
@@ -72,18 +72,12 @@ def walks(sn: Any, state: dict, dataset: Any, args: argparse.Namespace, walks_n:
 def curve(run: dict[str, Any], ref: np.ndarray, gt: np.ndarray | None = None) -> dict[str, Any]:
     """τ of the running mean ψ_k (first k walks) against `ref` (and against `gt`) after every walk."""
     c = np.array(run["contributions"])
-    ev = np.cumsum(run["evaluations_per_walk"])
-    out = {"evaluations": ev.tolist(), "tau": [float(kendalltau(c[:k].mean(0), ref).statistic) for k in range(1, len(c) + 1)]}
+    running = np.cumsum(c, axis=0) / np.arange(1, len(c) + 1)[:, None]
+    out = {"evaluations": np.cumsum(run["evaluations_per_walk"]).tolist(),
+           "tau": [float(kendalltau(psi, ref).statistic) for psi in running]}
     if gt is not None:
-        out["tau_ground_truth"] = [float(kendalltau(c[:k].mean(0), gt).statistic) for k in range(1, len(c) + 1)]
+        out["tau_ground_truth"] = [float(kendalltau(psi, gt).statistic) for psi in running]
     return out
-
-
-def game_player_keys(sn: Any) -> list[str]:
-    """'layer/kind+bits' of the game's players in their order (groups with more than one candidate)."""
-    group = sn.group.cpu().numpy()
-    sizes = np.bincount(group, minlength=sn.num_groups)
-    return [key(p) for p, g in zip(sn.players, group) if sizes[g] > 1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     gt = None
     if args.ground_truth:
         measured = json.loads(Path(args.ground_truth).read_text())
-        gt = np.array([measured[k] for k in game_player_keys(sn)])
+        gt = np.array([measured[key(sn.players[i])] for i in game_players(sn)])
     half = np.array(ref_run["contributions"])
     split_tau = float(kendalltau(half[: len(half) // 2].mean(0), half[len(half) // 2:].mean(0)).statistic)
     results: dict[str, Any] = {}

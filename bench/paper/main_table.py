@@ -149,10 +149,10 @@ def oracle_scores(args: argparse.Namespace, out: Path, log, base: tuple[int, int
     name = "oracle_ground_truth.json" if base == (8, 8) else f"oracle_ground_truth_w{base[0]}a{base[1]}.json"
     gt = cell(out / name, lambda: ground_truth(*fp_supernet(args, out / "oracle")[:2], args.gt_images, base), log)
     scores: dict[str, dict[str, dict[int, float]]] = {}
-    for name, value in gt.items():
-        if "/" not in name:  # W8A8's accuracy, the cell's wall time
+    for candidate, value in gt.items():
+        if "/" not in candidate:  # the base policy's accuracy, the cell's wall time
             continue
-        layer, cand = name.rsplit("/", 1)
+        layer, cand = candidate.rsplit("/", 1)
         scores.setdefault(layer, {"w": {}, "a": {}})[cand[0]][int(cand[1:])] = float(value)
     return scores
 
