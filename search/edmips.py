@@ -8,10 +8,12 @@ optimizer (Adam) and no weight decay:
 
 E[BOPs] is the exact expectation of the discrete BOPs under the mixture (:class:`search.cost.MixtureCost`),
 normalised by the layers' total MACs as EdMIPS does (the mean bit product per MAC: 64 at W8A8), so
-cd has the same meaning for every model. The first ``warmup_epochs`` train W only (α frozen).
+cd has the same meaning for every model. Under a flash budget the complexity is the model's size instead
+(``complexity="flash"``, EdMIPS's model-size variant): E[flash bytes] of the deployment's cost model,
+scaled to 64 at W8A8 like the BOPs term so that cd keeps its scale. The first ``warmup_epochs`` train W only (α frozen).
 The policy is the argmax of α per layer and kind. One unit of work = one epoch; the search is
 resumable exactly like SMPQ (``search_state.pt`` after every epoch, ``edmips_log.jsonl``,
-``supernet.pt``). The orchestration sweeps cd to reach a BOPs budget (one output folder or
+``supernet.pt``). The orchestration sweeps cd to reach a BOPs (or flash) budget (one output folder or
 state name per cd).
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from search.supernet import Supernet
 from search.nn.train import deterministic_mode, resolve_device
 
 LOG_FILE = "edmips_log.jsonl"
+COMPLEXITIES = ("bops", "flash")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class EdMIPSConfig:
     epochs: int = 10                    # total, warm-up included
     warmup_epochs: int = 0              # W only, α frozen
     cd: float = 1e-3                    # complexity weight
+    complexity: str = "bops"            # "bops" (E[BOPs]/MACs) or "flash" (E[flash], 64 at W8A8; needs a cost model)
     batch_size: int = 128
     lr: float = 0.01
     momentum: float = 0.9
@@ -58,6 +62,7 @@ class EdMIPSConfig:
             (self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})"),
             (0 <= self.warmup_epochs <= self.epochs, f"warmup epochs must be in [0, epochs] (got {self.warmup_epochs})"),
             (self.cd >= 0, f"the complexity weight cd must be >= 0 (got {self.cd})"),
+            (self.complexity in COMPLEXITIES, f"complexity must be one of {', '.join(COMPLEXITIES)} (got '{self.complexity}')"),
             (self.batch_size >= 1, f"batch size must be >= 1 (got {self.batch_size})"),
             (self.lr > 0 and self.arch_lr > 0, f"learning rates must be > 0 (got {self.lr}, {self.arch_lr})"),
             (all(0 <= b < 1 for b in self.arch_betas), f"Adam betas must be in [0, 1) (got {self.arch_betas})"),
@@ -101,10 +106,21 @@ def mixture_probs(supernet: Supernet, cost: MixtureCost, mask: torch.Tensor | No
     return rows[0], rows[1]
 
 
-def complexity_loss(supernet: Supernet, cost: MixtureCost) -> torch.Tensor:
-    """E[BOPs]/MACs of the supernet's current mixture — differentiable in α (float32 scalar)."""
+def complexity_loss(supernet: Supernet, cost: MixtureCost, complexity: str = "bops") -> torch.Tensor:
+    """The mixture's expected complexity, differentiable in α (float32 scalar): E[BOPs]/MACs, or with
+    ``complexity="flash"`` 64 · E[flash bytes] / flash bytes at the widest candidates (both 64 at W8A8)."""
     w, a = mixture_probs(supernet, cost)
-    return cost.bops(w, a, normalized=True).to(device=supernet.alpha.device, dtype=supernet.alpha.dtype)
+    if complexity == "flash":
+        if "flash_bytes" not in cost.keys:
+            raise SearchError("EdMIPS's flash complexity needs the deployment's cost model: mixture_cost_for(supernet, cost_model)")
+        def widest(probs: torch.Tensor, candidates: list[int]) -> torch.Tensor:
+            at = torch.full((probs.shape[0],), candidates.index(max(candidates)))
+            return torch.nn.functional.one_hot(at, probs.shape[1]).to(probs.dtype)
+        w8a8 = cost(widest(w, cost.w_candidates), widest(a, cost.a_candidates))["flash_bytes"]
+        e = 64.0 * cost(w, a)["flash_bytes"] / w8a8
+    else:
+        e = cost.bops(w, a, normalized=True)
+    return e.to(device=supernet.alpha.device, dtype=supernet.alpha.dtype)
 
 
 def run_edmips(supernet: Supernet, dataset: Dataset, cfg: EdMIPSConfig, out_dir: str | Path,
@@ -150,7 +166,8 @@ class EdMIPSSearch(SupernetSearch):
     def _details(self) -> dict[str, Any]:
         with torch.no_grad():
             c = float(complexity_loss(self.supernet, self.cost))
-        return {"cd": self.cfg.cd, "expected_bops_per_mac": c, "expected_bops": c * self.cost.total_macs}
+        return {"cd": self.cfg.cd, "complexity": self.cfg.complexity, "expected_bops_per_mac": c,
+                "expected_bops": c * self.cost.total_macs}
 
     def _unit(self, kind: str, index: int, advance: Callable[..., None]) -> dict[str, Any]:
         sn = self.supernet
@@ -159,7 +176,8 @@ class EdMIPSSearch(SupernetSearch):
             record = self._train(kind, index, advance)
             sn.alpha.requires_grad_(True)
         else:
-            record = self._train(kind, index, advance, extra_loss=lambda: self.cfg.cd * complexity_loss(sn, self.cost),
+            record = self._train(kind, index, advance,
+                                 extra_loss=lambda: self.cfg.cd * complexity_loss(sn, self.cost, self.cfg.complexity),
                                  extra_optimizers=[self.arch_optimizer])
         self.alpha = sn.alpha.detach().double().cpu().numpy().copy()
         record["complexity_loss"] = record.pop("extra_loss")

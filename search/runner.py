@@ -7,9 +7,9 @@ Steps (each timed; the figures go into policy.json):
 1. Load the FP checkpoint and its dataset; extract the execution graph (Ω cost model).
 2. Search, by method:
    * ``smpq``: the Shapley search (:mod:`search.smpq`) → per-candidate contribution scores;
-   * ``edmips``: the EdMIPS search (:mod:`search.edmips`) → α; with a BOPs budget the complexity
-     weight cd is bisected (geometrically) until the argmax policy meets it — which cd reached it is
-     reported; each trial is a full, resumable search;
+   * ``edmips``: the EdMIPS search (:mod:`search.edmips`) → α; with a BOPs budget (else a flash budget,
+     then with EdMIPS's model-size complexity) the complexity weight cd is bisected (geometrically) until
+     the argmax policy meets it — which cd reached it is reported; each trial is a full, resumable search;
    * ``hawq``: HAWQ-v3 (:mod:`search.hawq`) → per-layer Hessian-trace sensitivities per bit width;
    * ``uniform``: every layer at fixed (w, a) bits; no scores.
 3. Budget step (:mod:`search.knapsack`): the argmax policy if it meets every budget, else the exact
@@ -76,7 +76,7 @@ class SearchSettings:
     shapley: dict[str, Any] = field(default_factory=dict)   # SMPQConfig fields: permutations, threshold, xi, ...
     hawq: dict[str, Any] = field(default_factory=dict)      # HawqConfig fields: batch_size, min/max_samples, tol
     edmips: dict[str, Any] = field(default_factory=dict)    # further EdMIPSConfig fields
-    edmips_cd: float = 1e-3             # the complexity weight (start of the bisection under a BOPs budget)
+    edmips_cd: float = 1e-3             # the complexity weight (start of the bisection under a BOPs or flash budget)
     edmips_trials: int = 5              # at most this many EdMIPS searches when bisecting cd
     qat: QATConfig = field(default_factory=QATConfig)
     accelerator: str = "auto"
@@ -285,30 +285,43 @@ def _hawq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset,
                                         "batch_size": cfg.batch_size, "tol": cfg.tol}, sensitivity=True)
 
 
+def _edmips_resource(budget: Budget) -> str | None:
+    """The Ω item EdMIPS's cd bisection aims at: BOPs when budgeted, else flash (model-size complexity)."""
+    return "bops" if budget.bops is not None else "flash_bytes" if budget.flash_bytes is not None else None
+
+
 def _edmips_trial(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, out: Path,
                   device: torch.device, cd: float, index: int) -> tuple[Policy, dict[str, dict[str, dict[int, float]]]]:
     """One complete (resumable) EdMIPS search at complexity weight `cd`: its argmax policy and α."""
-    from search.edmips import EdMIPSConfig, run_edmips
+    from search.edmips import EdMIPSConfig, mixture_cost_for, run_edmips
 
     opts = dict(settings.edmips)
+    if _edmips_resource(settings.budget) == "flash_bytes":
+        opts.setdefault("complexity", "flash")
     cfg = EdMIPSConfig(cd=cd, epochs=settings.epochs, warmup_epochs=settings.warmup_epochs, batch_size=settings.batch_size,
                        subset=settings.subset, seed=settings.seed, progress=settings.progress, **opts)
     sn = build_supernet(fp_model, dataset, settings)
-    res = run_edmips(sn, dataset, cfg, out, device, state_name=f"search_state_cd{index}.pt",
+    cost = mixture_cost_for(sn, settings.cost_model) if cfg.complexity == "flash" else None
+    res = run_edmips(sn, dataset, cfg, out, device, cost, state_name=f"search_state_cd{index}.pt",
                      log_name=f"edmips_log_cd{index}.jsonl")
     return res.policy, res.scores
 
 
 def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, graph: ExecGraph, out: Path,
             device: torch.device) -> MethodResult:
-    """EdMIPS; under a BOPs budget cd is searched: ×/÷10 until the budget is bracketed, then geometric bisection.
+    """EdMIPS; under a BOPs (else flash) budget cd is searched: ×/÷10 until the budget is bracketed, then
+    geometric bisection.
 
-    The trial whose argmax policy meets the budget with the most BOPs (the smallest sufficient cd) is
-    used; when none does, the trial with the fewest BOPs goes to the knapsack. Finished trials are kept
+    The trial whose argmax policy meets that budget with the most of it (the smallest sufficient cd) is
+    used; when none does, the trial with the least goes to the knapsack. Finished trials are kept
     in ``search_state.pt`` (so a restart skips them); the trial in progress resumes from its own
     ``search_state_cd<i>.pt``.
     """
-    limit = settings.budget.bops
+    resource = _edmips_resource(settings.budget)
+    limit = settings.budget.items()[resource] if resource else None
+    widest = Policy.uniform(graph.layer_names(), max(settings.w_bits), max(settings.a_bits), settings.first_last_8bit)
+    if limit is not None and getattr(evaluate_omega(graph, widest, settings), resource) <= limit:
+        limit = None  # the budget does not bind: one search at the given cd, nothing to bisect
     state_path = out / STATE_FILE
     fields = {k: v for k, v in settings.signature_fields().items() if k != "edmips_trials"}  # more trials may follow
     signature = args_signature({"method": "edmips", **_jsonable(fields), "fp_digest": tensors_digest(fp_model.state_dict())})
@@ -342,8 +355,9 @@ def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Datase
                 break
             _log(settings, f"EdMIPS trial {i + 1}/{settings.edmips_trials}: cd = {cd:.4g}")
             policy, scores = _edmips_trial(settings, fp_model, dataset, out, device, cd, i)
-            bops = evaluate_omega(graph, policy, settings).bops
-            t = {"cd": cd, "bops": float(bops), "fits": limit is None or bops <= limit,
+            om = evaluate_omega(graph, policy, settings)
+            used = float(getattr(om, resource or "bops"))
+            t = {"cd": cd, "bops": float(om.bops), "flash_bytes": float(om.flash_bytes), "fits": limit is None or used <= limit,
                  "policy": {n: list(b) for n, b in policy.items()}, "scores": scores}
             trials.append(t)
             atomic_save({"signature": signature, "trials": trials}, state_path)
@@ -354,9 +368,10 @@ def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Datase
         if limit is None or (lo is not None and hi is not None and hi / lo < 1.5):
             break
     fitting = [t for t in trials if t["fits"]]
-    best = max(fitting, key=lambda t: t["bops"]) if fitting else min(trials, key=lambda t: t["bops"])
-    details = {"cd": best["cd"], "reached_budget": bool(best["fits"]),
-               "trials": [{"cd": t["cd"], "bops": t["bops"], "fits": t["fits"]} for t in trials],
+    used = lambda t: t[resource or "bops"]  # noqa: E731
+    best = max(fitting, key=used) if fitting else min(trials, key=used)
+    details = {"cd": best["cd"], "reached_budget": bool(best["fits"]), "complexity": "flash" if resource == "flash_bytes" else "bops",
+               "trials": [{k: t[k] for k in ("cd", "bops", "flash_bytes", "fits") if k in t} for t in trials],
                "argmax_policy": best["policy"]}
     return MethodResult(best["scores"], 0, details)
 

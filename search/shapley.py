@@ -160,6 +160,22 @@ def last_of_group(res: ShapleyResult, group: np.ndarray) -> tuple[np.ndarray, np
     return total, count
 
 
+def singleton_contributions(value_fn: ValueFn, n_players: int) -> tuple[np.ndarray, float]:
+    """Every player's value alone, v({i}) − v(∅), from n + 1 evaluations; also v(∅).
+
+    This is the Shapley value's first stratum (each player's marginal contribution to the empty coalition),
+    computed exactly; it equals the Shapley value when the game is additive. In SMPQ's fallback game {i}
+    is "candidate i alone in its layer, every other layer at its widest candidate" and ∅ is uniform W8A8."""
+    empty = np.zeros(n_players, dtype=bool)
+    v_empty = float(value_fn(empty.copy()))
+    out = np.empty(n_players, dtype=np.float64)
+    for i in range(n_players):
+        alone = empty.copy()
+        alone[i] = True
+        out[i] = float(value_fn(alone)) - v_empty
+    return out, v_empty
+
+
 def exact_shapley(value_fn: ValueFn, n_players: int) -> np.ndarray:
     """Exact Shapley values by enumerating all 2^n coalitions (for tests and tiny games, n ≤ 16)."""
     if n_players > 16:

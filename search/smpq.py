@@ -40,6 +40,13 @@ The game and the update (``game``, ``update``; preset ``paper`` = the paper as w
   measured on CIFAR-10 ψ stops improving at τ ≈ 0.35 against the measured contribution however many
   walks, the last-of-group score does not (docs/results.md). The walks are stratified so that over
   |g| consecutive walks every member of group g is last once (:func:`search.shapley.last_stratified_order`).
+  ``score="singleton"``: no walks; per validation batch (``permutations`` of them per round) every
+  candidate's v({i}) − v(∅) (:func:`search.shapley.singleton_contributions`): the candidate alone in its
+  layer with every other layer at its 8-bit fallback, against uniform W8A8 — the Shapley value's first
+  stratum, exact, in n + 1 evaluations per batch; α = α₀ + its mean over the batches. The contexts ψ
+  averages over (mixtures, other layers already low-bit) are what the measurements show misleads the
+  budget step (docs/results.md: the oracle rows); this score drops them. Under torch.distributed every
+  rank evaluates every batch (identical results, no speed-up).
 
 Mixture coefficients during W training and during the rounds (``mixture="alpha"``, the default):
 per layer and kind, softmax(α/τ) over that layer's candidates, i.e. the supernet's own softmax
@@ -82,8 +89,8 @@ from search.nn.data import BatchLoader, Dataset
 from search.edmips import mixture_cost_for, mixture_probs
 from search.errors import SearchError
 from search.search_state import STATE_FILE, SearchResult, SupernetSearch
-from search.shapley import (ShapleyResult, estimate_shapley, last_of_group, last_stratified_order, update_alpha,
-                            update_alpha_mean)
+from search.shapley import (ShapleyResult, estimate_shapley, last_of_group, last_stratified_order,
+                            singleton_contributions, update_alpha, update_alpha_mean)
 from search.supernet import IncrementalForward, Supernet
 from search.nn.train import deterministic_mode, resolve_device
 
@@ -92,7 +99,7 @@ VALUES = ("accuracy", "tradeoff")
 MIXTURES = ("alpha", "uniform")
 GAMES = ("fallback", "zero")
 UPDATES = ("mean", "paper")
-SCORES = ("shapley", "last")
+SCORES = ("shapley", "last", "singleton")
 PRESETS: dict[str, dict[str, Any]] = {
     # the project's default: removing a group's last candidate falls back to its widest one, α = mean ψ
     "default": {},
@@ -124,7 +131,7 @@ class SMPQConfig:
     weight_decay: float = 5e-4
     game: str = "fallback"              # an emptied group: "fallback" to its widest candidate, "zero" (paper)
     update: str = "mean"                # α = α0 + mean of ψ over rounds; "paper": Eq. 8-9 with ξ, β, λ
-    score: str = "shapley"              # α from ψ, or "last": from the walks' last-of-group steps (fallback game)
+    score: str = "shapley"              # α from ψ; "last": the walks' last-of-group steps; "singleton": v({i}) − v(∅)
     mixture: str = "alpha"              # softmax(α/τ) per layer and kind, or "uniform"
     temperature: float = 1.0            # τ
     alpha_init_std: float = 1e-3        # small random α breaks ties
@@ -149,7 +156,7 @@ class SMPQConfig:
             (self.update in UPDATES, f"update must be one of {', '.join(UPDATES)} (got '{self.update}')"),
             (self.score in SCORES, f"score must be one of {', '.join(SCORES)} (got '{self.score}')"),
             (self.score == "shapley" or (self.game == "fallback" and self.update == "mean" and not self.antithetic),
-             "score 'last' needs game 'fallback', update 'mean' and no antithetic walks"),
+             f"score '{self.score}' needs game 'fallback', update 'mean' and no antithetic walks"),
             (self.mixture in MIXTURES, f"mixture must be one of {', '.join(MIXTURES)} (got '{self.mixture}')"),
             (self.temperature > 0, f"temperature must be > 0 (got {self.temperature})"),
             (self.alpha_init_std >= 0, f"alpha init std must be >= 0 (got {self.alpha_init_std})"),
@@ -269,7 +276,7 @@ class SMPQSearch(SupernetSearch):
         self.evaluations = self.saved = 0
         self.group = supernet.group.cpu().numpy()
         self.game_group = self.group[self.game_players]
-        self.last_sum = np.zeros(supernet.num_players)   # score "last": Σ and count of last-of-group contributions
+        self.last_sum = np.zeros(supernet.num_players)   # scores "last"/"singleton": Σ and count of contributions
         self.last_count = np.zeros(supernet.num_players, dtype=np.int64)
 
     def _plan(self) -> tuple[list[tuple[str, int]], dict[str, int]]:
@@ -311,15 +318,16 @@ class SMPQSearch(SupernetSearch):
     def _shapley_round(self, r: int, advance: Callable[..., None]) -> dict[str, Any]:
         sn, cfg = self.supernet, self.cfg
         t0 = time.perf_counter()
-        res, forward = self.estimate_round(r, advance)
+        res, forward = (self.estimate_singletons if cfg.score == "singleton" else self.estimate_round)(r, advance)
         psi = np.zeros(sn.num_players)
         psi[self.game_players] = res.psi
         if cfg.update == "paper":
             self.alpha, self.q = update_alpha(self.alpha, self.q, psi, cfg.xi, cfg.beta, cfg.lam)
         else:
             self.alpha, self.q = update_alpha_mean(self.alpha0, self.q, psi, r + 1)
-        if cfg.score == "last":
-            total, count = last_of_group(res, self.game_group)
+        if cfg.score != "shapley":
+            total, count = (last_of_group(res, self.game_group) if cfg.score == "last" else
+                            (res.contributions.sum(0), np.full(len(self.game_players), len(res.contributions))))
             self.last_sum[self.game_players] += total
             self.last_count[self.game_players] += count
             self.alpha = self.alpha0 + self.last_scores()
@@ -353,13 +361,48 @@ class SMPQSearch(SupernetSearch):
                        ) -> tuple[ShapleyResult, IncrementalForward | Supernet]:
         """The Shapley estimate of round `r` on the current weights (ψ over :attr:`game_players`, per-walk
         contributions), without touching α; also the forward used (for its reuse counters)."""
+        sn, cfg = self.supernet, self.cfg
+        forward = IncrementalForward(sn) if self.incremental else sn
+        walked: list[int] = []
+        new_batch, value = self._game(r, forward, advance, walked)
+        with sn.masked():
+            world = distributed.world_size()
+            res = estimate_shapley(value, len(self.game_players), cfg.permutations, cfg.threshold, robust=cfg.robust,
+                                   on_permutation=new_batch,
+                                   permutation_rng=lambda p: np.random.default_rng([cfg.seed, 12, r, p]),
+                                   shard=(distributed.rank(), world),
+                                   gather=lambda rows: distributed.gather_rows(rows, lambda p: p % world),
+                                   antithetic=cfg.antithetic, order=self._last_stratified(r) if cfg.score == "last" else None)
+        advance(cfg.permutations - len(walked) + 1)
+        return res, forward
+
+    def estimate_singletons(self, r: int, advance: Callable[..., None] = lambda *a, **k: None
+                            ) -> tuple[ShapleyResult, IncrementalForward | Supernet]:
+        """Score ``singleton``: on each of round `r`'s ``permutations`` batches, v({i}) − v(∅) of every game
+        player, as a :class:`ShapleyResult` (one row per batch; ψ = their mean; ``full_values``: v(∅), i.e.
+        uniform W8A8); the same batches as the walks of :meth:`estimate_round` would use."""
+        sn, cfg = self.supernet, self.cfg
+        forward = IncrementalForward(sn) if self.incremental else sn
+        walked: list[int] = []
+        new_batch, value = self._game(r, forward, advance, walked)
+        n = len(self.game_players)
+        rows, empty = np.zeros((cfg.permutations, n)), np.zeros(cfg.permutations)
+        with sn.masked():
+            for p in range(cfg.permutations):
+                new_batch(p)
+                rows[p], empty[p] = singleton_contributions(value, n)
+        advance(cfg.permutations - len(walked) + 1)
+        return ShapleyResult(psi=rows.mean(0), contributions=rows, permutations=np.tile(np.arange(n), (cfg.permutations, 1)),
+                             full_values=empty, n_evaluations=cfg.permutations * (n + 1), n_saved_by_truncation=0), forward
+
+    def _game(self, r: int, forward: IncrementalForward | Supernet, advance: Callable[..., None], walked: list[int]
+              ) -> tuple[Callable[[int], None], Callable[[np.ndarray], float]]:
+        """Round `r`'s game: ``new_batch(p)`` draws walk p's validation batch (recording p in `walked`, calling
+        `advance` from the second walk on), ``value(coalition)`` is the coalition's value on the current batch."""
         sn, cfg, dev = self.supernet, self.cfg, self.dev
         n_val = len(self.val_y)
         batch: dict[str, torch.Tensor] = {}
         players = torch.from_numpy(self.game_players).to(dev)
-        forward = IncrementalForward(sn) if self.incremental else sn
-
-        walked: list[int] = []
 
         def new_batch(p: int) -> None:
             pb = p - p % 2 if cfg.antithetic else p  # an antithetic pair plays the same game (batch)
@@ -380,13 +423,4 @@ class SMPQSearch(SupernetSearch):
                 acc -= cfg.penalty * _budget_overshoot(sn, self.cost, self.limits, mask)
             return acc
 
-        with sn.masked():
-            world = distributed.world_size()
-            res = estimate_shapley(value, len(self.game_players), cfg.permutations, cfg.threshold, robust=cfg.robust,
-                                   on_permutation=new_batch,
-                                   permutation_rng=lambda p: np.random.default_rng([cfg.seed, 12, r, p]),
-                                   shard=(distributed.rank(), world),
-                                   gather=lambda rows: distributed.gather_rows(rows, lambda p: p % world),
-                                   antithetic=cfg.antithetic, order=self._last_stratified(r) if cfg.score == "last" else None)
-        advance(cfg.permutations - len(walked) + 1)
-        return res, forward
+        return new_batch, value

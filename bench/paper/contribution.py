@@ -123,20 +123,18 @@ def taus(scores: dict[str, float], gt: dict[str, float]) -> dict[str, Any]:
             "n_candidates": len(keys)}
 
 
+def run_scores(policy_json: Path) -> dict[str, float]:
+    """One search's final per-candidate scores from its policy.json, higher = better (HAWQ: −sensitivity)."""
+    rec = json.loads(policy_json.read_text())
+    sign = -1.0 if rec["method"] == "hawq" else 1.0
+    return {f"{L['name']}/{kind}{b}": sign * float(v) for L in rec["layers"] for kind in ("w", "a")
+            for b, v in ((L.get("scores") or {}).get(kind) or {}).items()}
+
+
 def method_scores(runs: Path) -> dict[str, dict[str, float]]:
     """Per main-table run folder: its final per-candidate scores (higher = better)."""
-    out = {}
-    for pj in sorted(runs.glob("*-s*/policy.json")):
-        rec = json.loads(pj.read_text())
-        sign = -1.0 if rec["method"] == "hawq" else 1.0
-        sc = {}
-        for L in rec["layers"]:
-            for kind in ("w", "a"):
-                for b, v in ((L.get("scores") or {}).get(kind) or {}).items():
-                    sc[f"{L['name']}/{kind}{b}"] = sign * float(v)
-        if sc:
-            out[pj.parent.name] = sc
-    return out
+    scores = {pj.parent.name: run_scores(pj) for pj in sorted(runs.glob("*-s*/policy.json"))}
+    return {name: sc for name, sc in scores.items() if sc}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,9 @@
         [--output runs/paper/main-resnet8] [--budgets w3a3,w4a4] [--seeds 0,1,2] [--methods uniform,hawq,smpq,edmips]
 
 A budget ``wXaY`` is the BOPs of the uniform WXAY policy (first and last layers at W8A8, as for every
-method); its uniform row is that policy. Every mixed method chooses from the same bit widths
+method); its uniform row is that policy. ``flash-wXaY`` is that policy's flash instead (the bit-packed blob
+of the firmware, as the board's and stm32h7's cost model counts it; activations cost no flash, so ``flash-w3a8``
+is the natural choice); EdMIPS then penalises the model's size instead of BOPs. Every mixed method chooses from the same bit widths
 (``--w-bits``/``--a-bits``, default {2,3,4,8}, which contain the uniform policies' widths) and every final
 policy gets the same QAT from the FP weights. One cell = (budget, method, seed), cached as
 ``<output>/cells/<budget>-<method>-s<seed>.json``; a rerun skips finished cells and resumes the
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from bench.paper.common import (cell, open_experiment, fmt_pm, fp_supernet, mean_std, seed_agreement,  # noqa: E402
                                 write_json)
-from deploy.devices.cost import BlobCostModel, omega  # noqa: E402
+from deploy.devices.cost import BlobCostModel  # noqa: E402
 from search.budget import Budget  # noqa: E402
 from search.nn.data import load_dataset  # noqa: E402
 from search.errors import SearchError  # noqa: E402
@@ -48,18 +50,24 @@ from search.nn.qat import QATConfig, finetune  # noqa: E402
 from search.runner import SearchSettings, evaluate_omega, run_search, select  # noqa: E402
 from search.nn.train import load_checkpoint  # noqa: E402
 
-UNIFORM = re.compile(r"^w(\d)a(\d)$")
+UNIFORM = re.compile(r"^(flash-)?w(\d)a(\d)$")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return build_parser(__doc__.splitlines()[0]).parse_args(argv)
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The main table's arguments (also the ablations', which change one SMPQ option at a time from them)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--fp", required=True, help="FP checkpoint (smpq-deploy train)")
     p.add_argument("--output", default="runs/paper/main-resnet8")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--budgets", default="w3a3,w4a4", help="uniform policies whose BOPs are the budgets, tightest first")
+    p.add_argument("--budgets", default="w3a3,w4a4",
+                   help="uniform policies whose BOPs (wXaY) or flash (flash-wXaY) are the budgets, tightest first")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default="uniform,hawq,smpq,edmips",
-                   help="also: smpq-paper (SMPQ, preset paper), smpq-last (SMPQ scoring by last-of-group steps), oracle / oracle-local (knapsack over measured contributions around W8A8 / the budget's uniform policy)")
+                   help="also: smpq-paper (SMPQ, preset paper), smpq-last / smpq-singleton (SMPQ scoring by last-of-group steps / by each candidate alone), oracle / oracle-local (knapsack over measured contributions around W8A8 / the budget's uniform policy)")
     p.add_argument("--ceiling", action="store_true", help="also uniform W8A8 per seed (no budget)")
     p.add_argument("--w-bits", default="2,3,4,8")
     p.add_argument("--a-bits", default="2,3,4,8")
@@ -80,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gt-images", type=int, default=2000, help="oracle: validation images of the measured contributions")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--accelerator", default="cpu", choices=("cpu", "cuda", "auto"))
-    return p.parse_args(argv)
+    return p
 
 
 def ints(text: str) -> tuple[int, ...]:
@@ -88,37 +96,56 @@ def ints(text: str) -> tuple[int, ...]:
 
 
 def uniform_bits(name: str) -> tuple[int, int]:
+    """The uniform policy a budget name refers to: w3a3 or flash-w3a8 → (3, 3) / (3, 8)."""
     m = UNIFORM.match(name)
     if not m:
-        raise SearchError(f"budget '{name}' must name a uniform policy like w3a3")
-    return int(m.group(1)), int(m.group(2))
+        raise SystemExit(f"error: budget '{name}' must name a uniform policy: w3a3 (its BOPs) or flash-w3a8 (its flash)")
+    return int(m.group(2)), int(m.group(3))
 
 
-def settings_for(args: argparse.Namespace, label: str, budget_name: str, bops: float | None, seed: int,
-                 out: Path) -> SearchSettings:
-    """The search settings of one cell; `label` is a method name or ``smpq-paper`` (SMPQ, preset paper)."""
+def budget_for(graph: Any, name: str) -> Budget:
+    """The Ω₀ of a budget name: the BOPs (``wXaY``) or flash (``flash-wXaY``) of that uniform policy (first and
+    last layer at W8A8) under the board's cost model; ``w8a8`` is no budget (the ceiling)."""
+    if name == "w8a8":
+        return Budget()
+    om = BlobCostModel().omega(graph, Policy.uniform(graph.layer_names(), *uniform_bits(name), first_last_8bit=True))
+    return Budget(flash_bytes=int(om.flash_bytes)) if name.startswith("flash-") else Budget(bops=om.bops)
+
+
+def settings_for(args: argparse.Namespace, label: str, budget_name: str, budget: Budget, seed: int,
+                 out: Path, shapley: dict[str, Any] | None = None) -> SearchSettings:
+    """The search settings of one cell; `label` is a method name or ``smpq-paper`` (SMPQ, preset paper);
+    `shapley`: SMPQ options that replace the command's (the ablations)."""
     w, a = uniform_bits(budget_name)
     method = "smpq" if label.startswith("smpq") else label
     preset = "paper" if label == "smpq-paper" else args.preset
-    score = {"score": "last"} if label == "smpq-last" else {}
+    score = {"score": label[5:]} if label in ("smpq-last", "smpq-singleton") else {}
     return SearchSettings(
         method=method, fp=args.fp, output=str(out), data_dir=args.data_dir, seed=seed,
-        budget=Budget(bops=bops) if bops is not None else Budget(), cost_model=BlobCostModel(),
+        budget=budget, cost_model=BlobCostModel(),
         w_bits=ints(args.w_bits), a_bits=ints(args.a_bits), first_last_8bit=True, uniform_bits=(w, a),
         subset=args.subset, epochs=args.edmips_epochs if method == "edmips" else args.warmup_epochs + 1,
         warmup_epochs=0 if method == "edmips" else args.warmup_epochs,
         shapley={"preset": preset, "permutations": args.permutations, "rounds": args.rounds,
-                 "steps_per_round": args.steps_per_round, "val_batch_size": args.val_batch, **score},
+                 "steps_per_round": args.steps_per_round, "val_batch_size": args.val_batch, **score,
+                 **(shapley or {})},
         hawq={"max_samples": args.hawq_max_samples, "min_samples": min(16, args.hawq_max_samples)},
         edmips_cd=args.edmips_cd, edmips_trials=args.edmips_trials,
         qat=QATConfig(epochs=args.qat_epochs, subset=args.qat_subset, lr=args.qat_lr, seed=seed, progress=False),
         accelerator=args.accelerator, progress=False)
 
 
-def run_cell(args: argparse.Namespace, method: str, budget_name: str, bops: float | None, seed: int, out: Path,
-             fp: tuple[torch.nn.Module, dict], dataset: Any, reuse: Path | None, log) -> dict[str, Any]:
-    """One (budget, method, seed): search + budget step + QAT; returns the row."""
-    folder = out / "runs" / budget_name / f"{method}-s{seed}"
+def budget_fields(budget: Budget) -> dict[str, float | None]:
+    """A row's budget columns (None where not budgeted)."""
+    return {"budget_bops": budget.bops, "budget_flash_bytes": budget.flash_bytes}
+
+
+def run_cell(args: argparse.Namespace, method: str, budget_name: str, budget: Budget, seed: int, out: Path,
+             fp: tuple[torch.nn.Module, dict], dataset: Any, reuse: Path | None, log,
+             shapley: dict[str, Any] | None = None, name: str | None = None) -> dict[str, Any]:
+    """One (budget, method, seed): search + budget step + QAT; returns the row. `shapley` replaces SMPQ
+    options (:func:`settings_for`); `name` (default: the method) names the run folder."""
+    folder = out / "runs" / budget_name / f"{name or method}-s{seed}"
     reused = None
     if reuse is not None and not (folder / "search_state.pt").is_file() and (reuse / "search_state.pt").is_file():
         folder.mkdir(parents=True, exist_ok=True)
@@ -126,10 +153,10 @@ def run_cell(args: argparse.Namespace, method: str, budget_name: str, bops: floa
             if (reuse / name).is_file():
                 shutil.copy2(reuse / name, folder / name)
         reused = str(reuse)
-    rec = run_search(settings_for(args, method, budget_name, bops, seed, folder), fp[0], fp[1], dataset).record
+    rec = run_search(settings_for(args, method, budget_name, budget, seed, folder, shapley), fp[0], fp[1], dataset).record
     assert rec["method"] == method.split("-")[0]
     d = rec["method_details"]
-    return {"budget": budget_name, "budget_bops": bops, "method": method, "seed": seed,
+    return {"budget": budget_name, **budget_fields(budget), "method": method, "seed": seed,
             "top1": rec["accuracy"]["qat_test"], "val": rec["accuracy"]["qat_val"], "fp_test": rec["accuracy"]["fp_test"],
             "bops": rec["omega"]["bops"], "flash_bytes": rec["omega"]["flash_bytes"], "sram_bytes": rec["omega"]["sram_bytes"],
             "search_s": rec["timings_s"]["search"], "qat_s": rec["timings_s"].get("qat"),
@@ -157,14 +184,14 @@ def oracle_scores(args: argparse.Namespace, out: Path, log, base: tuple[int, int
     return scores
 
 
-def run_oracle_cell(args: argparse.Namespace, method: str, budget_name: str, bops: float | None, seed: int, out: Path,
+def run_oracle_cell(args: argparse.Namespace, method: str, budget_name: str, budget: Budget, seed: int, out: Path,
                     fp: tuple[torch.nn.Module, dict], dataset: Any, log) -> dict[str, Any]:
     """The oracle rows: the same budget step (knapsack maximising the summed scores) over *measured* per-layer
     contributions instead of a method's estimates, then the same QAT. ``oracle``: contributions around W8A8
     (what SMPQ's default game estimates); ``oracle-local``: around the budget's uniform policy. Both ignore
     interactions between layers (one layer changes at a time) and are measured before QAT."""
     folder = out / "runs" / budget_name / f"{method}-s{seed}"
-    settings = settings_for(args, "uniform", budget_name, bops, seed, folder)
+    settings = settings_for(args, "uniform", budget_name, budget, seed, folder)
     graph = extract_graph(fp[0])
     t0 = time.perf_counter()
     base = uniform_bits(budget_name) if method == "oracle-local" else (8, 8)
@@ -174,7 +201,7 @@ def run_oracle_cell(args: argparse.Namespace, method: str, budget_name: str, bop
     t0 = time.perf_counter()
     res = finetune(fp[0], policy, dataset, settings.qat, folder, fp[1].get("model", "model"), "cpu",
                    settings.first_last_8bit, model_kwargs=fp[1].get("model_kwargs"))
-    return {"budget": budget_name, "budget_bops": bops, "method": method, "seed": seed,
+    return {"budget": budget_name, **budget_fields(budget), "method": method, "seed": seed,
             "top1": res.meta.get("test_accuracy"), "val": res.meta.get("val_accuracy"), "fp_test": fp[1].get("test_accuracy"),
             "bops": om.bops, "flash_bytes": float(om.flash_bytes), "sram_bytes": float(om.sram_bytes),
             "search_s": search_s, "qat_s": time.perf_counter() - t0, "value_evaluations": None,
@@ -197,7 +224,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     # first and last layer: W8A8 for every method (policies list layers in graph order)
                     "seed_agreement": seed_agreement([r["policy"] for r in rs],
                                                      skip=[*list(rs[0]["policy"])[:1], *list(rs[0]["policy"])[-1:]]),
-                    "budget_bops": rs[0]["budget_bops"]})
+                    "budget_bops": rs[0]["budget_bops"], "budget_flash_bytes": rs[0].get("budget_flash_bytes")})
     return out
 
 
@@ -207,7 +234,8 @@ def markdown(agg: list[dict[str, Any]], fp_test: float | None) -> str:
              "| same bits across seeds (w / a / both) |",
              "|---|---|---|---|---|---|---|---|"]
     for a in agg:
-        limit = f"{a['budget_bops'] / 1e6:.1f} M" if a["budget_bops"] else "no budget"
+        limit = (f"{a['budget_bops'] / 1e6:.1f} M BOPs" if a["budget_bops"] else
+                 f"{a['budget_flash_bytes'] / 1024:.1f} KB flash" if a.get("budget_flash_bytes") else "no budget")
         lines.append(f"| {a['budget']} ({limit}) | {a['method']} | {fmt_pm(a['top1'], 100)} | "
                      f"{fmt_pm(a['bops'], 1e-6, 1)} | {fmt_pm(a['flash_bytes'], 1 / 1024, 1)} | "
                      f"{fmt_pm(a['search_s'], 1, 0)} | {fmt_pm(a['value_evaluations'], 1, 0)} | {fmt_agreement(a)} |")
@@ -246,7 +274,8 @@ def plot(agg: list[dict[str, Any]], fp_test: float | None, path: Path) -> None:
     lows = [(t["mean"] - t["std"]) * 100 for t in done]
     highs = [(t["mean"] + t["std"]) * 100 for t in done] + ([fp_test * 100] if fp_test else [])
     ax.set_ylim(max(0.0, min(lows, default=0.0) - 2), min(100.0, max(highs, default=100.0) + 3))
-    ax.set_xticks(range(len(budgets)), [f"≤ {b.upper()} BOPs" for b in budgets])
+    ax.set_xticks(range(len(budgets)), [f"≤ {b[6:].upper()} flash" if b.startswith("flash-") else
+                                        "no budget" if b == "w8a8" else f"≤ {b.upper()} BOPs" for b in budgets])
     ax.set_ylabel("top-1 after QAT (%), mean ± std over seeds")
     ax.legend(fontsize=7, ncol=len(methods) + 1, loc="upper center")
     fig.tight_layout()
@@ -266,15 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         grid += [("w8a8", "uniform", s) for s in ints(args.seeds)]
     first_budget = args.budgets.split(",")[0]
     for budget_name, method, seed in grid:
-        w, a = uniform_bits(budget_name)
-        bops = None if budget_name == "w8a8" else omega(graph, Policy.uniform(graph.layer_names(), w, a, first_last_8bit=True)).bops
+        budget = budget_for(graph, budget_name)
         reuse = (out / "runs" / first_budget / f"{method}-s{seed}"
                  if method.startswith("smpq") and budget_name != first_budget else None)
         path = out / "cells" / f"{budget_name}-{method}-s{seed}.json"
         if method.startswith("oracle"):
-            compute = lambda: run_oracle_cell(args, method, budget_name, bops, seed, out, (fp_model, fp_meta), dataset, log)  # noqa: E731
+            compute = lambda: run_oracle_cell(args, method, budget_name, budget, seed, out, (fp_model, fp_meta), dataset, log)  # noqa: E731
         else:
-            compute = lambda: run_cell(args, method, budget_name, bops, seed, out, (fp_model, fp_meta),  # noqa: E731
+            compute = lambda: run_cell(args, method, budget_name, budget, seed, out, (fp_model, fp_meta),  # noqa: E731
                                        dataset, reuse, log)
         try:
             cell(path, compute, log)
@@ -286,13 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-ORDER = ("uniform", "hawq", "edmips", "smpq-paper", "smpq", "smpq-last", "oracle", "oracle-local")
+ORDER = ("uniform", "hawq", "edmips", "smpq-paper", "smpq", "smpq-last", "smpq-singleton", "oracle", "oracle-local")
 
 
 def report(out: Path, args: argparse.Namespace, fp_meta: dict) -> list[dict[str, Any]]:
     """Aggregate every finished cell of the folder (all runs, any --methods/--seeds), write JSON and plot."""
     rows = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
-    rows.sort(key=lambda r: (r["budget_bops"] is None, r["budget_bops"] or 0,
+    rows.sort(key=lambda r: (r["budget"] == "w8a8", r["budget"].startswith("flash-"),
+                             r["budget_bops"] or r.get("budget_flash_bytes") or 0,
                              ORDER.index(r["method"]) if r["method"] in ORDER else len(ORDER), r["method"], r["seed"]))
     agg = aggregate(rows)
     write_json(out / "main_table.json", {"command": " ".join(sys.argv), "settings": vars(args),

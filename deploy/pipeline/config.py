@@ -139,7 +139,7 @@ class ShapleyConfig(Section):
     lambda_: float = Field(default=0.2, ge=0, le=1, alias="lambda")
     value: Literal["accuracy", "tradeoff"] = "accuracy"
     estimator: Literal["mean", "mean-std"] = "mean"
-    score: Literal["shapley", "last"] = "shapley"  # "last": the walks' last-of-group steps (search.smpq, score)
+    score: Literal["shapley", "last", "singleton"] = "shapley"  # "last": last-of-group steps; "singleton": each candidate alone (search.smpq, score)
 
     @model_validator(mode="after")
     def _momentum_sums_to_one(self) -> "ShapleyConfig":

@@ -26,3 +26,39 @@ def test_interaction_summary_compares_pairs_with_their_singles() -> None:
     assert s["min_interaction"] == -0.25 and s["max_interaction"] == 0.02
     # pair (0,1): 0.02 > 0.055 no; (0,2): 0.25 > 0.2 yes; (1,2): 0 > 0.155 no
     assert abs(s["pairs_interaction_over_half_of_their_deltas"] - 1 / 3) < 1e-12
+
+
+def test_budget_names_give_the_uniform_policys_bops_or_flash() -> None:
+    import pytest
+
+    from bench.paper.main_table import budget_for, uniform_bits
+    from deploy.devices.cost import BlobCostModel
+    from search.nn.graph import extract_graph
+    from search.nn.models import build_model
+    from search.policy import Policy
+
+    graph = extract_graph(build_model("resnet8", (3, 32, 32), 10))
+    w3a8 = BlobCostModel().omega(graph, Policy.uniform(graph.layer_names(), 3, 8, first_last_8bit=True))
+    assert budget_for(graph, "w3a8").items() == {"bops": w3a8.bops}
+    assert budget_for(graph, "flash-w3a8").items() == {"flash_bytes": w3a8.flash_bytes}
+    # activations cost no flash: the same flash budget from W3A3 and W3A8, not the same BOPs
+    assert budget_for(graph, "flash-w3a3") == budget_for(graph, "flash-w3a8")
+    assert budget_for(graph, "w3a3").bops < w3a8.bops
+    assert budget_for(graph, "w8a8").items() == {}
+    assert uniform_bits("flash-w2a8") == (2, 8)
+    with pytest.raises(SystemExit, match="must name a uniform policy"):
+        uniform_bits("flash=36KB")
+
+
+def test_ablation_variants_parse_to_smpq_options() -> None:
+    import pytest
+
+    from bench.paper.ablation import folder_name, parse_variant
+
+    assert parse_variant("base") == {}
+    assert parse_variant("update=paper,xi=0.3") == {"update": "paper", "xi": 0.3}
+    assert parse_variant("permutations=10") == {"permutations": 10}
+    assert parse_variant("threshold=0") == {"threshold": 0}
+    assert folder_name("update=paper,xi=0.3") == "update-paper_xi-0.3"
+    with pytest.raises(SystemExit, match="is not key=value"):
+        parse_variant("permutations")

@@ -47,6 +47,30 @@ def test_complexity_gradient_reaches_alpha_with_the_right_sign(digits) -> None:
     assert float(complexity_loss(sn, cost).detach()) < float(loss.detach())
 
 
+def test_flash_complexity_moves_weights_only_and_is_64_at_w8a8(digits) -> None:
+    from deploy.devices.cost import BlobCostModel
+
+    sn = _supernet(digits, first_last_8bit=False)
+    cost = mixture_cost_for(sn, BlobCostModel())
+    with pytest.raises(SearchError, match="needs the deployment's cost model"):
+        complexity_loss(sn, mixture_cost_for(sn), "flash")
+    with torch.no_grad():  # every layer on its widest candidates: 64, as the BOPs term at W8A8
+        sn.alpha.copy_(torch.tensor([50.0 if p.bits == 8 else 0.0 for p in sn.players]))
+        assert float(complexity_loss(sn, cost, "flash")) == pytest.approx(64.0, rel=1e-4)
+        sn.alpha.zero_()
+    loss = complexity_loss(sn, cost, "flash")
+    loss.backward()
+    grad = sn.alpha.grad
+    w = np.mean(cost.w_candidates)
+    for i, p in enumerate(sn.players):
+        if p.kind == "a":  # activations cost no flash
+            assert abs(float(grad[i])) < 1e-6, p
+        else:
+            assert np.sign(float(grad[i])) == np.sign(p.bits - w), p
+    with pytest.raises(SearchError, match="complexity must be one of"):
+        EdMIPSConfig(complexity="sram")
+
+
 def test_larger_cd_gives_lower_expected_bops(digits, tmp_path: Path) -> None:
     free = run_edmips(_supernet(digits), digits, EdMIPSConfig(**{**CFG, "cd": 0.0}), tmp_path / "cd0", device="cpu")
     tight = run_edmips(_supernet(digits), digits, EdMIPSConfig(**{**CFG, "cd": 0.05}), tmp_path / "cd1", device="cpu")

@@ -115,6 +115,30 @@ def test_edmips_search_meets_budget_reports_cd_and_resumes_trials(fp: dict, tmp_
     assert details["reached_budget"] == any(t["fits"] for t in details["trials"])
 
 
+def test_edmips_under_a_flash_budget_uses_model_size_and_bisects_on_flash(fp: dict, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import search.edmips as edmips
+
+    seen = []
+    real = edmips.run_edmips
+    monkeypatch.setattr(edmips, "run_edmips", lambda sn, ds, cfg, out, dev, cost, **k:
+                        seen.append((cfg.complexity, cost.keys)) or real(sn, ds, cfg, out, dev, cost, **k))
+    budget = Budget(flash_bytes=int(fp["w4a4"].flash_bytes))
+    outcome = run_search(_settings(fp, "edmips", tmp_path, budget=budget, edmips_trials=2, edmips_cd=0.01),
+                         dataset=fp["dataset"])
+    details = _check_outputs(outcome, budget)["method_details"]
+    assert details["complexity"] == "flash" and len(details["trials"]) == 2
+    first, second = details["trials"]
+    assert first["fits"] == (first["flash_bytes"] <= budget.flash_bytes)  # judged on flash, not on BOPs
+    assert second["cd"] == pytest.approx(first["cd"] * (0.1 if first["fits"] else 10.0))
+    # both trials trained against the expected flash of the deployment's cost model
+    assert [c for c, _ in seen] == ["flash", "flash"] and all("flash_bytes" in keys for _, keys in seen)
+    # a budget the widest policy already meets does not bind: one search at the given cd, no bisection
+    loose = run_search(_settings(fp, "edmips", tmp_path / "loose", budget=Budget(flash_bytes=10**9), edmips_trials=3),
+                       dataset=fp["dataset"])
+    assert len(loose.record["method_details"]["trials"]) == 1
+
+
 def test_impossible_budget_names_smallest_achievable(fp: dict, tmp_path: Path) -> None:
     s = _settings(fp, "smpq", tmp_path, budget=Budget(flash_bytes=1000))
     s.shapley = {"permutations": 1, "rounds": 1, "steps_per_round": 0}

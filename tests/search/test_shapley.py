@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from search.shapley import (ShapleyResult, estimate_shapley, exact_shapley, last_of_group, last_stratified_order,
-                            update_alpha)
+                            singleton_contributions, update_alpha)
 
 
 def test_additive_game_is_exact_after_one_permutation() -> None:
@@ -168,3 +168,16 @@ def test_last_of_group_sums_the_contribution_of_each_groups_last_removal() -> No
     # walk 0: group 0 last = 1, group 1 last = 3; walk 1: group 0 last = 0, group 1 last = 2
     np.testing.assert_array_equal(count, [1, 1, 1, 1])
     np.testing.assert_allclose(total, [contrib[1, 0], contrib[0, 1], contrib[1, 2], contrib[0, 3]])
+
+
+def test_singleton_contributions_are_the_shapley_value_of_an_additive_game_and_not_otherwise() -> None:
+    weights = np.array([0.3, -0.1, 0.05, 0.0, 0.2])
+    additive = lambda m: 1.0 + float(weights[m].sum())  # noqa: E731
+    calls = []
+    single, empty = singleton_contributions(lambda m: calls.append(m.copy()) or additive(m), 5)
+    assert len(calls) == 6 and empty == 1.0 and not calls[0].any() and all(c.sum() == 1 for c in calls[1:])
+    np.testing.assert_allclose(single, exact_shapley(additive, 5), atol=1e-12)
+    # with an interaction (players 0 and 1 only pay off together) the first stratum misses half of it
+    pair = lambda m: additive(m) + (0.4 if m[0] and m[1] else 0.0)  # noqa: E731
+    single, _ = singleton_contributions(pair, 5)
+    np.testing.assert_allclose(exact_shapley(pair, 5) - single, [0.2, 0.2, 0, 0, 0], atol=1e-12)

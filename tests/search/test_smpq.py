@@ -136,6 +136,44 @@ def test_last_score_is_the_mean_last_of_group_contribution(fp_checkpoint: Path, 
         SMPQConfig(**{**CFG, "score": "last", "game": "zero"})
 
 
+def test_singleton_score_is_each_candidate_alone_against_w8a8(fp_checkpoint: Path, tmp_path: Path) -> None:
+    sn = _supernet(fp_checkpoint, first_last_8bit=True)
+    cfg = SMPQConfig(**{**CFG, "score": "singleton", "permutations": 2})
+    ds = load_dataset("digits", seed=0)
+    search = SMPQSearch(sn, ds, cfg, tmp_path, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
+    search._before_unit()
+    r0 = search._shapley_round(0, lambda *a, **k: None)
+    n = len(search.game_players)
+    assert r0["n_evaluations"] == 2 * (n + 1) and r0["n_saved_by_truncation"] == 0
+    # batch 0 of round 0 measured directly: candidate i as its layer's only one, every other layer at W8A8
+    rng = np.random.default_rng([cfg.seed, 13, 0, 0])
+    idx = torch.from_numpy(np.sort(rng.choice(len(search.val_y), size=cfg.val_batch_size, replace=False)))
+    x, y = search.val_x[idx], search.val_y[idx]
+    w8a8 = sn.policy_mask(Policy.uniform(sn.layer_names, 8, 8, first_last_8bit=True))
+
+    def acc(mask: torch.Tensor) -> float:
+        with sn.masked(mask):
+            return float((sn(x).argmax(1) == y).float().mean())
+    ref = acc(w8a8)
+    res, _ = search.estimate_singletons(0)  # deterministic: round 0's batches again
+    assert res.full_values[0] == pytest.approx(ref, abs=1e-12)
+    for j in (0, 4, n - 1):
+        i = int(search.game_players[j])
+        p = sn.players[i]
+        alone = w8a8.clone()
+        alone[sn.player_index(p.layer, p.kind, 8)] = 0.0
+        alone[i] = 1.0
+        assert res.contributions[0, j] == pytest.approx(acc(alone) - ref, abs=1e-12)
+    # α = α0 + the mean over the round's batches; 8-bit candidates are the fallback itself: exactly 0
+    np.testing.assert_allclose(search.alpha[search.game_players] - search.alpha0[search.game_players],
+                               res.contributions.mean(0), atol=1e-12)
+    assert search.last_count[search.game_players].tolist() == [2] * n
+    eight = [i for i in search.game_players if sn.players[i].bits == 8]
+    assert np.all(search.last_sum[eight] == 0) and np.abs(res.contributions).max() > 0
+    with pytest.raises(SearchError, match="score 'singleton' needs"):
+        SMPQConfig(**{**CFG, "score": "singleton", "update": "paper"})
+
+
 def test_expected_cost_of_a_one_hot_mixture_equals_the_discrete_omega(fp_checkpoint: Path) -> None:
     sn = _supernet(fp_checkpoint)
     cost = mixture_cost_for(sn)

@@ -49,6 +49,7 @@ def test_shapley_score_reaches_the_search_only_when_it_is_not_the_default(tmp_pa
     cfg = load_config(write(tmp_path, "search:\n  shapley:\n    score: last\n"))
     assert cfg.search.shapley.score == "last" and PipelineConfig().search.shapley.score == "shapley"
     assert error_of(None, {"search.shapley.score": "first"}).startswith("'search.shapley.score' must be")
+    assert load_config(write(tmp_path, "search:\n  shapley:\n    score: singleton\n")).search.shapley.score == "singleton"
 
 
 def test_malformed_yaml_names_file_line_and_column(tmp_path: Path) -> None:
