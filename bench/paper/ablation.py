@@ -26,9 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import cell, fmt_pm, fp_supernet, mean_std, open_experiment, seed_agreement, write_json  # noqa: E402
+from bench.paper.common import cell, fmt_pm, fp_supernet, mean_std, open_experiment, write_json  # noqa: E402
 from bench.paper.contribution import ground_truth, run_scores, taus  # noqa: E402
-from bench.paper.main_table import budget_for, build_parser, ints, run_cell  # noqa: E402
+from bench.paper.main_table import aggregate, budget_for, build_parser, ints, run_cell  # noqa: E402
 from search.errors import SearchError  # noqa: E402
 from search.nn.data import load_dataset  # noqa: E402
 from search.nn.graph import extract_graph  # noqa: E402
@@ -100,18 +100,13 @@ def main(argv: list[str] | None = None) -> int:
 def report(out: Path, fp_meta: dict) -> list[dict[str, Any]]:
     """Aggregate every finished cell (mean ± std over seeds per budget and variant); write JSON and plot."""
     rows = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
-    agg = []
-    for key in dict.fromkeys((r["budget"], r["variant"]) for r in rows):
-        rs = [r for r in rows if (r["budget"], r["variant"]) == key]
-        searched = [r for r in rs if not r.get("search_reused_from")]
-        agg.append({"budget": key[0], "variant": key[1], "seeds": [r["seed"] for r in rs],
-                    "top1": mean_std([r["top1"] for r in rs]), "bops": mean_std([r["bops"] for r in rs]),
-                    "tau": mean_std([r["tau"]["tau_all"] for r in rs]),
-                    "value_evaluations": mean_std([r["value_evaluations"] for r in searched]),
-                    "search_s": mean_std([r["search_s"] for r in searched]),
-                    "two_bit_inputs": mean_std([sum(a == 2 for _, a in r["policy"].values()) for r in rs]),
-                    "seed_agreement": seed_agreement([r["policy"] for r in rs],
-                                                     skip=[*list(rs[0]["policy"])[:1], *list(rs[0]["policy"])[-1:]])})
+    agg = sorted(aggregate(rows, by="variant"), key=lambda a: (a["budget"], a["variant"] != "base", [
+        (k, float(v) if isinstance(v, (int, float)) else 0.0, str(v)) for k, v in parse_variant(a["variant"]).items()]))
+    for a in agg:
+        rs = [r for r in rows if (r["budget"], r["variant"]) == (a["budget"], a["variant"])]
+        a["tau"] = mean_std([r["tau"]["tau_all"] for r in rs])
+        a["search_units_s"] = mean_std([units_wall_s(Path(r["folder"])) for r in rs if not r.get("search_reused_from")])
+        a["two_bit_inputs"] = mean_std([sum(bits[1] == 2 for bits in r["policy"].values()) for r in rs])
     write_json(out / "ablation.json", {"command": " ".join(sys.argv), "fp_test": fp_meta.get("test_accuracy"),
                                        "cells": rows, "aggregate": agg})
     if agg:
@@ -119,13 +114,22 @@ def report(out: Path, fp_meta: dict) -> list[dict[str, Any]]:
     return agg
 
 
+def units_wall_s(folder: Path) -> float | None:
+    """The search's compute time summed over its units (smpq_log.jsonl), which unlike the runner's search time
+    also counts the units of an earlier, killed process that this one resumed; None without the log."""
+    log = folder / "smpq_log.jsonl"
+    if not log.is_file():
+        return None
+    return sum(json.loads(line).get("wall_s", 0.0) for line in log.read_text().splitlines() if line.strip())
+
+
 def markdown(agg: list[dict[str, Any]]) -> str:
-    lines = ["| budget | variant | top-1 (%) | τ vs measured contribution | value evaluations | search (s) "
+    lines = ["| budget | variant | top-1 (%) | τ vs measured contribution | value evaluations | search compute (s) "
              "| 2-bit input layers | same bits across seeds (both) |", "|---|---|---|---|---|---|---|---|"]
     for a in agg:
         same = a["seed_agreement"].get("both")
         lines.append(f"| {a['budget']} | {a['variant']} | {fmt_pm(a['top1'], 100)} | {fmt_pm(a['tau'])} | "
-                     f"{fmt_pm(a['value_evaluations'], 1, 0)} | {fmt_pm(a['search_s'], 1, 0)} | "
+                     f"{fmt_pm(a['value_evaluations'], 1, 0)} | {fmt_pm(a['search_units_s'], 1, 0)} | "
                      f"{fmt_pm(a['two_bit_inputs'], 1, 1)} | {'—' if same is None else f'{same:.0%}'} |")
     return "\n".join(lines)
 

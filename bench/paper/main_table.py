@@ -210,13 +210,13 @@ def run_oracle_cell(args: argparse.Namespace, method: str, budget_name: str, bud
             "folder": str(folder)}
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """mean ± std per (budget, method) over seeds."""
+def aggregate(rows: list[dict[str, Any]], by: str = "method") -> list[dict[str, Any]]:
+    """mean ± std over seeds per budget and `by` (the method; the ablations: the variant)."""
     out = []
-    for key in dict.fromkeys((r["budget"], r["method"]) for r in rows):
-        rs = [r for r in rows if (r["budget"], r["method"]) == key]
+    for key in dict.fromkeys((r["budget"], r[by]) for r in rows):
+        rs = [r for r in rows if (r["budget"], r[by]) == key]
         searched = [r for r in rs if not r.get("search_reused_from")]
-        out.append({"budget": key[0], "method": key[1], "seeds": [r["seed"] for r in rs],
+        out.append({"budget": key[0], by: key[1], "seeds": [r["seed"] for r in rs],
                     "top1": mean_std([r["top1"] for r in rs]), "bops": mean_std([r["bops"] for r in rs]),
                     "flash_bytes": mean_std([r["flash_bytes"] for r in rs]),
                     "search_s": mean_std([r["search_s"] for r in searched]),
