@@ -10,7 +10,8 @@ E[BOPs] is the exact expectation of the discrete BOPs under the mixture (:class:
 normalised by the layers' total MACs as EdMIPS does (the mean bit product per MAC: 64 at W8A8), so
 cd has the same meaning for every model. Under a flash budget the complexity is the model's size instead
 (``complexity="flash"``, EdMIPS's model-size variant): E[flash bytes] of the deployment's cost model,
-scaled to 64 at W8A8 like the BOPs term so that cd keeps its scale. The first ``warmup_epochs`` train W only (α frozen).
+scaled to 64 at W8A8 like the BOPs term so that cd keeps its scale. The first ``warmup_epochs`` train W only
+(α frozen).
 The policy is the argmax of α per layer and kind. One unit of work = one epoch; the search is
 resumable exactly like SMPQ (``search_state.pt`` after every epoch, ``edmips_log.jsonl``,
 ``supernet.pt``). The orchestration sweeps cd to reach a BOPs (or flash) budget (one output folder or
@@ -62,7 +63,8 @@ class EdMIPSConfig:
             (self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})"),
             (0 <= self.warmup_epochs <= self.epochs, f"warmup epochs must be in [0, epochs] (got {self.warmup_epochs})"),
             (self.cd >= 0, f"the complexity weight cd must be >= 0 (got {self.cd})"),
-            (self.complexity in COMPLEXITIES, f"complexity must be one of {', '.join(COMPLEXITIES)} (got '{self.complexity}')"),
+            (self.complexity in COMPLEXITIES,
+             f"complexity must be one of {', '.join(COMPLEXITIES)} (got '{self.complexity}')"),
             (self.batch_size >= 1, f"batch size must be >= 1 (got {self.batch_size})"),
             (self.lr > 0 and self.arch_lr > 0, f"learning rates must be > 0 (got {self.lr}, {self.arch_lr})"),
             (all(0 <= b < 1 for b in self.arch_betas), f"Adam betas must be in [0, 1) (got {self.arch_betas})"),
@@ -112,7 +114,8 @@ def complexity_loss(supernet: Supernet, cost: MixtureCost, complexity: str = "bo
     w, a = mixture_probs(supernet, cost)
     if complexity == "flash":
         if "flash_bytes" not in cost.keys:
-            raise SearchError("EdMIPS's flash complexity needs the deployment's cost model: mixture_cost_for(supernet, cost_model)")
+            raise SearchError("EdMIPS's flash complexity needs the deployment's cost model: "
+                              "mixture_cost_for(supernet, cost_model)")
         def widest(probs: torch.Tensor, candidates: list[int]) -> torch.Tensor:
             at = torch.full((probs.shape[0],), candidates.index(max(candidates)))
             return torch.nn.functional.one_hot(at, probs.shape[1]).to(probs.dtype)

@@ -5,11 +5,11 @@
 
 A budget ``wXaY`` is the BOPs of the uniform WXAY policy (first and last layers at W8A8, as for every
 method); its uniform row is that policy. ``flash-wXaY`` is that policy's flash instead (the bit-packed blob
-of the firmware, as the board's and stm32h7's cost model counts it; activations cost no flash, so ``flash-w3a8``
-is the natural choice); EdMIPS then penalises the model's size instead of BOPs. Every mixed method chooses from the same bit widths
-(``--w-bits``/``--a-bits``, default {2,3,4,8}, which contain the uniform policies' widths) and every final
-policy gets the same QAT from the FP weights. One cell = (budget, method, seed), cached as
-``<output>/cells/<budget>-<method>-s<seed>.json``; a rerun skips finished cells and resumes the
+of the firmware, as the board's and stm32h7's cost model counts it; activations cost no flash, so
+``flash-w3a8`` is the natural choice); EdMIPS then penalises the model's size instead of BOPs. Every mixed
+method chooses from the same bit widths (``--w-bits``/``--a-bits``, default {2,3,4,8}, which contain the
+uniform policies' widths) and every final policy gets the same QAT from the FP weights. One cell =
+(budget, method, seed), cached as ``<output>/cells/<budget>-<method>-s<seed>.json``; a rerun skips finished cells and resumes the
 running one. SMPQ's and HAWQ's scores do not depend on the budget: a later budget reuses the
 finished SMPQ search of the same seed (its ``search_state.pt``; the cell says so and reports the
 search time once). One output folder holds one set of settings (``settings.json``; other settings are
@@ -149,9 +149,9 @@ def run_cell(args: argparse.Namespace, method: str, budget_name: str, budget: Bu
     reused = None
     if reuse is not None and not (folder / "search_state.pt").is_file() and (reuse / "search_state.pt").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("search_state.pt", "smpq_log.jsonl"):
-            if (reuse / name).is_file():
-                shutil.copy2(reuse / name, folder / name)
+        for file in ("search_state.pt", "smpq_log.jsonl"):
+            if (reuse / file).is_file():
+                shutil.copy2(reuse / file, folder / file)
         reused = str(reuse)
     rec = run_search(settings_for(args, method, budget_name, budget, seed, folder, shapley), fp[0], fp[1], dataset).record
     assert rec["method"] == method.split("-")[0]
