@@ -116,11 +116,9 @@ def complexity_loss(supernet: Supernet, cost: MixtureCost, complexity: str = "bo
         if "flash_bytes" not in cost.keys:
             raise SearchError("EdMIPS's flash complexity needs the deployment's cost model: "
                               "mixture_cost_for(supernet, cost_model)")
-        def widest(probs: torch.Tensor, candidates: list[int]) -> torch.Tensor:
-            at = torch.full((probs.shape[0],), candidates.index(max(candidates)))
-            return torch.nn.functional.one_hot(at, probs.shape[1]).to(probs.dtype)
-        w8a8 = cost(widest(w, cost.w_candidates), widest(a, cost.a_candidates))["flash_bytes"]
-        e = 64.0 * cost(w, a)["flash_bytes"] / w8a8
+        iw, ia = cost.w_candidates.index(max(cost.w_candidates)), cost.a_candidates.index(max(cost.a_candidates))
+        widest = cost.fixed["flash_bytes"] + cost.tables["flash_bytes"][:, iw, ia].sum()  # every layer at its widest
+        e = 64.0 * cost(w, a)["flash_bytes"] / widest
     else:
         e = cost.bops(w, a, normalized=True)
     return e.to(device=supernet.alpha.device, dtype=supernet.alpha.dtype)

@@ -290,14 +290,19 @@ def _edmips_resource(budget: Budget) -> str | None:
     return "bops" if budget.bops is not None else "flash_bytes" if budget.flash_bytes is not None else None
 
 
+def _edmips_complexity(settings: SearchSettings) -> str:
+    """EdMIPS's complexity term: as given in ``settings.edmips``, else the model's size under a flash-only
+    budget and BOPs otherwise."""
+    default = "flash" if _edmips_resource(settings.budget) == "flash_bytes" else "bops"
+    return settings.edmips.get("complexity", default)
+
+
 def _edmips_trial(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, out: Path,
                   device: torch.device, cd: float, index: int) -> tuple[Policy, dict[str, dict[str, dict[int, float]]]]:
     """One complete (resumable) EdMIPS search at complexity weight `cd`: its argmax policy and α."""
     from search.edmips import EdMIPSConfig, mixture_cost_for, run_edmips
 
-    opts = dict(settings.edmips)
-    if _edmips_resource(settings.budget) == "flash_bytes":
-        opts.setdefault("complexity", "flash")
+    opts = {**settings.edmips, "complexity": _edmips_complexity(settings)}
     cfg = EdMIPSConfig(cd=cd, epochs=settings.epochs, warmup_epochs=settings.warmup_epochs, batch_size=settings.batch_size,
                        subset=settings.subset, seed=settings.seed, progress=settings.progress, **opts)
     sn = build_supernet(fp_model, dataset, settings)
@@ -370,7 +375,7 @@ def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Datase
     fitting = [t for t in trials if t["fits"]]
     used = lambda t: t[resource or "bops"]  # noqa: E731
     best = max(fitting, key=used) if fitting else min(trials, key=used)
-    details = {"cd": best["cd"], "reached_budget": bool(best["fits"]), "complexity": "flash" if resource == "flash_bytes" else "bops",
+    details = {"cd": best["cd"], "reached_budget": bool(best["fits"]), "complexity": _edmips_complexity(settings),
                "trials": [{k: t[k] for k in ("cd", "bops", "flash_bytes", "fits") if k in t} for t in trials],
                "argmax_policy": best["policy"]}
     return MethodResult(best["scores"], 0, details)

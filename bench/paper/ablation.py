@@ -11,8 +11,8 @@ permutations, threshold, rounds, update, xi, beta, score, …); ``base`` is the 
 i.e. the main table's SMPQ cell of that budget and seed (same defaults; its run folder may be copied in as
 ``runs/<budget>/base-s<seed>`` to skip the search). β and ξ act only in the paper's update rule (Eq. 8–9),
 so their variants also set ``update=paper``, whose own row is their reference. Every other argument is
-main_table.py's. τ: Kendall τ of the final α against ``contribution.ground_truth`` around W8A8 (cached as
-``<output>/ground_truth.json``; the same measurement as the main table's ``oracle_ground_truth.json``).
+main_table.py's. τ: Kendall τ of the final α against ``contribution.ground_truth`` around W8A8
+(``main_table.measured_contributions``, cached as ``<output>/oracle_ground_truth.json`` like the main table's).
 Cells are cached like the main table's; writes ``<output>/ablation.json`` and ``<output>/ablation.png``.
 """
 from __future__ import annotations
@@ -26,9 +26,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.paper.common import cell, fmt_pm, fp_supernet, mean_std, open_experiment, write_json  # noqa: E402
-from bench.paper.contribution import ground_truth, run_scores, taus  # noqa: E402
-from bench.paper.main_table import aggregate, budget_for, build_parser, ints, run_cell  # noqa: E402
+from bench.paper.common import cell, fmt_pm, mean_std, open_experiment, write_json  # noqa: E402
+from bench.paper.contribution import run_scores, taus  # noqa: E402
+from bench.paper.main_table import (aggregate, budget_for, build_parser, ints, measured_contributions,  # noqa: E402
+                                    run_cell)
 from search.errors import SearchError  # noqa: E402
 from search.nn.data import load_dataset  # noqa: E402
 from search.nn.graph import extract_graph  # noqa: E402
@@ -72,16 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     fp_model, fp_meta = load_checkpoint(args.fp)
     dataset = load_dataset(fp_meta.get("dataset", "cifar10"), args.data_dir, seed=0)
     graph = extract_graph(fp_model)
-    gt = cell(out / "ground_truth.json", lambda: ground_truth(*fp_supernet(args, out / "gt")[:2], args.gt_images), log)
+    gt = measured_contributions(args, out, log)
     variants = [v.strip() for v in args.variants.split(";") if v.strip()]
     options = {v: parse_variant(v) for v in variants}
-    budgets = args.budgets.split(",")
+    budgets = {b: budget_for(graph, b) for b in args.budgets.split(",")}
+    first = next(iter(budgets))
     for seed in ints(args.seeds):
         for variant in variants:
-            for budget_name in budgets:
-                name = folder_name(variant)
-                budget = budget_for(graph, budget_name)
-                reuse = out / "runs" / budgets[0] / f"{name}-s{seed}" if budget_name != budgets[0] else None
+            name = folder_name(variant)
+            for budget_name, budget in budgets.items():
+                reuse = out / "runs" / first / f"{name}-s{seed}" if budget_name != first else None
 
                 def compute() -> dict[str, Any]:
                     row = run_cell(args, "smpq", budget_name, budget, seed, out, (fp_model, fp_meta), dataset, reuse, log,

@@ -166,17 +166,21 @@ def run_cell(args: argparse.Namespace, method: str, budget_name: str, budget: Bu
             "policy": {L["name"]: [L["w_bits"], L["a_bits"]] for L in rec["layers"]}, "folder": str(folder)}
 
 
-def oracle_scores(args: argparse.Namespace, out: Path, log, base: tuple[int, int] = (8, 8)
-                  ) -> dict[str, dict[str, dict[int, float]]]:
-    """The oracle's scores: every candidate's measured contribution (``contribution.ground_truth``: that one
-    layer's weight or input at b bits, the rest at the `base` policy, accuracy minus the base policy's), as
-    layer → kind → bits → score."""
+def measured_contributions(args: argparse.Namespace, out: Path, log, base: tuple[int, int] = (8, 8)) -> dict[str, Any]:
+    """Every candidate's measured contribution (``contribution.ground_truth``: that one layer's weight or input at
+    b bits, the rest at the `base` policy, accuracy minus the base policy's) as 'layer/kind+bits' → value, cached
+    as ``<out>/oracle_ground_truth.json`` (other bases: ``oracle_ground_truth_w<X>a<Y>.json``)."""
     from bench.paper.contribution import ground_truth
 
     name = "oracle_ground_truth.json" if base == (8, 8) else f"oracle_ground_truth_w{base[0]}a{base[1]}.json"
-    gt = cell(out / name, lambda: ground_truth(*fp_supernet(args, out / "oracle")[:2], args.gt_images, base), log)
+    return cell(out / name, lambda: ground_truth(*fp_supernet(args, out / "oracle")[:2], args.gt_images, base), log)
+
+
+def oracle_scores(args: argparse.Namespace, out: Path, log, base: tuple[int, int] = (8, 8)
+                  ) -> dict[str, dict[str, dict[int, float]]]:
+    """The oracle's scores: :func:`measured_contributions` as layer → kind → bits → score."""
     scores: dict[str, dict[str, dict[int, float]]] = {}
-    for candidate, value in gt.items():
+    for candidate, value in measured_contributions(args, out, log, base).items():
         if "/" not in candidate:  # the base policy's accuracy, the cell's wall time
             continue
         layer, cand = candidate.rsplit("/", 1)
