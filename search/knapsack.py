@@ -92,10 +92,12 @@ def _check_instance(options: Sequence[Sequence[Option]]) -> None:
 
 
 def solve_mckp(options: Sequence[Sequence[Option]], limits: Mapping[str, float],
-               fixed: Mapping[str, float] | None = None, sram_limit: float | None = None) -> list[int] | None:
+               fixed: Mapping[str, float] | None = None, sram_limit: float | None = None,
+               exclude: Sequence[Sequence[int]] = ()) -> list[int] | None:
     """Exact multiple-choice knapsack: one candidate per layer, maximise Σ score s.t. Σ cost_k + fixed_k ≤ limit_k.
 
-    Candidates with ``sram_bytes > sram_limit`` are excluded. Returns the chosen index per layer, or
+    Candidates with ``sram_bytes > sram_limit`` are excluded, and so is every choice in `exclude` (one
+    no-good cut each: at most L − 1 of its L candidates together). Returns the chosen index per layer, or
     None when no choice satisfies the limits.
     """
     _check_instance(options)
@@ -115,6 +117,10 @@ def solve_mckp(options: Sequence[Sequence[Option]], limits: Mapping[str, float],
         r = np.zeros(n)
         r[offsets[l]:offsets[l + 1]] = 1.0
         rows.append(r), lo.append(1.0), hi.append(1.0)
+    for choice in exclude:  # no-good cut: not this exact choice again
+        r = np.zeros(n)
+        r[[int(offsets[l]) + int(i) for l, i in enumerate(choice)]] = 1.0
+        rows.append(r), lo.append(-np.inf), hi.append(len(options) - 1.0)
     keys = [k for k in ADDITIVE if limits.get(k) is not None]
     slack = {k: 0.0 for k in keys}
     for _ in range(4):  # re-solve if HiGHS' feasibility tolerance let a sum creep over its limit
@@ -228,7 +234,7 @@ def select_policy(options: Sequence[Sequence[Option]], limits: Mapping[str, floa
         omega = dict(evaluate(choice))
         bad = violations(omega)
         if not bad:
-            return Selection(choice, "knapsack", omega, score_of(choice), rounds)
+            return Selection(choice, "knapsack", omega, score_of(choice), rounds, {"sram_layer_limit": layer_limit})
         if set(bad) - {SRAM} or sram_limit is None:
             raise SearchError(f"the knapsack's policy violates {', '.join(_LABEL[k] for k in bad)} under the full Ω "
                               f"model although its per-layer sums fit: the cost model's per-layer options and its "
@@ -240,3 +246,26 @@ def select_policy(options: Sequence[Sequence[Option]], limits: Mapping[str, floa
         layer_limit = smaller[0]
     raise SearchError(f"peak SRAM budget {_fmt(SRAM, sram_limit)} could not be met for {what} together with the other "
                       f"budgets (the memory planner exceeds it for every policy the knapsack allows): relax it")
+
+
+def next_best(options: Sequence[Sequence[Option]], limits: Mapping[str, float | None],
+              evaluate: Callable[[list[int]], Mapping[str, float]], first: Selection, k: int,
+              fixed: Mapping[str, float] | None = None) -> list[list[int]]:
+    """Up to `k` further choices after `first` (a :func:`select_policy` result), best summed score first: the
+    same knapsack (and per-layer SRAM filter) with a no-good cut for every choice found so far. Each is
+    verified with the full Ω `evaluate`; one that exceeds a budget there is skipped (at most 4k are tried)."""
+    limits = {key: float(v) for key, v in limits.items() if v is not None}
+    add_limits = {key: v for key, v in limits.items() if key in ADDITIVE}
+    layer_limit = first.details.get("sram_layer_limit", limits.get(SRAM))
+    found, out = [list(first.choice)], []
+    for _ in range(4 * k):
+        if len(out) == k:
+            break
+        choice = solve_mckp(options, add_limits, fixed, layer_limit, exclude=found)
+        if choice is None:
+            break
+        found.append(choice)
+        omega = evaluate(choice)
+        if all(float(omega[key]) <= v * (1 + 1e-12) for key, v in limits.items()):
+            out.append(choice)
+    return out

@@ -14,7 +14,9 @@ Steps (each timed; the figures go into policy.json):
    * ``uniform``: every layer at fixed (w, a) bits; no scores.
 3. Budget step (:mod:`search.knapsack`): the argmax policy if it meets every budget, else the exact
    multiple-choice knapsack over the scores (HAWQ: minimise the summed sensitivities instead).
-   Uniform is never altered: a violated budget is an error.
+   Uniform is never altered: a violated budget is an error. With ``verify_top`` K (SMPQ) the K next-best
+   knapsack policies and the widest uniform policies that fit are valued as whole policies in SMPQ's game
+   too, and the best-valued one is kept (:func:`select_verified`).
 4. QAT of the final policy from the FP weights (:mod:`search.nn.qat`, the same recipe for every method).
 5. ``policy.json`` (schema :class:`search.policy.PolicyFile`, documented in docs/policy-json.md), ``qat.pt``; the
    resumable search state is ``search_state.pt`` (EdMIPS trials: ``search_state_cd<i>.pt`` plus
@@ -28,7 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -39,7 +41,7 @@ from search.cost import CostModel, Omega, check
 from search.nn.data import Dataset, load_dataset
 from search.errors import SearchError
 from search.nn.graph import ExecGraph, extract_graph
-from search.knapsack import Option, Selection, layer_scores, select_policy, softmax_scores
+from search.knapsack import Option, Selection, layer_scores, next_best, select_policy, softmax_scores
 from search.methods import METHODS
 from search.policy import FORMAT, FORMAT_VERSION, POLICY_FILE, Policy, validate_policy_file  # noqa: F401
 from search.nn.qat import QAT_FILE, QATConfig, finetune
@@ -78,6 +80,7 @@ class SearchSettings:
     edmips: dict[str, Any] = field(default_factory=dict)    # further EdMIPSConfig fields
     edmips_cd: float = 1e-3             # the complexity weight (start of the bisection under a BOPs or flash budget)
     edmips_trials: int = 5              # at most this many EdMIPS searches when bisecting cd
+    verify_top: int = 0                 # budget step: value the K next-best knapsack policies too (see select_verified)
     qat: QATConfig = field(default_factory=QATConfig)
     accelerator: str = "auto"
     progress: bool = True
@@ -90,6 +93,8 @@ class SearchSettings:
             raise SearchError(f"--subset must be >= 1 image, got {self.subset}")
         if self.epochs < 1 or not 0 <= self.warmup_epochs <= self.epochs:
             raise SearchError(f"search epochs must be >= 1 and warmup epochs in [0, epochs] (got {self.epochs}, {self.warmup_epochs})")
+        if self.verify_top < 0:
+            raise SearchError(f"verify_top must be >= 0 policies, got {self.verify_top}")
         if self.edmips_cd <= 0 or self.edmips_trials < 1:
             raise SearchError(f"EdMIPS cd must be > 0 and trials >= 1 (got {self.edmips_cd}, {self.edmips_trials})")
         self.w_bits = tuple(sorted(set(int(b) for b in self.w_bits)))
@@ -117,6 +122,8 @@ class MethodResult:
     fixed_policy: Policy | None = None                      # uniform
     sensitivity: bool = False                               # scores are costs to minimise (hawq)
     additive: bool = False                                  # scores are additive values to maximise as they are (smpq)
+    compute_s: float | None = None                          # the search's units summed, resumed ones included
+    value: Callable[[Policy], float] | None = None          # a whole policy's value in the method's game (smpq)
 
 
 @dataclass
@@ -157,9 +164,11 @@ def _bits_label(bits: tuple[int, ...]) -> str:
 
 
 def select(graph: ExecGraph, scores: dict[str, dict[str, dict[int, float]]], settings: SearchSettings,
-           what: str, sensitivity: bool = False,
-           additive: bool = False) -> tuple[Policy, Selection, dict[str, dict[str, dict[int, float]]]]:
+           what: str, sensitivity: bool = False, additive: bool = False,
+           alternatives: int = 0) -> tuple[Policy, Selection, dict[str, dict[str, dict[int, float]]]]:
     """Budget step: the argmax policy if it fits, else the exact knapsack over normalised scores.
+    With `alternatives` the next-best knapsack policies (:func:`search.knapsack.next_best`) go into the
+    selection's details as ``alternatives``: (policy, summed score) pairs.
 
     With `sensitivity` the scores are additive costs (HAWQ's Ω): a candidate scores −(Ω_w + Ω_a), all
     divided by the largest Ω (one positive factor: the optimum is unchanged), and nothing is normalised.
@@ -201,7 +210,44 @@ def select(graph: ExecGraph, scores: dict[str, dict[str, dict[int, float]]], set
     if "latency_s" in limits and "latency_s" not in table.fixed:
         raise SearchError("a latency budget needs a latency model: pass --device (its cost model) or drop the latency budget")
     sel = select_policy(options, limits, ev, table.fixed, what)
+    if alternatives:
+        sel.details["alternatives"] = [
+            (policy_of(c), float(sum(options[l][i].score for l, i in enumerate(c))))
+            for c in next_best(options, limits, ev, sel, alternatives, table.fixed)]
     return policy_of(sel.choice), sel, normalized
+
+
+def widest_uniform(graph: ExecGraph, settings: SearchSettings) -> list[Policy]:
+    """The uniform policies over the candidate widths that meet the budget and cannot widen their weights or
+    activations without exceeding it (the Pareto front of uniform W·A·)."""
+    fits = [(w, a) for w in settings.w_bits for a in settings.a_bits
+            if not check(evaluate_omega(graph, Policy.uniform(graph.layer_names(), w, a, settings.first_last_8bit),
+                                        settings), settings.budget)]
+    front = [(w, a) for w, a in fits if not any(w2 >= w and a2 >= a and (w2, a2) != (w, a) for w2, a2 in fits)]
+    return [Policy.uniform(graph.layer_names(), w, a, settings.first_last_8bit) for w, a in front]
+
+
+def select_verified(graph: ExecGraph, first: Policy, sel: Selection, settings: SearchSettings,
+                    value: Callable[[Policy], float]) -> tuple[Policy, list[dict[str, Any]]]:
+    """Verified budget step: the knapsack's policy, its next-best alternatives and the widest uniform
+    policies that fit (:func:`widest_uniform`) are each valued as a whole in the method's own game — the
+    coalition of exactly their candidates, which the additive knapsack only approximates by summing
+    per-candidate scores — and the best is kept (ties: the earlier candidate, knapsack first)."""
+    candidates = [("knapsack", first, sel.score)]
+    candidates += [(f"knapsack #{i + 2}", p, sc) for i, (p, sc) in enumerate(sel.details.get("alternatives", []))]
+    seen = {tuple(p.items()) for _, p, _ in candidates}
+    for p in widest_uniform(graph, settings):
+        if tuple(p.items()) not in seen:
+            b = next(b for n, b in p.items() if n not in _held(graph.layer_names(), settings.first_last_8bit))
+            candidates.append((f"uniform w{b.w_bits}a{b.a_bits}", p, None))
+    rows = []
+    for source, p, score in candidates:
+        om = evaluate_omega(graph, p, settings)
+        rows.append({"source": source, "value": float(value(p)), "score": score, "bops": om.bops,
+                     "flash_bytes": float(om.flash_bytes), "policy": {n: [b.w_bits, b.a_bits] for n, b in p.items()}})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["value"], -i))
+    rows[best]["chosen"] = True
+    return candidates[best][1], rows
 
 
 def budget_report(om: Omega, budget: Budget) -> dict[str, dict[str, Any]]:
@@ -241,6 +287,12 @@ def build_supernet(fp_model: torch.nn.Module, dataset: Dataset, settings: Search
     return sn
 
 
+def units_s(history: list[dict[str, Any]]) -> float:
+    """Compute time of a supernet search: its units' wall times summed (``SearchResult.history``), which
+    unlike this process's wall time also counts the units an earlier, killed process finished."""
+    return float(sum(h.get("wall_s", 0.0) for h in history))
+
+
 def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, out: Path,
           device: torch.device) -> MethodResult:
     from search.edmips import mixture_cost_for
@@ -261,8 +313,19 @@ def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset,
                         {"argmax_policy": {n: list(b) for n, b in res.policy.items()},
                          "saved_by_truncation": res.saved_by_truncation, "rounds": cfg.rounds,
                          "permutations": cfg.permutations, "supernet_file": "supernet.pt",
-                         "game": cfg.game, "update": cfg.update, "score": cfg.score},
-                        additive=bool(res.details.get("additive_scores")))
+                         "game": cfg.game, "update": cfg.update, "score": cfg.score, "bn": cfg.bn},
+                        additive=bool(res.details.get("additive_scores")), compute_s=units_s(res.history),
+                        value=policy_value(res.supernet or sn, dataset, settings.subset, cfg.bn))
+
+
+def policy_value(sn: "Supernet", dataset: Dataset, subset: int | None, bn: str) -> Callable[[Policy], float]:
+    """A whole policy's value in SMPQ's game: the supernet's top-1 with exactly the policy's candidates, on the
+    search's validation split (BatchNorm as the game: `bn`)."""
+    from search.nn.data import mixed_batches
+    from search.supernet import masked_accuracy
+
+    val = mixed_batches(dataset.val.subset(subset), dataset, 500)
+    return lambda policy: masked_accuracy(sn, val, sn.policy_mask(policy), bn)
 
 
 def _hawq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, names: list[str], out: Path,
@@ -298,8 +361,9 @@ def _edmips_complexity(settings: SearchSettings) -> str:
 
 
 def _edmips_trial(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, out: Path,
-                  device: torch.device, cd: float, index: int) -> tuple[Policy, dict[str, dict[str, dict[int, float]]]]:
-    """One complete (resumable) EdMIPS search at complexity weight `cd`: its argmax policy and α."""
+                  device: torch.device, cd: float, index: int
+                  ) -> tuple[Policy, dict[str, dict[str, dict[int, float]]], float]:
+    """One complete (resumable) EdMIPS search at complexity weight `cd`: its argmax policy, α and compute time."""
     from search.edmips import EdMIPSConfig, mixture_cost_for, run_edmips
 
     opts = {**settings.edmips, "complexity": _edmips_complexity(settings)}
@@ -309,7 +373,7 @@ def _edmips_trial(settings: SearchSettings, fp_model: torch.nn.Module, dataset: 
     cost = mixture_cost_for(sn, settings.cost_model) if cfg.complexity == "flash" else None
     res = run_edmips(sn, dataset, cfg, out, device, cost, state_name=f"search_state_cd{index}.pt",
                      log_name=f"edmips_log_cd{index}.jsonl")
-    return res.policy, res.scores
+    return res.policy, res.scores, units_s(res.history)
 
 
 def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, graph: ExecGraph, out: Path,
@@ -359,11 +423,11 @@ def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Datase
             if cd is None:
                 break
             _log(settings, f"EdMIPS trial {i + 1}/{settings.edmips_trials}: cd = {cd:.4g}")
-            policy, scores = _edmips_trial(settings, fp_model, dataset, out, device, cd, i)
+            policy, scores, compute_s = _edmips_trial(settings, fp_model, dataset, out, device, cd, i)
             om = evaluate_omega(graph, policy, settings)
             used = float(getattr(om, resource or "bops"))
             t = {"cd": cd, "bops": float(om.bops), "flash_bytes": float(om.flash_bytes), "fits": limit is None or used <= limit,
-                 "policy": {n: list(b) for n, b in policy.items()}, "scores": scores}
+                 "policy": {n: list(b) for n, b in policy.items()}, "scores": scores, "compute_s": compute_s}
             trials.append(t)
             atomic_save({"signature": signature, "trials": trials}, state_path)
         if t["fits"]:
@@ -378,7 +442,7 @@ def _edmips(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Datase
     details = {"cd": best["cd"], "reached_budget": bool(best["fits"]), "complexity": _edmips_complexity(settings),
                "trials": [{k: t[k] for k in ("cd", "bops", "flash_bytes", "fits") if k in t} for t in trials],
                "argmax_policy": best["policy"]}
-    return MethodResult(best["scores"], 0, details)
+    return MethodResult(best["scores"], 0, details, compute_s=sum(t.get("compute_s", 0.0) for t in trials))
 
 
 def _run_method(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, graph: ExecGraph,
@@ -441,6 +505,8 @@ def _run_search(settings: SearchSettings, fp_model: torch.nn.Module | None, fp_m
         select(graph, flat, settings, what)
     result = _run_method(settings, fp_model, dataset, graph, out, device)
     timings["search"] = time.perf_counter() - t
+    if result.compute_s is not None:
+        timings["search_compute"] = result.compute_s
 
     t = time.perf_counter()
     normalized: dict = {}
@@ -453,12 +519,19 @@ def _run_search(settings: SearchSettings, fp_model: torch.nn.Module | None, fp_m
                               f"({'; '.join(str(v) for v in bad)}): use fewer uniform bits or --method smpq")
         selection = {"how": "fixed", "score": None, "rounds": 0}
     else:
+        verify = settings.verify_top if result.value is not None else 0
         policy, sel, normalized = select(graph, result.scores or {}, settings, what, result.sensitivity,
-                                         result.additive)
-        om = evaluate_omega(graph, policy, settings)
+                                         result.additive, alternatives=verify)
         selection = {"how": sel.how, "score": sel.score, "rounds": sel.rounds,
                      "normalization": "minus summed sensitivity / max sensitivity" if result.sensitivity
                      else "summed score / max |score|" if result.additive else "softmax within layer and kind"}
+        if verify:
+            assert result.value is not None
+            _log(settings, f"verifying the knapsack's {1 + len(sel.details['alternatives'])} best policies and the "
+                           f"widest uniform ones in the game")
+            policy, selection["verified"] = select_verified(graph, policy, sel, settings, result.value)
+            selection["how"] = f"{sel.how}, verified"
+        om = evaluate_omega(graph, policy, settings)
     timings["select"] = time.perf_counter() - t
     held = _held(names, settings.first_last_8bit)
 

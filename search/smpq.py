@@ -91,7 +91,7 @@ from search.errors import SearchError
 from search.search_state import STATE_FILE, SearchResult, SupernetSearch
 from search.shapley import (ShapleyResult, estimate_shapley, last_of_group, last_stratified_order,
                             singleton_contributions, update_alpha, update_alpha_mean)
-from search.supernet import IncrementalForward, Supernet
+from search.supernet import BN_MODES, IncrementalForward, Supernet
 from search.nn.train import deterministic_mode, resolve_device
 
 LOG_FILE = "smpq_log.jsonl"
@@ -133,6 +133,7 @@ class SMPQConfig:
     update: str = "mean"                # α = α0 + mean of ψ over rounds; "paper": Eq. 8-9 with ξ, β, λ
     score: str = "shapley"              # α from ψ; "last": the walks' last-of-group steps; "singleton": v({i}) − v(∅)
     mixture: str = "alpha"              # softmax(α/τ) per layer and kind, or "uniform"
+    bn: str = "running"                 # BatchNorm in the game: running statistics, or "batch" (the batch's own)
     temperature: float = 1.0            # τ
     alpha_init_std: float = 1e-3        # small random α breaks ties
     subset: int | None = None           # first N train / val images
@@ -158,6 +159,7 @@ class SMPQConfig:
             (self.score == "shapley" or (self.game == "fallback" and self.update == "mean" and not self.antithetic),
              f"score '{self.score}' needs game 'fallback', update 'mean' and no antithetic walks"),
             (self.mixture in MIXTURES, f"mixture must be one of {', '.join(MIXTURES)} (got '{self.mixture}')"),
+            (self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)} (got '{self.bn}')"),
             (self.temperature > 0, f"temperature must be > 0 (got {self.temperature})"),
             (self.alpha_init_std >= 0, f"alpha init std must be >= 0 (got {self.alpha_init_std})"),
             (self.subset is None or self.subset >= 1, f"subset must be >= 1 image (got {self.subset})"),
@@ -365,7 +367,7 @@ class SMPQSearch(SupernetSearch):
         forward = IncrementalForward(sn) if self.incremental else sn
         walked: list[int] = []
         new_batch, value = self._game(r, forward, advance, walked)
-        with sn.masked():
+        with sn.masked(bn=cfg.bn):
             world = distributed.world_size()
             res = estimate_shapley(value, len(self.game_players), cfg.permutations, cfg.threshold, robust=cfg.robust,
                                    on_permutation=new_batch,
@@ -387,7 +389,7 @@ class SMPQSearch(SupernetSearch):
         new_batch, value = self._game(r, forward, advance, walked)
         n = len(self.game_players)
         rows, empty = np.zeros((cfg.permutations, n)), np.zeros(cfg.permutations)
-        with sn.masked():
+        with sn.masked(bn=cfg.bn):
             for p in range(cfg.permutations):
                 new_batch(p)
                 rows[p], empty[p] = singleton_contributions(value, n)

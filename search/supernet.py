@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Literal, NamedTuple
 
@@ -59,6 +59,7 @@ from search.nn.quantizers import ACT_BITS, WEIGHT_BITS, ActQuantizer, InitMethod
 
 CoefficientMode = Literal["softmax", "normalized"]
 COEFFICIENT_MODES = ("softmax", "normalized")
+BN_MODES = ("running", "batch")  # how BatchNorm normalises in a masked evaluation (Supernet.masked)
 
 
 class Player(NamedTuple):
@@ -329,16 +330,29 @@ class Supernet(nn.Module):
         return m
 
     @contextmanager
-    def masked(self, mask: Tensor | Sequence[float] | None = None) -> Iterator["Supernet"]:
-        """Eval mode + no_grad (+ `mask` if given); restores the previous mask and train/eval mode."""
+    def masked(self, mask: Tensor | Sequence[float] | None = None, bn: str = "running") -> Iterator["Supernet"]:
+        """Eval mode + no_grad (+ `mask` if given); restores the previous mask and train/eval mode.
+
+        `bn`: how BatchNorm normalises — ``"running"`` by its running statistics (eval mode), ``"batch"`` by the
+        statistics of the batch being evaluated (what a policy's BatchNorm statistics become once re-estimated
+        for its own quantized activations; the running statistics are left untouched)."""
+        if bn not in BN_MODES:
+            raise SearchError(f"BatchNorm mode must be one of {', '.join(BN_MODES)}, got '{bn}'")
         prev, was_training = self.mask.clone(), self.training
         self.eval()
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if bn == "batch" else []
+        tracked = [m.track_running_stats for m in norms]
         try:
+            for m in norms:  # batch statistics, nothing recorded (no running-statistics update, no counter)
+                m.train()
+                m.track_running_stats = False
             if mask is not None:
                 self.set_mask(mask)
             with torch.no_grad():
                 yield self
         finally:
+            for m, t in zip(norms, tracked):
+                m.track_running_stats = t
             self.set_mask(prev)
             self.train(was_training)
 
@@ -389,6 +403,19 @@ class Supernet(nn.Module):
 
 _INPLACE_OPERATORS = frozenset(getattr(operator, f"i{name}") for name in (
     "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"))
+
+
+def masked_accuracy(sn: Supernet, loader: Iterable[tuple[Tensor, Tensor]], mask: Tensor, bn: str = "running") -> float:
+    """Top-1 of the supernet under `mask` over every batch of `loader` (one candidate per group: the fixed
+    policy's model); `bn` as in :meth:`Supernet.masked` — with ``"batch"`` the batches must mix the classes
+    (:func:`search.nn.data.mixed_batches`). Nothing is left changed."""
+    correct = total = 0
+    dev = sn.mask.device
+    with sn.masked(mask, bn):
+        for x, y in loader:
+            correct += int((sn(x.to(dev)).argmax(1) == y.to(dev)).sum())
+            total += len(y)
+    return correct / max(total, 1)
 
 
 class IncrementalForward:

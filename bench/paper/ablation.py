@@ -106,7 +106,7 @@ def report(out: Path, fp_meta: dict) -> list[dict[str, Any]]:
     for a in agg:
         rs = [r for r in rows if (r["budget"], r["variant"]) == (a["budget"], a["variant"])]
         a["tau"] = mean_std([r["tau"]["tau_all"] for r in rs])
-        a["search_units_s"] = mean_std([units_wall_s(Path(r["folder"])) for r in rs if not r.get("search_reused_from")])
+        a["search_compute_s"] = mean_std([r.get("search_compute_s") for r in rs if not r.get("search_reused_from")])
         a["two_bit_inputs"] = mean_std([sum(bits[1] == 2 for bits in r["policy"].values()) for r in rs])
     write_json(out / "ablation.json", {"command": " ".join(sys.argv), "fp_test": fp_meta.get("test_accuracy"),
                                        "cells": rows, "aggregate": agg})
@@ -115,22 +115,13 @@ def report(out: Path, fp_meta: dict) -> list[dict[str, Any]]:
     return agg
 
 
-def units_wall_s(folder: Path) -> float | None:
-    """The search's compute time summed over its units (smpq_log.jsonl), which unlike the runner's search time
-    also counts the units of an earlier, killed process that this one resumed; None without the log."""
-    log = folder / "smpq_log.jsonl"
-    if not log.is_file():
-        return None
-    return sum(json.loads(line).get("wall_s", 0.0) for line in log.read_text().splitlines() if line.strip())
-
-
 def markdown(agg: list[dict[str, Any]]) -> str:
     lines = ["| budget | variant | top-1 (%) | τ vs measured contribution | value evaluations | search compute (s) "
              "| 2-bit input layers | same bits across seeds (both) |", "|---|---|---|---|---|---|---|---|"]
     for a in agg:
         same = a["seed_agreement"].get("both")
         lines.append(f"| {a['budget']} | {a['variant']} | {fmt_pm(a['top1'], 100)} | {fmt_pm(a['tau'])} | "
-                     f"{fmt_pm(a['value_evaluations'], 1, 0)} | {fmt_pm(a['search_units_s'], 1, 0)} | "
+                     f"{fmt_pm(a['value_evaluations'], 1, 0)} | {fmt_pm(a['search_compute_s'], 1, 0)} | "
                      f"{fmt_pm(a['two_bit_inputs'], 1, 1)} | {'—' if same is None else f'{same:.0%}'} |")
     return "\n".join(lines)
 

@@ -35,11 +35,11 @@ from scipy.stats import kendalltau
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from bench.paper.common import fp_supernet, cell, open_experiment, write_json  # noqa: E402
-from search.nn.data import BatchLoader  # noqa: E402
+from search.nn.data import mixed_batches  # noqa: E402
 from search.policy import Policy  # noqa: E402
 from search.search_state import STATE_FILE  # noqa: E402
 from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, smpq_options  # noqa: E402
-from search.supernet import Supernet  # noqa: E402
+from search.supernet import Supernet, masked_accuracy  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,21 +63,14 @@ def key(p: Any) -> str:
     return f"{p.layer}/{p.kind}{p.bits}"
 
 
-def masked_accuracy(sn: Supernet, val: BatchLoader, mask: torch.Tensor) -> float:
-    """Top-1 of the supernet under `mask` on every batch of `val` (one candidate per group: a fixed policy)."""
-    correct = 0
-    with sn.masked(mask):
-        for x, y in val:
-            correct += int((sn(x).argmax(1) == y).sum())
-    return correct / len(val.y)
-
-
-def ground_truth(sn: Supernet, dataset: Any, n_images: int, base: tuple[int, int] = (8, 8)) -> dict[str, float]:
+def ground_truth(sn: Supernet, dataset: Any, n_images: int, base: tuple[int, int] = (8, 8),
+                 bn: str = "running") -> dict[str, float]:
     """GT per free candidate: accuracy with that one group at its bits and every other group at the `base`
-    policy's (uniform W8A8 by default; the first and last layer stay at 8 bits), minus the base policy's."""
-    val = BatchLoader(dataset.val.subset(n_images), dataset, 500)
+    policy's (uniform W8A8 by default; the first and last layer stay at 8 bits), minus the base policy's;
+    `bn` as in :func:`masked_accuracy`."""
+    val = mixed_batches(dataset.val.subset(n_images), dataset, 500)
     ref_policy = Policy.uniform(sn.layer_names, *base, first_last_8bit=sn.first_last_8bit)
-    acc = lambda mask: masked_accuracy(sn, val, mask)  # noqa: E731
+    acc = lambda mask: masked_accuracy(sn, val, mask, bn)  # noqa: E731
     ref_mask = sn.policy_mask(ref_policy)
     ref = acc(ref_mask)
     out = {f"__w{base[0]}a{base[1]}__": ref}

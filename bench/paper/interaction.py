@@ -26,11 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from bench.paper.common import cell, fp_supernet, open_experiment, write_json  # noqa: E402
-from bench.paper.contribution import masked_accuracy  # noqa: E402
 from bench.paper.main_table import uniform_bits  # noqa: E402
 from search.nn.data import BatchLoader  # noqa: E402
 from search.policy import Policy  # noqa: E402
-from search.supernet import Supernet  # noqa: E402
+from search.supernet import Supernet, masked_accuracy  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

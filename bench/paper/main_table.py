@@ -18,6 +18,10 @@ search, and its search time includes every trial. Writes ``<output>/main_table.j
 mean ± std per budget and method, and policy stability: the share of layers on which two seeds choose the
 same bits) and ``<output>/main_table.png``; prints a markdown table.
 
+``--bn batch``: SMPQ's game and the oracle's measurements normalise BatchNorm by each evaluated batch's
+statistics (``SMPQConfig.bn``); an SMPQ label ending in ``-verified`` adds the verified budget step
+(``search.runner.select_verified``, ``--verify-top``) to the same search.
+
 Reference rows beside the methods: ``oracle`` and ``oracle-local`` run the same budget step over *measured*
 per-candidate contributions (``contribution.ground_truth`` around W8A8, or around the budget's uniform
 policy; cached in ``<output>/oracle_ground_truth*.json``) — what any method whose scores estimate those
@@ -51,6 +55,7 @@ from search.runner import SearchSettings, evaluate_omega, run_search, select  # 
 from search.nn.train import load_checkpoint  # noqa: E402
 
 UNIFORM = re.compile(r"^(flash-)?w(\d)a(\d)$")
+VERIFIED = "-verified"  # label suffix: the SMPQ method with the verified budget step
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,7 +72,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                    help="uniform policies whose BOPs (wXaY) or flash (flash-wXaY) are the budgets, tightest first")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default="uniform,hawq,smpq,edmips",
-                   help="also: smpq-paper (SMPQ, preset paper), smpq-last / smpq-singleton (SMPQ scoring by last-of-group steps / by each candidate alone), oracle / oracle-local (knapsack over measured contributions around W8A8 / the budget's uniform policy)")
+                   help="also: smpq-paper (SMPQ, preset paper), smpq-last / smpq-singleton (SMPQ scoring by last-of-group steps / by each candidate alone), oracle / oracle-local (knapsack over measured contributions around W8A8 / the budget's uniform policy); "
+                        "an SMPQ label ending in -verified (smpq-singleton-verified) adds the verified budget step to it (--verify-top)")
     p.add_argument("--ceiling", action="store_true", help="also uniform W8A8 per seed (no budget)")
     p.add_argument("--w-bits", default="2,3,4,8")
     p.add_argument("--a-bits", default="2,3,4,8")
@@ -78,6 +84,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--permutations", type=int, default=5)
     p.add_argument("--val-batch", type=int, default=256)
     p.add_argument("--preset", default="default", choices=("default", "paper"), help="SMPQ preset")
+    p.add_argument("--bn", default="running", choices=("running", "batch"),
+                   help="BatchNorm in SMPQ's game and the oracle's measurements: running statistics or the batch's own")
+    p.add_argument("--verify-top", type=int, default=5,
+                   help="-verified labels: the budget step also values the K next-best knapsack policies and the widest "
+                        "uniform ones that fit in SMPQ's game and keeps the best (search.runner.select_verified); "
+                        "it reuses the search of the label without -verified (same budget and seed) when that ran first")
     p.add_argument("--edmips-epochs", type=int, default=2)
     p.add_argument("--edmips-cd", type=float, default=0.01)
     p.add_argument("--edmips-trials", type=int, default=3)
@@ -117,6 +129,8 @@ def settings_for(args: argparse.Namespace, label: str, budget_name: str, budget:
     """The search settings of one cell; `label` is a method name or ``smpq-paper`` (SMPQ, preset paper);
     `shapley`: SMPQ options that replace the command's (the ablations)."""
     w, a = uniform_bits(budget_name)
+    verified = label.endswith(VERIFIED)
+    label = label.removesuffix(VERIFIED)
     method = "smpq" if label.startswith("smpq") else label
     preset = "paper" if label == "smpq-paper" else args.preset
     score = {"score": label[5:]} if label in ("smpq-last", "smpq-singleton") else {}
@@ -128,9 +142,9 @@ def settings_for(args: argparse.Namespace, label: str, budget_name: str, budget:
         warmup_epochs=0 if method == "edmips" else args.warmup_epochs,
         shapley={"preset": preset, "permutations": args.permutations, "rounds": args.rounds,
                  "steps_per_round": args.steps_per_round, "val_batch_size": args.val_batch, **score,
-                 **(shapley or {})},
+                 **({"bn": args.bn} if args.bn != "running" else {}), **(shapley or {})},
         hawq={"max_samples": args.hawq_max_samples, "min_samples": min(16, args.hawq_max_samples)},
-        edmips_cd=args.edmips_cd, edmips_trials=args.edmips_trials,
+        edmips_cd=args.edmips_cd, edmips_trials=args.edmips_trials, verify_top=args.verify_top if verified else 0,
         qat=QATConfig(epochs=args.qat_epochs, subset=args.qat_subset, lr=args.qat_lr, seed=seed, progress=False),
         accelerator=args.accelerator, progress=False)
 
@@ -159,9 +173,10 @@ def run_cell(args: argparse.Namespace, method: str, budget_name: str, budget: Bu
     return {"budget": budget_name, **budget_fields(budget), "method": method, "seed": seed,
             "top1": rec["accuracy"]["qat_test"], "val": rec["accuracy"]["qat_val"], "fp_test": rec["accuracy"]["fp_test"],
             "bops": rec["omega"]["bops"], "flash_bytes": rec["omega"]["flash_bytes"], "sram_bytes": rec["omega"]["sram_bytes"],
-            "search_s": rec["timings_s"]["search"], "qat_s": rec["timings_s"].get("qat"),
+            "search_s": rec["timings_s"]["search"], "search_compute_s": rec["timings_s"].get("search_compute"),
+            "qat_s": rec["timings_s"].get("qat"),
             "value_evaluations": rec["value_evaluations"], "hessian_vector_products": d.get("hessian_vector_products"),
-            "selection": rec["selection"]["how"], "cd": d.get("cd"), "edmips_trials": d.get("trials"),
+            "selection": rec["selection"]["how"], "verified": rec["selection"].get("verified"), "cd": d.get("cd"), "edmips_trials": d.get("trials"),
             "search_reused_from": reused,
             "policy": {L["name"]: [L["w_bits"], L["a_bits"]] for L in rec["layers"]}, "folder": str(folder)}
 
@@ -173,7 +188,8 @@ def measured_contributions(args: argparse.Namespace, out: Path, log, base: tuple
     from bench.paper.contribution import ground_truth
 
     name = "oracle_ground_truth.json" if base == (8, 8) else f"oracle_ground_truth_w{base[0]}a{base[1]}.json"
-    return cell(out / name, lambda: ground_truth(*fp_supernet(args, out / "oracle")[:2], args.gt_images, base), log)
+    return cell(out / name, lambda: ground_truth(*fp_supernet(args, out / "oracle")[:2], args.gt_images, base, args.bn),
+                log)
 
 
 def oracle_scores(args: argparse.Namespace, out: Path, log, base: tuple[int, int] = (8, 8)
@@ -224,6 +240,8 @@ def aggregate(rows: list[dict[str, Any]], by: str = "method") -> list[dict[str, 
                     "top1": mean_std([r["top1"] for r in rs]), "bops": mean_std([r["bops"] for r in rs]),
                     "flash_bytes": mean_std([r["flash_bytes"] for r in rs]),
                     "search_s": mean_std([r["search_s"] for r in searched]),
+                    # a resumed search's compute, all processes (this process's wall time where not recorded)
+                    "search_compute_s": mean_std([r.get("search_compute_s") or r["search_s"] for r in searched]),
                     "value_evaluations": mean_std([r["value_evaluations"] for r in searched]),
                     # first and last layer: W8A8 for every method (policies list layers in graph order)
                     "seed_agreement": seed_agreement([r["policy"] for r in rs],
@@ -234,7 +252,7 @@ def aggregate(rows: list[dict[str, Any]], by: str = "method") -> list[dict[str, 
 
 def markdown(agg: list[dict[str, Any]], fp_test: float | None) -> str:
     lines = [f"FP top-1: {fp_test * 100:.2f}%" if fp_test else "",
-             "| budget | method | top-1 (%) | BOPs (M) | flash (KB) | search (s) | value evaluations "
+             "| budget | method | top-1 (%) | BOPs (M) | flash (KB) | search compute (s) | value evaluations "
              "| same bits across seeds (w / a / both) |",
              "|---|---|---|---|---|---|---|---|"]
     for a in agg:
@@ -242,7 +260,7 @@ def markdown(agg: list[dict[str, Any]], fp_test: float | None) -> str:
                  f"{a['budget_flash_bytes'] / 1024:.1f} KB flash" if a.get("budget_flash_bytes") else "no budget")
         lines.append(f"| {a['budget']} ({limit}) | {a['method']} | {fmt_pm(a['top1'], 100)} | "
                      f"{fmt_pm(a['bops'], 1e-6, 1)} | {fmt_pm(a['flash_bytes'], 1 / 1024, 1)} | "
-                     f"{fmt_pm(a['search_s'], 1, 0)} | {fmt_pm(a['value_evaluations'], 1, 0)} | {fmt_agreement(a)} |")
+                     f"{fmt_pm(a['search_compute_s'], 1, 0)} | {fmt_pm(a['value_evaluations'], 1, 0)} | {fmt_agreement(a)} |")
     return "\n".join(lines)
 
 
@@ -302,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = budget_for(graph, budget_name)
         reuse = (out / "runs" / first_budget / f"{method}-s{seed}"
                  if method.startswith("smpq") and budget_name != first_budget else None)
+        unverified = out / "runs" / budget_name / f"{method.removesuffix(VERIFIED)}-s{seed}"
+        if method.endswith(VERIFIED) and (unverified / "search_state.pt").is_file():
+            reuse = unverified  # the same search, only the budget step differs
         path = out / "cells" / f"{budget_name}-{method}-s{seed}.json"
         if method.startswith("oracle"):
             compute = lambda: run_oracle_cell(args, method, budget_name, budget, seed, out, (fp_model, fp_meta), dataset, log)  # noqa: E731
@@ -318,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-ORDER = ("uniform", "hawq", "edmips", "smpq-paper", "smpq", "smpq-last", "smpq-singleton", "oracle", "oracle-local")
+ORDER = ("uniform", "hawq", "edmips", "smpq-paper", "smpq", "smpq-verified", "smpq-last", "smpq-singleton",
+         "smpq-singleton-verified", "oracle", "oracle-local")
 
 
 def report(out: Path, args: argparse.Namespace, fp_meta: dict) -> list[dict[str, Any]]:

@@ -140,6 +140,9 @@ class ShapleyConfig(Section):
     value: Literal["accuracy", "tradeoff"] = "accuracy"
     estimator: Literal["mean", "mean-std"] = "mean"
     score: Literal["shapley", "last", "singleton"] = "shapley"  # "last": last-of-group steps; "singleton": each candidate alone (search.smpq, score)
+    bn: Literal["running", "batch"] = "running"  # BatchNorm in the game: running statistics or the batch's own
+    rounds: PositiveInt | None = None           # None: search.epochs − search.warmup_epochs + 1
+    steps_per_round: int | None = Field(default=None, ge=0)  # supernet SGD steps between rounds; None: one epoch
 
     @model_validator(mode="after")
     def _momentum_sums_to_one(self) -> "ShapleyConfig":
@@ -181,6 +184,7 @@ class SearchConfig(Section):
     epochs: PositiveInt = 10
     warmup_epochs: int = Field(default=2, ge=0)
     first_last_8bit: bool = True
+    verify_top: int = Field(default=0, ge=0)  # budget step: also value the K next-best knapsack policies (smpq)
     shapley: ShapleyConfig = Field(default_factory=ShapleyConfig)
     edmips: EdmipsConfig = Field(default_factory=EdmipsConfig)
     hawq: HawqSection = Field(default_factory=HawqSection)

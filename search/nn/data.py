@@ -326,3 +326,10 @@ class BatchLoader:
             if self.augment:
                 x = self._augment(x, g)
             yield self.normalize(x), self.y[idx]
+
+
+def mixed_batches(split: Split, dataset: Dataset, batch_size: int) -> BatchLoader:
+    """Evaluation batches that mix the classes: one fixed seeded order (the same on every pass). Val and test
+    splits are stored in class order, so their plain batches hold one to three classes each — harmless for a
+    model whose BatchNorm uses running statistics, wrong for one that normalises by the batch's own."""
+    return BatchLoader(split, dataset, batch_size, shuffle=True, seed=0)

@@ -4,6 +4,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from bench.paper.interaction import summary
 from bench.paper.main_table import oracle_scores
@@ -64,18 +65,16 @@ def test_ablation_variants_parse_to_smpq_options() -> None:
         parse_variant("permutations")
 
 
-def test_ablation_report_orders_variants_and_sums_resumed_search_units(tmp_path: Path) -> None:
+def test_ablation_report_orders_variants_and_reports_search_compute(tmp_path: Path) -> None:
     from bench.paper.ablation import report
 
     policy = {"conv1": [8, 8], "layers.0.conv1": [4, 2], "fc": [8, 8]}
     for variant, seed, top1, units in (("permutations=10", 0, 0.75, [100.0, 20.0]), ("base", 0, 0.74, [50.0]),
                                        ("permutations=3", 0, 0.73, [70.0]), ("base", 1, 0.76, [60.0])):
         folder = tmp_path / "runs" / f"{variant}-s{seed}"
-        folder.mkdir(parents=True)
-        # a search killed after its first unit and resumed: the log holds every unit once, with its wall time
-        (folder / "smpq_log.jsonl").write_text("".join(json.dumps({"step": i, "wall_s": w}) + "\n"
-                                                       for i, w in enumerate(units)))
-        row = {"budget": "w2a4", "variant": variant, "method": "smpq", "seed": seed, "top1": top1, "bops": 1.0,
+        # a search killed after its first unit and resumed: its compute counts every unit, its wall time only
+        # the resumed process's
+        row = {"search_compute_s": sum(units), "budget": "w2a4", "variant": variant, "method": "smpq", "seed": seed, "top1": top1, "bops": 1.0,
                "flash_bytes": 1.0, "search_s": 3.0, "value_evaluations": 10, "policy": policy, "folder": str(folder),
                "budget_bops": 1.0, "tau": {"tau_all": 0.1 * seed}}
         (tmp_path / "cells").mkdir(exist_ok=True)
@@ -83,6 +82,18 @@ def test_ablation_report_orders_variants_and_sums_resumed_search_units(tmp_path:
     agg = report(tmp_path, {"test_accuracy": 0.8})
     assert [a["variant"] for a in agg] == ["base", "permutations=3", "permutations=10"]  # numeric, not text order
     assert agg[0]["top1"]["n"] == 2 and abs(agg[0]["top1"]["mean"] - 0.75) < 1e-12
-    assert agg[2]["search_units_s"]["mean"] == 120.0  # both units, not the resumed process's 3 s
+    assert agg[2]["search_compute_s"]["mean"] == 120.0  # both units, not the resumed process's 3 s
     assert agg[0]["two_bit_inputs"]["mean"] == 1.0 and agg[0]["seed_agreement"]["both"] == 1.0
     assert (tmp_path / "ablation.json").is_file() and (tmp_path / "ablation.png").is_file()
+
+
+def test_proxy_summary_ranks_by_tau_and_selects_the_best_valued_policy_per_seed() -> None:
+    from bench.paper.proxy import summarize
+
+    rows = [{"budget": "w2a4", "method": m, "seed": s, "top1": t, "game": g}
+            for m, s, t, g in (("uniform", 0, 0.70, 0.1), ("smpq", 0, 0.75, 0.6), ("hawq", 0, 0.72, 0.5),
+                               ("uniform", 1, 0.71, 0.2), ("smpq", 1, 0.69, 0.7), ("hawq", 1, 0.74, 0.4))]
+    (s,) = summarize(rows, ["game"])
+    assert s["selected_methods"] == ["smpq", "smpq"]  # highest proxy per seed, whatever its top-1
+    assert s["selected_top1"] == pytest.approx(0.72) and s["best_top1"] == pytest.approx(0.745)
+    assert s["uniform_top1"] == pytest.approx(0.705) and s["cells"] == 6 and -1 <= s["tau"] <= 1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from search.errors import SearchError
-from search.knapsack import Option, layer_scores, select_policy, solve_mckp, softmax_scores
+from search.knapsack import Option, layer_scores, next_best, select_policy, solve_mckp, softmax_scores
 
 
 def _instance(rng: np.random.Generator, n_layers: int, n_opts: int) -> list[list[Option]]:
@@ -70,6 +70,26 @@ def test_knapsack_is_optimal_and_feasible_vs_brute_force(seed: int) -> None:
     om = evaluate(sel.choice)
     assert all(om[k] <= v for k, v in limits.items()), (om, limits)
     assert sel.score == pytest.approx(best, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_next_best_policies_are_the_brute_force_ranking(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    options = _instance(rng, n_layers=3, n_opts=3)
+    fixed = {"bops": 0.0, "flash_bytes": 0.0, "latency_s": 0.0}
+    evaluate = _omega(options, fixed)
+    lo = sum(min(o.costs["bops"] for o in opts) for opts in options)
+    hi = sum(max(o.costs["bops"] for o in opts) for opts in options)
+    limits = {"bops": lo + 0.6 * (hi - lo)}
+    sel = select_policy(options, limits, evaluate, fixed)
+    more = next_best(options, limits, evaluate, sel, 4, fixed)
+    score = lambda c: sum(options[l][i].score for l, i in enumerate(c))  # noqa: E731
+    feasible = sorted((score(c) for c in itertools.product(*[range(3)] * 3)
+                       if evaluate(list(c))["bops"] <= limits["bops"]), reverse=True)
+    got = [score(c) for c in [sel.choice, *more]]
+    assert len({tuple(c) for c in [sel.choice, *more]}) == len(got)  # all different policies
+    np.testing.assert_allclose(got, feasible[:len(got)], atol=1e-9)  # the best, in order
+    assert len(got) == min(5, len(feasible))
 
 
 def test_argmax_policy_kept_when_it_fits() -> None:

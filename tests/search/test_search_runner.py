@@ -80,6 +80,11 @@ def test_smpq_search_meets_a_binding_budget_and_reloads_identically(fp: dict, tm
     assert (tmp_path / "search_state.pt").is_file() and (tmp_path / "qat.pt").is_file()
     again = run_search(_settings(fp, "smpq", tmp_path, budget=budget), dataset=fp["dataset"])
     assert again.policy == outcome.policy
+    # the search's compute counts the units of the first process, which the second only reloaded
+    units = [json.loads(line)["wall_s"] for line in (tmp_path / "smpq_log.jsonl").read_text().splitlines()
+             if "wall_s" in line]
+    compute = again.record["timings_s"]["search_compute"]
+    assert units and compute == pytest.approx(sum(units)) == record["timings_s"]["search_compute"]
 
 
 def test_smpq_paper_preset_keeps_softmax_scores(fp: dict, tmp_path: Path) -> None:
@@ -113,6 +118,9 @@ def test_edmips_search_meets_budget_reports_cd_and_resumes_trials(fp: dict, tmp_
         assert details["trials"][1]["cd"] == pytest.approx(trial0["cd"] * (0.1 if trial0["fits"] else 10.0))
     assert details["cd"] in [t["cd"] for t in details["trials"]]
     assert details["reached_budget"] == any(t["fits"] for t in details["trials"])
+    # every trial's compute counts, the one finished by the first process included
+    total, t0 = record["timings_s"]["search_compute"], first.record["timings_s"]["search_compute"]
+    assert t0 > 0 and (total > t0 if len(details["trials"]) == 2 else total == pytest.approx(t0))
 
 
 def test_edmips_under_a_flash_budget_uses_model_size_and_bisects_on_flash(fp: dict, tmp_path: Path,
@@ -189,3 +197,55 @@ def test_cli_search_smpq_takes_the_last_of_group_score_from_the_pipeline_config(
     assert rc == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "policy.json").read_text())
     assert record["method_details"]["score"] == "last" and record["method_details"]["game"] == "fallback"
+
+
+def test_cli_search_smpq_plays_on_the_calibrated_supernet_without_training(fp: dict, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    from deploy.cli.main import main
+
+    rc = main(["search", "--method", "smpq", "--model", "resnet8", "--dataset", "digits", "--fp", fp["path"],
+               "--output", str(tmp_path), "--epochs", "1", "--warmup-epochs", "0", "--subset", "256", "--qat-epochs", "0",
+               "--accelerator", "cpu", "--no-progress", "--set", "search.shapley.permutations=2",
+               "--set", "search.shapley.rounds=2", "--set", "search.shapley.steps_per_round=0",
+               "--set", "search.shapley.bn=batch"])
+    assert rc == 0, capsys.readouterr().err
+    log = [json.loads(line) for line in (tmp_path / "smpq_log.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in log[1:]] == ["round", "train", "round"]
+    assert [r["steps"] for r in log if r["kind"] == "train"] == [0]  # the supernet is never trained
+    record = json.loads((tmp_path / "policy.json").read_text())
+    assert record["method_details"]["rounds"] == 2 and record["settings"]["shapley"]["bn"] == "batch"
+    rc = main(["search", "--method", "smpq", "--model", "resnet8", "--dataset", "digits", "--fp", fp["path"],
+               "--output", str(tmp_path / "x"), "--no-progress", "--set", "search.shapley.steps_per_round=-1"])
+    assert rc == 2 and "steps_per_round" in capsys.readouterr().err
+
+
+def test_smpq_verified_budget_step_keeps_the_best_valued_policy(fp: dict, tmp_path: Path) -> None:
+    import torch
+
+    from search.nn.data import mixed_batches
+    from search.nn.train import load_checkpoint
+    from search.runner import build_supernet
+    from search.supernet import masked_accuracy
+
+    budget = Budget(bops=0.8 * fp["w4a4"].bops)
+    s = _settings(fp, "smpq", tmp_path, budget=budget, verify_top=2, w_bits=(2, 4, 8), a_bits=(2, 4, 8),
+                  shapley={"permutations": 2, "rounds": 1, "steps_per_round": 0, "bn": "batch"}, warmup_epochs=0)
+    outcome = run_search(s, dataset=fp["dataset"])
+    record = _check_outputs(outcome, budget)
+    rows = record["selection"]["verified"]
+    assert [r["source"] for r in rows[:3]] == ["knapsack", "knapsack #2", "knapsack #3"]
+    assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
+    assert [r["source"] for r in rows[3:]] == ["uniform w2a4", "uniform w4a2"]  # w·a ≤ 12.8: the widest uniform ones
+    assert all(r["bops"] <= budget.bops for r in rows) and len({json.dumps(r["policy"]) for r in rows}) == len(rows)
+    chosen = [r for r in rows if r.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["value"] == max(r["value"] for r in rows)
+    assert {n: [b.w_bits, b.a_bits] for n, b in outcome.policy.items()} == chosen[0]["policy"]
+    assert record["selection"]["how"].endswith(", verified")
+    # a value is the searched supernet's top-1 with exactly that policy (BatchNorm as the game: batch statistics)
+    model, _ = load_checkpoint(fp["path"])
+    sn = build_supernet(model, fp["dataset"], s)
+    sn.load_state_dict(torch.load(tmp_path / "supernet.pt", weights_only=True)["state_dict"])
+    val = mixed_batches(fp["dataset"].val.subset(s.subset), fp["dataset"], 500)
+    for r in (rows[0], rows[-1]):
+        mask = sn.policy_mask(Policy(r["policy"].items()))
+        assert masked_accuracy(sn, val, mask, "batch") == pytest.approx(r["value"], abs=1e-12)

@@ -15,7 +15,7 @@ import torch
 
 from deploy.devices.cost import omega
 from search.budget import Budget
-from search.nn.data import load_dataset
+from search.nn.data import BatchLoader, load_dataset
 from search.errors import SearchError
 from search.nn.graph import extract_graph
 from search.nn.models import build_model
@@ -136,9 +136,11 @@ def test_last_score_is_the_mean_last_of_group_contribution(fp_checkpoint: Path, 
         SMPQConfig(**{**CFG, "score": "last", "game": "zero"})
 
 
-def test_singleton_score_is_each_candidate_alone_against_w8a8(fp_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("bn", ["running", "batch"])
+def test_singleton_score_is_each_candidate_alone_against_w8a8(fp_checkpoint: Path, tmp_path: Path, bn: str) -> None:
     sn = _supernet(fp_checkpoint, first_last_8bit=True)
-    cfg = SMPQConfig(**{**CFG, "score": "singleton", "permutations": 2})
+    cfg = SMPQConfig(**{**CFG, "score": "singleton", "permutations": 2, "bn": bn})
+    buffers = {k: v.clone() for k, v in sn.named_buffers()}
     ds = load_dataset("digits", seed=0)
     search = SMPQSearch(sn, ds, cfg, tmp_path, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
     search._before_unit()
@@ -152,10 +154,11 @@ def test_singleton_score_is_each_candidate_alone_against_w8a8(fp_checkpoint: Pat
     w8a8 = sn.policy_mask(Policy.uniform(sn.layer_names, 8, 8, first_last_8bit=True))
 
     def acc(mask: torch.Tensor) -> float:
-        with sn.masked(mask):
+        with sn.masked(mask, bn):
             return float((sn(x).argmax(1) == y).float().mean())
     ref = acc(w8a8)
     res, _ = search.estimate_singletons(0)  # deterministic: round 0's batches again
+    assert all(torch.equal(v, buffers[k]) for k, v in sn.named_buffers() if k in buffers and "mask" not in k)
     assert res.full_values[0] == pytest.approx(ref, abs=1e-12)
     for j in (0, 4, n - 1):
         i = int(search.game_players[j])
@@ -172,6 +175,34 @@ def test_singleton_score_is_each_candidate_alone_against_w8a8(fp_checkpoint: Pat
     assert np.all(search.last_sum[eight] == 0) and np.abs(res.contributions).max() > 0
     with pytest.raises(SearchError, match="score 'singleton' needs"):
         SMPQConfig(**{**CFG, "score": "singleton", "update": "paper"})
+    with pytest.raises(SearchError, match="bn must be one of running, batch"):
+        SMPQConfig(**{**CFG, "bn": "frozen"})
+
+
+def test_batch_statistics_mode_normalises_by_the_evaluated_batch(fp_checkpoint: Path) -> None:
+    sn = _supernet(fp_checkpoint, first_last_8bit=True)
+    x, _ = next(iter(BatchLoader(load_dataset("digits", seed=0).val, load_dataset("digits", seed=0), 128)))
+    bn = next(m for m in sn.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen: list[torch.Tensor] = []
+    handle = bn.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    before = {k: v.clone() for k, v in sn.state_dict().items()}
+    running = sn.eval_masked(x)
+    with sn.masked(bn="batch"):
+        batch = sn(x)
+    handle.remove()
+    # per channel over the batch, the normalised output has mean β and standard deviation |γ| — not so
+    # with the running statistics
+    out = seen[1].transpose(0, 1).flatten(1)
+    torch.testing.assert_close(out.mean(1), bn.bias.detach(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.var(1, unbiased=False).sqrt(), bn.weight.detach().abs(), atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(seen[0].transpose(0, 1).flatten(1).mean(1), bn.bias.detach(), atol=1e-3)
+    assert not torch.equal(running, batch)
+    assert all(torch.equal(v, before[k]) for k, v in sn.state_dict().items())  # nothing recorded
+    assert all(m.training == sn.training and m.track_running_stats for m in sn.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))  # modes restored
+    with pytest.raises(SearchError, match="BatchNorm mode"):
+        with sn.masked(bn="frozen"):
+            pass
 
 
 def test_expected_cost_of_a_one_hot_mixture_equals_the_discrete_omega(fp_checkpoint: Path) -> None:

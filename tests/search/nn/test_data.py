@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.nn.data import BatchLoader, Split, _split_train_val, default_data_root, load_dataset
+from search.nn.data import BatchLoader, Split, _split_train_val, default_data_root, load_dataset, mixed_batches
 from search.errors import SearchError
 
 DATA = default_data_root()
@@ -215,3 +215,14 @@ def test_cifar10_test_subset_holds_every_class() -> None:
     ds = load_dataset("cifar10", DATA, seed=0)
     assert np.bincount(ds.test.subset(200).y, minlength=10).tolist() == [20] * 10
     assert set(np.unique(ds.val.subset(100).y)) == set(range(10))
+
+
+def test_mixed_batches_mix_a_class_ordered_split_the_same_way_every_pass() -> None:
+    ds = load_dataset("digits", seed=0)
+    y = np.repeat(np.arange(10), 50)  # stored in class order, like CIFAR-10's val and test splits
+    split = Split(np.random.default_rng(0).integers(0, 255, (500, 8, 8, 1), dtype=np.uint8), y)
+    plain = [len(np.unique(b[1].numpy())) for b in BatchLoader(split, ds, 100)]
+    mixed = list(mixed_batches(split, ds, 100))
+    assert max(plain) <= 2 and min(len(np.unique(b[1].numpy())) for b in mixed) >= 8
+    assert sorted(torch.cat([b[1] for b in mixed]).tolist()) == sorted(y.tolist())  # every sample once
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(mixed, mixed_batches(split, ds, 100)))
