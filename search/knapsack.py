@@ -83,6 +83,16 @@ def additive_totals(options: Sequence[Sequence[Option]], choice: Sequence[int],
             for k in ADDITIVE}
 
 
+def summed_score(options: Sequence[Sequence[Option]], choice: Sequence[int]) -> float:
+    """Σ score of the chosen candidates (what the knapsack maximises)."""
+    return float(sum(options[l][i].score for l, i in enumerate(choice)))
+
+
+def violations(omega: Mapping[str, float], limits: Mapping[str, float]) -> dict[str, float]:
+    """The budgets of `limits` that the full Ω `omega` exceeds (beyond float rounding), with their values."""
+    return {k: float(omega[k]) for k in limits if float(omega[k]) > limits[k] * (1 + 1e-12)}
+
+
 def _check_instance(options: Sequence[Sequence[Option]]) -> None:
     if not options:
         raise SearchError("the knapsack needs at least one quantizable layer")
@@ -193,14 +203,10 @@ def select_policy(options: Sequence[Sequence[Option]], limits: Mapping[str, floa
         if not math.isfinite(v) or v <= 0:
             raise SearchError(f"{_LABEL[k]} budget must be a positive number, got {v}")
 
-    def violations(omega: Mapping[str, float]) -> dict[str, float]:
-        return {k: float(omega[k]) for k in limits if float(omega[k]) > limits[k] * (1 + 1e-12)}
-
     argmax = [max(range(len(opts)), key=lambda i: (opts[i].score, -i)) for opts in options]
     omega = dict(evaluate(argmax))
-    score_of = lambda ch: float(sum(options[l][i].score for l, i in enumerate(ch)))  # noqa: E731
-    if not violations(omega):
-        return Selection(argmax, "argmax", omega, score_of(argmax))
+    if not violations(omega, limits):
+        return Selection(argmax, "argmax", omega, summed_score(options, argmax))
 
     add_limits = {k: v for k, v in limits.items() if k in ADDITIVE}
     sram_limit = limits.get(SRAM)
@@ -232,9 +238,10 @@ def select_policy(options: Sequence[Sequence[Option]], limits: Mapping[str, floa
                               f"smallest alone: " + ", ".join(f"{_LABEL[k]} {_fmt(k, mins[k])}" for k in add_limits)
                               + "): relax one of them or allow lower bit widths")
         omega = dict(evaluate(choice))
-        bad = violations(omega)
+        bad = violations(omega, limits)
         if not bad:
-            return Selection(choice, "knapsack", omega, score_of(choice), rounds, {"sram_layer_limit": layer_limit})
+            return Selection(choice, "knapsack", omega, summed_score(options, choice), rounds,
+                             {"sram_layer_limit": layer_limit})
         if set(bad) - {SRAM} or sram_limit is None:
             raise SearchError(f"the knapsack's policy violates {', '.join(_LABEL[k] for k in bad)} under the full Ω "
                               f"model although its per-layer sums fit: the cost model's per-layer options and its "
@@ -265,7 +272,6 @@ def next_best(options: Sequence[Sequence[Option]], limits: Mapping[str, float | 
         if choice is None:
             break
         found.append(choice)
-        omega = evaluate(choice)
-        if all(float(omega[key]) <= v * (1 + 1e-12) for key, v in limits.items()):
+        if not violations(evaluate(choice), limits):
             out.append(choice)
     return out

@@ -41,7 +41,7 @@ from search.cost import CostModel, Omega, check
 from search.nn.data import Dataset, load_dataset
 from search.errors import SearchError
 from search.nn.graph import ExecGraph, extract_graph
-from search.knapsack import Option, Selection, layer_scores, next_best, select_policy, softmax_scores
+from search.knapsack import Option, Selection, layer_scores, next_best, select_policy, softmax_scores, summed_score
 from search.methods import METHODS
 from search.policy import FORMAT, FORMAT_VERSION, POLICY_FILE, Policy, validate_policy_file  # noqa: F401
 from search.nn.qat import QAT_FILE, QATConfig, finetune
@@ -211,20 +211,19 @@ def select(graph: ExecGraph, scores: dict[str, dict[str, dict[int, float]]], set
         raise SearchError("a latency budget needs a latency model: pass --device (its cost model) or drop the latency budget")
     sel = select_policy(options, limits, ev, table.fixed, what)
     if alternatives:
-        sel.details["alternatives"] = [
-            (policy_of(c), float(sum(options[l][i].score for l, i in enumerate(c))))
-            for c in next_best(options, limits, ev, sel, alternatives, table.fixed)]
+        sel.details["alternatives"] = [(policy_of(c), summed_score(options, c))
+                                       for c in next_best(options, limits, ev, sel, alternatives, table.fixed)]
     return policy_of(sel.choice), sel, normalized
 
 
-def widest_uniform(graph: ExecGraph, settings: SearchSettings) -> list[Policy]:
+def widest_uniform(graph: ExecGraph, settings: SearchSettings) -> dict[tuple[int, int], Policy]:
     """The uniform policies over the candidate widths that meet the budget and cannot widen their weights or
-    activations without exceeding it (the Pareto front of uniform W·A·)."""
-    fits = [(w, a) for w in settings.w_bits for a in settings.a_bits
-            if not check(evaluate_omega(graph, Policy.uniform(graph.layer_names(), w, a, settings.first_last_8bit),
-                                        settings), settings.budget)]
-    front = [(w, a) for w, a in fits if not any(w2 >= w and a2 >= a and (w2, a2) != (w, a) for w2, a2 in fits)]
-    return [Policy.uniform(graph.layer_names(), w, a, settings.first_last_8bit) for w, a in front]
+    activations without exceeding it (the Pareto front of uniform W·A·), by (w_bits, a_bits)."""
+    uniform = {(w, a): Policy.uniform(graph.layer_names(), w, a, settings.first_last_8bit)
+               for w in settings.w_bits for a in settings.a_bits}
+    fits = [wa for wa, p in uniform.items() if not check(evaluate_omega(graph, p, settings), settings.budget)]
+    return {(w, a): uniform[(w, a)] for w, a in fits
+            if not any(w2 >= w and a2 >= a and (w2, a2) != (w, a) for w2, a2 in fits)}
 
 
 def select_verified(graph: ExecGraph, first: Policy, sel: Selection, settings: SearchSettings,
@@ -236,10 +235,9 @@ def select_verified(graph: ExecGraph, first: Policy, sel: Selection, settings: S
     candidates = [("knapsack", first, sel.score)]
     candidates += [(f"knapsack #{i + 2}", p, sc) for i, (p, sc) in enumerate(sel.details.get("alternatives", []))]
     seen = {tuple(p.items()) for _, p, _ in candidates}
-    for p in widest_uniform(graph, settings):
+    for (w, a), p in widest_uniform(graph, settings).items():
         if tuple(p.items()) not in seen:
-            b = next(b for n, b in p.items() if n not in _held(graph.layer_names(), settings.first_last_8bit))
-            candidates.append((f"uniform w{b.w_bits}a{b.a_bits}", p, None))
+            candidates.append((f"uniform w{w}a{a}", p, None))
     rows = []
     for source, p, score in candidates:
         om = evaluate_omega(graph, p, settings)

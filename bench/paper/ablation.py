@@ -106,7 +106,6 @@ def report(out: Path, fp_meta: dict) -> list[dict[str, Any]]:
     for a in agg:
         rs = [r for r in rows if (r["budget"], r["variant"]) == (a["budget"], a["variant"])]
         a["tau"] = mean_std([r["tau"]["tau_all"] for r in rs])
-        a["search_compute_s"] = mean_std([r.get("search_compute_s") for r in rs if not r.get("search_reused_from")])
         a["two_bit_inputs"] = mean_std([sum(bits[1] == 2 for bits in r["policy"].values()) for r in rs])
     write_json(out / "ablation.json", {"command": " ".join(sys.argv), "fp_test": fp_meta.get("test_accuracy"),
                                        "cells": rows, "aggregate": agg})

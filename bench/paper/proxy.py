@@ -19,12 +19,12 @@ measured on ``--val-images`` validation images (never the test images that top-1
 Reported per budget and proxy: Kendall τ between the proxy and top-1 over the budget's cells, and the
 *selection* it would make: per (budget, seed), the policy with the highest proxy among every method's
 policies, its top-1 (mean over seeds) against the uniform policy's and the best policy's. Cells cached
-under ``<output>/cells`` (one per policy, proxy and seed); writes ``proxy.json`` and ``proxy.png``.
+under ``<output>/cells`` (one per policy (``search.nn.qat.policy_hash``), proxy and seed); writes
+``proxy.json`` and ``proxy.png``.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 from bench.paper.common import cell, fp_supernet, open_experiment, write_json  # noqa: E402
 from search.supernet import masked_accuracy  # noqa: E402
 from search.nn.data import BatchLoader, mixed_batches  # noqa: E402
-from search.nn.qat import QATConfig, finetune  # noqa: E402
+from search.nn.qat import QATConfig, finetune, policy_hash  # noqa: E402
 from search.nn.train import evaluate, load_checkpoint  # noqa: E402
 from search.policy import Policy  # noqa: E402
 
@@ -56,15 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-images", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
-
-
-def policy_key(policy: dict[str, list[int]]) -> str:
-    """A short stable name of a policy (layer → [w_bits, a_bits])."""
-    return hashlib.sha1(json.dumps(sorted(policy.items())).encode()).hexdigest()[:10]
-
-
-def to_policy(policy: dict[str, list[int]]) -> Policy:
-    return Policy([(n, (int(b[0]), int(b[1]))) for n, b in policy.items()])
 
 
 def short_qat(fp: tuple[Any, dict], dataset: Any, policy: Policy, steps: int, lr: float, seed: int,
@@ -145,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     for c in table["cells"]:
         if c["budget"] == "w8a8" or c.get("top1") is None:
             continue
-        key, policy = policy_key(c["policy"]), to_policy(c["policy"])
+        policy = Policy(c["policy"])
+        key = policy_hash(policy)
         row = {k: c[k] for k in ("budget", "method", "seed", "top1")}
         for proxy, bn in (("game", "running"), ("game-bn", "batch")):
             row[proxy] = cell(out / "cells" / f"{key}-{proxy}.json",
