@@ -2,6 +2,7 @@
 
     python bench/shapley_speed.py --models resnet8 --walks 2 --permutations 10 [--fp-resnet8 FP.PT]
     python bench/shapley_speed.py --models resnet8,mbv2 --steps 40      # partial walks, extrapolated
+    python bench/shapley_speed.py --models mbv2 --score singleton --walks 1 --paths after   # the default score
 
 Per model: one round (``search.smpq.run_smpq`` with no warm-up and one round, CIFAR-10 validation
 batches of 256, the pipeline's candidate bits w{2,3,4,5,6,8} a{4,6,8}, first/last held at 8 bits) run
@@ -37,9 +38,10 @@ from search.nn.train import load_checkpoint  # noqa: E402
 W_BITS, A_BITS = (2, 3, 4, 5, 6, 8), (4, 6, 8)
 
 
-def one_round(model: torch.nn.Module, ds, walks: int, seed: int, incremental: bool) -> dict:
+def one_round(model: torch.nn.Module, ds, walks: int, seed: int, incremental: bool, score: str = "shapley") -> dict:
     sn = Supernet(model, W_BITS, A_BITS, first_last_8bit=True, seed=seed)
-    cfg = SMPQConfig(warmup_epochs=0, rounds=1, permutations=walks, seed=seed, progress=False)
+    game = {"score": "singleton", "bn": "batch", "steps_per_round": 0} if score == "singleton" else {}
+    cfg = SMPQConfig(warmup_epochs=0, rounds=1, permutations=walks, seed=seed, progress=False, **game)
     SMPQSearch.incremental = incremental
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -104,11 +106,14 @@ def main() -> None:
     ap.add_argument("--fp-resnet8", default=None)
     ap.add_argument("--fp-mbv2", default=None)
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--score", default="shapley", choices=("shapley", "singleton"),
+                    help="singleton: the round of pipeline.yaml's default score (a walk = one batch's n + 1 singleton "
+                         "evaluations, batch BatchNorm)")
     ap.add_argument("--steps", type=int, default=None,
                     help="time only the first STEPS removals of one walk per path instead of whole rounds")
     args = ap.parse_args()
     ds = load_dataset("cifar10", args.data_dir, seed=args.seed)
-    results = {"threads": torch.get_num_threads(), "walks": args.walks, "permutations": args.permutations,
+    results = {"threads": torch.get_num_threads(), "walks": args.walks, "permutations": args.permutations, "score": args.score,
                "seed": args.seed, "models": {}}
     for name in args.models.split(","):
         fp = getattr(args, f"fp_{name}", None)
@@ -133,7 +138,7 @@ def main() -> None:
             continue
         rows = {}
         for path in args.paths.split(","):
-            r = one_round(model, ds, args.walks, args.seed, incremental=(path == "after"))
+            r = one_round(model, ds, args.walks, args.seed, incremental=(path == "after"), score=args.score)
             r["round_s_at_M"] = r["wall_s"] / args.walks * args.permutations
             r["round_s_at_M_untruncated"] = args.permutations * (r["players"] + 1) / r["evals_per_s"]
             rows[path] = r

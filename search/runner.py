@@ -16,7 +16,9 @@ Steps (each timed; the figures go into policy.json):
    multiple-choice knapsack over the scores (HAWQ: minimise the summed sensitivities instead).
    Uniform is never altered: a violated budget is an error. With ``verify_top`` K (SMPQ) the K next-best
    knapsack policies and the widest uniform policies that fit are valued as whole policies in SMPQ's game
-   too, and the best-valued one is kept (:func:`select_verified`).
+   too, and the best-valued one is kept (:func:`select_verified`). With ``uniform_guard`` z (SMPQ) the
+   widest uniform policy that fits replaces the chosen one unless the chosen one is worth at least z
+   standard errors more in SMPQ's game (:func:`guard_uniform`).
 4. QAT of the final policy from the FP weights (:mod:`search.nn.qat`, the same recipe for every method).
 5. ``policy.json`` (schema :class:`search.policy.PolicyFile`, documented in docs/policy-json.md), ``qat.pt``; the
    resumable search state is ``search_state.pt`` (EdMIPS trials: ``search_state_cd<i>.pt`` plus
@@ -81,6 +83,7 @@ class SearchSettings:
     edmips_cd: float = 1e-3             # the complexity weight (start of the bisection under a BOPs or flash budget)
     edmips_trials: int = 5              # at most this many EdMIPS searches when bisecting cd
     verify_top: int = 0                 # budget step: value the K next-best knapsack policies too (see select_verified)
+    uniform_guard: float | None = None  # budget step: keep the widest uniform policy unless beaten by z SE (guard_uniform)
     qat: QATConfig = field(default_factory=QATConfig)
     accelerator: str = "auto"
     progress: bool = True
@@ -95,6 +98,8 @@ class SearchSettings:
             raise SearchError(f"search epochs must be >= 1 and warmup epochs in [0, epochs] (got {self.epochs}, {self.warmup_epochs})")
         if self.verify_top < 0:
             raise SearchError(f"verify_top must be >= 0 policies, got {self.verify_top}")
+        if self.uniform_guard is not None and not (self.uniform_guard >= 0 and math.isfinite(self.uniform_guard)):
+            raise SearchError(f"uniform_guard must be a finite z >= 0 standard errors (or null: off), got {self.uniform_guard}")
         if self.edmips_cd <= 0 or self.edmips_trials < 1:
             raise SearchError(f"EdMIPS cd must be > 0 and trials >= 1 (got {self.edmips_cd}, {self.edmips_trials})")
         self.w_bits = tuple(sorted(set(int(b) for b in self.w_bits)))
@@ -123,7 +128,7 @@ class MethodResult:
     sensitivity: bool = False                               # scores are costs to minimise (hawq)
     additive: bool = False                                  # scores are additive values to maximise as they are (smpq)
     compute_s: float | None = None                          # the search's units summed, resumed ones included
-    value: Callable[[Policy], float] | None = None          # a whole policy's value in the method's game (smpq)
+    correct: Callable[[Policy], torch.Tensor] | None = None  # per image: a whole policy right in the method's game (smpq)
 
 
 @dataclass
@@ -227,7 +232,7 @@ def widest_uniform(graph: ExecGraph, settings: SearchSettings) -> dict[tuple[int
 
 
 def select_verified(graph: ExecGraph, first: Policy, sel: Selection, settings: SearchSettings,
-                    value: Callable[[Policy], float]) -> tuple[Policy, list[dict[str, Any]]]:
+                    correct: Callable[[Policy], torch.Tensor]) -> tuple[Policy, list[dict[str, Any]]]:
     """Verified budget step: the knapsack's policy, its next-best alternatives and the widest uniform
     policies that fit (:func:`widest_uniform`) are each valued as a whole in the method's own game — the
     coalition of exactly their candidates, which the additive knapsack only approximates by summing
@@ -241,11 +246,41 @@ def select_verified(graph: ExecGraph, first: Policy, sel: Selection, settings: S
     rows = []
     for source, p, score in candidates:
         om = evaluate_omega(graph, p, settings)
-        rows.append({"source": source, "value": float(value(p)), "score": score, "bops": om.bops,
+        rows.append({"source": source, "value": _value(correct(p)), "score": score, "bops": om.bops,
                      "flash_bytes": float(om.flash_bytes), "policy": {n: [b.w_bits, b.a_bits] for n, b in p.items()}})
     best = max(range(len(rows)), key=lambda i: (rows[i]["value"], -i))
     rows[best]["chosen"] = True
     return candidates[best][1], rows
+
+
+def guard_uniform(graph: ExecGraph, chosen: Policy, settings: SearchSettings,
+                  correct: Callable[[Policy], torch.Tensor]) -> tuple[Policy, dict[str, Any]]:
+    """Uniform guard: the widest uniform policy that fits (:func:`widest_uniform`; the best-valued one when
+    several do) is kept instead of the chosen policy unless the chosen one is worth more in the game by at
+    least z = ``settings.uniform_guard`` standard errors of the paired per-image difference (both evaluated
+    on the same images). The game's values are measured before QAT and differ between near-equal policies
+    by noise; the guard turns "not measurably better than uniform" into uniform (docs/results.md)."""
+    z = float(settings.uniform_guard or 0.0)
+    uniforms = widest_uniform(graph, settings)
+    if not uniforms:
+        return chosen, {"z": z, "uniform": None, "kept": "search",
+                        "searched_policy": {n: [b.w_bits, b.a_bits] for n, b in chosen.items()}}
+    hits = {wa: correct(u).double() for wa, u in uniforms.items()}
+    (w, a), base = max(hits.items(), key=lambda kv: float(kv[1].mean()))
+    mine = correct(chosen).double()
+    d = mine - base
+    se = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else 0.0
+    diff = float(d.mean()) if len(d) else 0.0
+    keep = uniforms[(w, a)] == chosen or diff > z * se
+    return (chosen if keep else uniforms[(w, a)]), {
+        "z": z, "uniform": f"w{w}a{a}", "value_uniform": float(base.mean()), "value_chosen": float(mine.mean()),
+        "difference": diff, "standard_error": se, "images": int(len(d)), "kept": "search" if keep else "uniform",
+        "searched_policy": {n: [b.w_bits, b.a_bits] for n, b in chosen.items()}}
+
+
+def _value(hits: torch.Tensor) -> float:
+    """A policy's value from its per-image hits: the share right."""
+    return int(hits.sum()) / max(len(hits), 1)
 
 
 def budget_report(om: Omega, budget: Budget) -> dict[str, dict[str, Any]]:
@@ -313,17 +348,17 @@ def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset,
                          "permutations": cfg.permutations, "supernet_file": "supernet.pt",
                          "game": cfg.game, "update": cfg.update, "score": cfg.score, "bn": cfg.bn},
                         additive=bool(res.details.get("additive_scores")), compute_s=units_s(res.history),
-                        value=policy_value(res.supernet or sn, dataset, settings.subset, cfg.bn))
+                        correct=policy_correct(res.supernet or sn, dataset, settings.subset, cfg.bn))
 
 
-def policy_value(sn: "Supernet", dataset: Dataset, subset: int | None, bn: str) -> Callable[[Policy], float]:
-    """A whole policy's value in SMPQ's game: the supernet's top-1 with exactly the policy's candidates, on the
-    search's validation split (BatchNorm as the game: `bn`)."""
+def policy_correct(sn: "Supernet", dataset: Dataset, subset: int | None, bn: str) -> Callable[[Policy], torch.Tensor]:
+    """A whole policy in SMPQ's game, per image: is the supernet with exactly the policy's candidates right, on
+    the search's validation split in a fixed order (BatchNorm as the game: `bn`); its mean is the policy's value."""
     from search.nn.data import mixed_batches
-    from search.supernet import masked_accuracy
+    from search.supernet import masked_correct
 
     val = mixed_batches(dataset.val.subset(subset), dataset, 500)
-    return lambda policy: masked_accuracy(sn, val, sn.policy_mask(policy), bn)
+    return lambda policy: masked_correct(sn, val, sn.policy_mask(policy), bn)
 
 
 def _hawq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, names: list[str], out: Path,
@@ -517,18 +552,25 @@ def _run_search(settings: SearchSettings, fp_model: torch.nn.Module | None, fp_m
                               f"({'; '.join(str(v) for v in bad)}): use fewer uniform bits or --method smpq")
         selection = {"how": "fixed", "score": None, "rounds": 0}
     else:
-        verify = settings.verify_top if result.value is not None else 0
+        verify = settings.verify_top if result.correct is not None else 0
         policy, sel, normalized = select(graph, result.scores or {}, settings, what, result.sensitivity,
                                          result.additive, alternatives=verify)
         selection = {"how": sel.how, "score": sel.score, "rounds": sel.rounds,
                      "normalization": "minus summed sensitivity / max sensitivity" if result.sensitivity
                      else "summed score / max |score|" if result.additive else "softmax within layer and kind"}
         if verify:
-            assert result.value is not None
+            assert result.correct is not None
             _log(settings, f"verifying the knapsack's {1 + len(sel.details['alternatives'])} best policies and the "
                            f"widest uniform ones in the game")
-            policy, selection["verified"] = select_verified(graph, policy, sel, settings, result.value)
+            policy, selection["verified"] = select_verified(graph, policy, sel, settings, result.correct)
             selection["how"] = f"{sel.how}, verified"
+        if settings.uniform_guard is not None and result.correct is not None:
+            policy, selection["guard"] = guard_uniform(graph, policy, settings, result.correct)
+            g = selection["guard"]
+            selection["how"] += f", uniform guard (z {g['z']:g}: kept {g['kept']})"
+            if g["uniform"] is not None:
+                _log(settings, f"uniform guard: chosen {g['value_chosen']:.4f} vs uniform {g['uniform']} "
+                               f"{g['value_uniform']:.4f} (± {g['standard_error']:.4f}): kept the {g['kept']} policy")
         om = evaluate_omega(graph, policy, settings)
     timings["select"] = time.perf_counter() - t
     held = _held(names, settings.first_last_8bit)

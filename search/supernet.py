@@ -405,17 +405,22 @@ _INPLACE_OPERATORS = frozenset(getattr(operator, f"i{name}") for name in (
     "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"))
 
 
-def masked_accuracy(sn: Supernet, loader: Iterable[tuple[Tensor, Tensor]], mask: Tensor, bn: str = "running") -> float:
-    """Top-1 of the supernet under `mask` over every batch of `loader` (one candidate per group: the fixed
-    policy's model); `bn` as in :meth:`Supernet.masked` — with ``"batch"`` the batches must mix the classes
-    (:func:`search.nn.data.mixed_batches`). Nothing is left changed."""
-    correct = total = 0
+def masked_correct(sn: Supernet, loader: Iterable[tuple[Tensor, Tensor]], mask: Tensor, bn: str = "running") -> Tensor:
+    """Per image of `loader` (in its order): does the supernet under `mask` (one candidate per group: the fixed
+    policy's model) classify it correctly; `bn` as in :meth:`Supernet.masked` — with ``"batch"`` the batches
+    must mix the classes (:func:`search.nn.data.mixed_batches`). Nothing is left changed."""
     dev = sn.mask.device
+    hits = []
     with sn.masked(mask, bn):
         for x, y in loader:
-            correct += int((sn(x.to(dev)).argmax(1) == y.to(dev)).sum())
-            total += len(y)
-    return correct / max(total, 1)
+            hits.append((sn(x.to(dev)).argmax(1) == y.to(dev)).cpu())
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def masked_accuracy(sn: Supernet, loader: Iterable[tuple[Tensor, Tensor]], mask: Tensor, bn: str = "running") -> float:
+    """Top-1 of the supernet under `mask` over every batch of `loader` (:func:`masked_correct`'s mean)."""
+    hits = masked_correct(sn, loader, mask, bn)
+    return int(hits.sum()) / max(len(hits), 1)
 
 
 class IncrementalForward:

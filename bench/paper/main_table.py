@@ -20,7 +20,8 @@ same bits) and ``<output>/main_table.png``; prints a markdown table.
 
 ``--bn batch``: SMPQ's game and the oracle's measurements normalise BatchNorm by each evaluated batch's
 statistics (``SMPQConfig.bn``); an SMPQ label ending in ``-verified`` adds the verified budget step
-(``search.runner.select_verified``, ``--verify-top``) to the same search.
+(``search.runner.select_verified``, ``--verify-top``) to the same search, one ending in ``-guarded`` the
+uniform guard (``search.runner.guard_uniform``, ``--guard-z``); both: ``-verified-guarded``.
 
 Reference rows beside the methods: ``oracle`` and ``oracle-local`` run the same budget step over *measured*
 per-candidate contributions (``contribution.ground_truth`` around W8A8, or around the budget's uniform
@@ -56,6 +57,15 @@ from search.nn.train import load_checkpoint  # noqa: E402
 
 UNIFORM = re.compile(r"^(flash-)?w(\d)a(\d)$")
 VERIFIED = "-verified"  # label suffix: the SMPQ method with the verified budget step
+GUARDED = "-guarded"    # label suffix: the SMPQ method with the uniform guard (after -verified when both)
+
+
+def search_label(label: str) -> tuple[str, bool, bool]:
+    """A method label without its budget-step suffixes: (label, verified, guarded)."""
+    guarded = label.endswith(GUARDED)
+    label = label.removesuffix(GUARDED)
+    verified = label.endswith(VERIFIED)
+    return label.removesuffix(VERIFIED), verified, guarded
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +83,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default="uniform,hawq,smpq,edmips",
                    help="also: smpq-paper (SMPQ, preset paper), smpq-last / smpq-singleton (SMPQ scoring by last-of-group steps / by each candidate alone), oracle / oracle-local (knapsack over measured contributions around W8A8 / the budget's uniform policy); "
-                        "an SMPQ label ending in -verified (smpq-singleton-verified) adds the verified budget step to it (--verify-top)")
+                        "an SMPQ label ending in -verified (smpq-singleton-verified) adds the verified budget step to it (--verify-top), "
+                        "one ending in -guarded the uniform guard (--guard-z); both: -verified-guarded")
     p.add_argument("--ceiling", action="store_true", help="also uniform W8A8 per seed (no budget)")
     p.add_argument("--w-bits", default="2,3,4,8")
     p.add_argument("--a-bits", default="2,3,4,8")
@@ -90,6 +101,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                    help="-verified labels: the budget step also values the K next-best knapsack policies and the widest "
                         "uniform ones that fit in SMPQ's game and keeps the best (search.runner.select_verified); "
                         "it reuses the search of the label without -verified (same budget and seed) when that ran first")
+    p.add_argument("--guard-z", type=float, default=2.0,
+                   help="-guarded labels: keep the widest uniform policy that fits unless the chosen one is worth this many "
+                        "standard errors more in SMPQ's game (search.runner.guard_uniform); reuses the unguarded search")
     p.add_argument("--edmips-epochs", type=int, default=2)
     p.add_argument("--edmips-cd", type=float, default=0.01)
     p.add_argument("--edmips-trials", type=int, default=3)
@@ -129,8 +143,7 @@ def settings_for(args: argparse.Namespace, label: str, budget_name: str, budget:
     """The search settings of one cell; `label` is a method name or ``smpq-paper`` (SMPQ, preset paper);
     `shapley`: SMPQ options that replace the command's (the ablations)."""
     w, a = uniform_bits(budget_name)
-    verified = label.endswith(VERIFIED)
-    label = label.removesuffix(VERIFIED)
+    label, verified, guarded = search_label(label)
     method = "smpq" if label.startswith("smpq") else label
     preset = "paper" if label == "smpq-paper" else args.preset
     score = {"score": label[5:]} if label in ("smpq-last", "smpq-singleton") else {}
@@ -145,6 +158,7 @@ def settings_for(args: argparse.Namespace, label: str, budget_name: str, budget:
                  **({"bn": args.bn} if args.bn != "running" else {}), **(shapley or {})},
         hawq={"max_samples": args.hawq_max_samples, "min_samples": min(16, args.hawq_max_samples)},
         edmips_cd=args.edmips_cd, edmips_trials=args.edmips_trials, verify_top=args.verify_top if verified else 0,
+        uniform_guard=args.guard_z if guarded else None,
         qat=QATConfig(epochs=args.qat_epochs, subset=args.qat_subset, lr=args.qat_lr, seed=seed, progress=False),
         accelerator=args.accelerator, progress=False)
 
@@ -176,7 +190,8 @@ def run_cell(args: argparse.Namespace, method: str, budget_name: str, budget: Bu
             "search_s": rec["timings_s"]["search"], "search_compute_s": rec["timings_s"].get("search_compute"),
             "qat_s": rec["timings_s"].get("qat"),
             "value_evaluations": rec["value_evaluations"], "hessian_vector_products": d.get("hessian_vector_products"),
-            "selection": rec["selection"]["how"], "verified": rec["selection"].get("verified"), "cd": d.get("cd"), "edmips_trials": d.get("trials"),
+            "selection": rec["selection"]["how"], "verified": rec["selection"].get("verified"),
+            "guard": rec["selection"].get("guard"), "cd": d.get("cd"), "edmips_trials": d.get("trials"),
             "search_reused_from": reused,
             "policy": {L["name"]: [L["w_bits"], L["a_bits"]] for L in rec["layers"]}, "folder": str(folder)}
 
@@ -320,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = budget_for(graph, budget_name)
         reuse = (out / "runs" / first_budget / f"{method}-s{seed}"
                  if method.startswith("smpq") and budget_name != first_budget else None)
-        unverified = out / "runs" / budget_name / f"{method.removesuffix(VERIFIED)}-s{seed}"
-        if method.endswith(VERIFIED) and (unverified / "search_state.pt").is_file():
-            reuse = unverified  # the same search, only the budget step differs
+        plain = out / "runs" / budget_name / f"{search_label(method)[0]}-s{seed}"
+        if plain.name != f"{method}-s{seed}" and (plain / "search_state.pt").is_file():
+            reuse = plain  # the same search, only the budget step differs
         path = out / "cells" / f"{budget_name}-{method}-s{seed}.json"
         if method.startswith("oracle"):
             compute = lambda: run_oracle_cell(args, method, budget_name, budget, seed, out, (fp_model, fp_meta), dataset, log)  # noqa: E731
@@ -340,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 ORDER = ("uniform", "hawq", "edmips", "smpq-paper", "smpq", "smpq-verified", "smpq-last", "smpq-singleton",
-         "smpq-singleton-verified", "oracle", "oracle-local")
+         "smpq-singleton-verified", "smpq-singleton-guarded", "smpq-singleton-verified-guarded", "oracle", "oracle-local")
 
 
 def report(out: Path, args: argparse.Namespace, fp_meta: dict) -> list[dict[str, Any]]:

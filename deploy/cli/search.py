@@ -144,7 +144,7 @@ def build_settings(args: argparse.Namespace) -> Any:
     sh = sc.shapley
     shapley = {"preset": sh.preset, "permutations": sh.permutations, "threshold": sh.threshold, "xi": sh.xi, "beta": sh.beta,
                "lam": sh.lambda_, "value": sh.value, "robust": sh.estimator == "mean-std",
-               **({"score": sh.score} if sh.score != "shapley" else {}),  # the defaults keep earlier runs' signature
+               **({"score": sh.score} if sh.score != "shapley" else {}),  # SMPQConfig's defaults stay out of the signature
                **({"bn": sh.bn} if sh.bn != "running" else {}),
                **{k: getattr(sh, k) for k in ("rounds", "steps_per_round") if getattr(sh, k) is not None}}
     epochs = args.epochs if args.epochs is not None else sc.epochs
@@ -159,7 +159,7 @@ def build_settings(args: argparse.Namespace) -> Any:
         cost_model=device_cost_model(profile, fp, sorted({*w_bits, uniform[0]}), output, cfg.seed),
         w_bits=tuple(w_bits), a_bits=tuple(a_bits), first_last_8bit=sc.first_last_8bit, uniform_bits=uniform,
         subset=args.subset, epochs=epochs, warmup_epochs=warmup, shapley=shapley, hawq=sc.hawq.model_dump(),
-        edmips_cd=args.cd if args.cd is not None else sc.edmips.cd, verify_top=sc.verify_top,
+        edmips_cd=args.cd if args.cd is not None else sc.edmips.cd, verify_top=sc.verify_top, uniform_guard=sc.uniform_guard,
         **({"edmips_trials": args.edmips_trials} if args.edmips_trials is not None else {}),
         qat=QATConfig(epochs=qat_epochs, lr=cfg.qat.lr, subset=args.subset, seed=cfg.seed, progress=progress),
         accelerator=args.accelerator or cfg.accelerator, progress=progress)

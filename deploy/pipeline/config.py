@@ -139,10 +139,10 @@ class ShapleyConfig(Section):
     lambda_: float = Field(default=0.2, ge=0, le=1, alias="lambda")
     value: Literal["accuracy", "tradeoff"] = "accuracy"
     estimator: Literal["mean", "mean-std"] = "mean"
-    score: Literal["shapley", "last", "singleton"] = "shapley"  # "last": last-of-group steps; "singleton": each candidate alone (search.smpq, score)
-    bn: Literal["running", "batch"] = "running"  # BatchNorm in the game: running statistics or the batch's own
-    rounds: PositiveInt | None = None           # None: search.epochs − search.warmup_epochs + 1
-    steps_per_round: int | None = Field(default=None, ge=0)  # supernet SGD steps between rounds; None: one epoch
+    score: Literal["shapley", "last", "singleton"] = "singleton"  # "last": last-of-group steps; "singleton": each candidate alone (search.smpq, score)
+    bn: Literal["running", "batch"] = "batch"  # BatchNorm in the game: running statistics or the batch's own
+    rounds: PositiveInt | None = 1           # None: search.epochs − search.warmup_epochs + 1
+    steps_per_round: int | None = Field(default=0, ge=0)  # supernet SGD steps between rounds; None: one epoch
 
     @model_validator(mode="after")
     def _momentum_sums_to_one(self) -> "ShapleyConfig":
@@ -182,9 +182,10 @@ class SearchConfig(Section):
     w_bits: Bits = Field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
     a_bits: Bits = Field(default_factory=lambda: [4, 6, 8])
     epochs: PositiveInt = 10
-    warmup_epochs: int = Field(default=2, ge=0)
+    warmup_epochs: int = Field(default=0, ge=0)
     first_last_8bit: bool = True
     verify_top: int = Field(default=0, ge=0)  # budget step: also value the K next-best knapsack policies (smpq)
+    uniform_guard: float | None = Field(default=2.0, ge=0, allow_inf_nan=False)  # budget step: z (smpq), null: off
     shapley: ShapleyConfig = Field(default_factory=ShapleyConfig)
     edmips: EdmipsConfig = Field(default_factory=EdmipsConfig)
     hawq: HawqSection = Field(default_factory=HawqSection)

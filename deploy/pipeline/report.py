@@ -85,8 +85,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-def shapley_history(out: Path) -> dict[str, Any] | None:
-    """ψ and α of every candidate after every Shapley round (from ``smpq_log.jsonl``); None without the log."""
+def shapley_history(out: Path, score: str | None = None) -> dict[str, Any] | None:
+    """ψ and α of every candidate after every Shapley round (from ``smpq_log.jsonl``) and the search's `score`
+    (what ψ is: ``SMPQConfig.score``); None without the log."""
     path = out / SHAPLEY_LOG
     if not path.is_file():
         return None
@@ -104,7 +105,7 @@ def shapley_history(out: Path) -> dict[str, Any] | None:
                            "full_value": rec.get("full_value_mean")})
     if not players or not rounds:
         return None
-    return {"players": players, "rounds": rounds}
+    return {"players": players, "rounds": rounds, "score": score or "shapley"}
 
 
 def _number(d: dict[str, Any], keys: tuple[str, ...]) -> float | None:
@@ -224,7 +225,8 @@ def _budget_step(policy: dict[str, Any], graph: Any, lm: Any) -> dict[str, Any]:
 
     argmax = (policy.get("method_details") or {}).get("argmax_policy")
     how = (policy.get("selection") or {}).get("how")
-    result: dict[str, Any] = {"how": how, "argmax_omega": None, "argmax_over": [], "changed": []}
+    result: dict[str, Any] = {"how": how, "argmax_omega": None, "argmax_over": [], "changed": [],
+                              "guard": (policy.get("selection") or {}).get("guard")}
     if not argmax:
         return result
     for layer in policy["layers"]:
@@ -253,18 +255,34 @@ def forced_lines(step: dict[str, Any]) -> list[str]:
     that did to each layer's flash, latency and BOPs."""
     if step.get("how") in (None, "fixed"):
         return ["fixed policy (uniform): no budget step"]
+    guard = step.get("guard") or {}
+    said = guard_line(guard)
     if not step["changed"]:
-        return ["the argmax policy met every budget: the budget step changed nothing"]
+        return ["the argmax policy met every budget: the budget step changed nothing"] + ([said] if said else [])
     over = "; ".join(f"{o['budget']} {fmt(o['budget'], o['value'])} > limit {fmt(o['budget'], o['limit'])}"
                      for o in step["argmax_over"]) or "a budget"
-    lines = [f"the argmax policy broke {over}: the knapsack changed {len(step['changed'])} layer(s)"]
+    if guard.get("kept") == "uniform":
+        lines = [f"{said}; {len(step['changed'])} layer(s) differ from the argmax policy"]
+    else:
+        lines = [f"the argmax policy broke {over}: the knapsack changed {len(step['changed'])} layer(s)"]
     for c in step["changed"]:
         parts = [f"{kind} {c[key][0]}→{c[key][1]} bits" for kind, key in (("weights", "w_bits"), ("activations", "a_bits"))
                  if c[key][0] != c[key][1]]
         delta = c.get("delta") or {}
         effect = ", ".join(f"{k.split('_')[0]} {'+' if v > 0 else '−'}{fmt(k, abs(v))}" for k, v in delta.items() if v)
         lines.append(f"  {c['layer']}: {', '.join(parts)}" + (f" ({effect})" if effect else ""))
-    return lines
+    return lines + ([said] if said and guard.get("kept") != "uniform" else [])
+
+
+def guard_line(guard: dict[str, Any]) -> str | None:
+    """The uniform guard's decision in words (search.runner.guard_uniform), None when it did not run."""
+    if not guard.get("uniform"):
+        return None
+    values = (f"the searched policy is worth {guard['value_chosen']:.2%} in SMPQ's game, uniform "
+              f"{guard['uniform'].upper()} {guard['value_uniform']:.2%} (± {guard['standard_error']:.2%})")
+    if guard["kept"] == "uniform":
+        return f"the uniform guard chose uniform {guard['uniform'].upper()}: {values}, not {guard['z']:g} standard errors more"
+    return f"uniform guard: {values}; kept the searched policy"
 
 
 def _latency(policy: dict[str, Any], graph: Any, lm: Any, device: str, board: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -317,7 +335,8 @@ def build_report(out: Path, device: str, verification: dict[str, Any], timings: 
         "method": policy.get("method"), "command": command or previous.get("command"), "versions": versions(),
         "budget": policy.get("budget"), "omega": policy.get("omega"),
         "deployed": deployed_figures(out, policy.get("budget") or {}), "accuracy": acc, "accuracies": accuracies,
-        "layers": layers, "budget_step": _budget_step(policy, graph, lm), "shapley": shapley_history(out),
+        "layers": layers, "budget_step": _budget_step(policy, graph, lm),
+        "shapley": shapley_history(out, (policy.get("method_details") or {}).get("score")),
         "latency": latency_section(out) if ethos_u else _latency(policy, graph, lm, device, board),
         "host_verification": v, "artifact_bytes": sizes, "stage_seconds": timings,
         "board": board,

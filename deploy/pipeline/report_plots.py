@@ -88,6 +88,12 @@ def shapley_alpha(report: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+#: What a round's ψ is, by SMPQ's score (search.smpq.SCORES).
+PSI_TITLES = {"shapley": "Shapley value ψ per candidate (accuracy drop when removed)",
+              "last": "ψ per candidate (its walks' last-of-group steps)",
+              "singleton": "singleton score per candidate (accuracy alone in its layer, the rest 8-bit, minus W8A8)"}
+
+
 def shapley_psi(report: dict[str, Any]) -> bytes:
     """ψ (the round's Shapley estimate) of every candidate × round, as a heat map."""
     hist = report.get("shapley")
@@ -102,7 +108,7 @@ def shapley_psi(report: dict[str, Any]) -> bytes:
     ax.set_yticks(range(len(keep)), [f"{_short(players[i][0])} {players[i][1]}{players[i][2]}" for i in keep], fontsize=6)
     ax.set_xticks(range(psi.shape[1]), [str(r["index"]) for r in hist["rounds"]], fontsize=7)
     ax.set_xlabel("round")
-    ax.set_title("Shapley value ψ per candidate (accuracy drop when removed)", fontsize=9)
+    ax.set_title(PSI_TITLES.get(hist.get("score", "shapley"), PSI_TITLES["shapley"]), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.05)
     return _png(fig)
 

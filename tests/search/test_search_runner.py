@@ -249,3 +249,70 @@ def test_smpq_verified_budget_step_keeps_the_best_valued_policy(fp: dict, tmp_pa
     for r in (rows[0], rows[-1]):
         mask = sn.policy_mask(Policy(r["policy"].items()))
         assert masked_accuracy(sn, val, mask, "batch") == pytest.approx(r["value"], abs=1e-12)
+
+
+def test_uniform_guard_keeps_uniform_unless_the_chosen_policy_is_measurably_better(fp: dict, tmp_path: Path) -> None:
+    """guard_uniform's decision rule, with per-image hits given (the game itself is tested below)."""
+    import torch
+
+    from search.nn.graph import extract_graph
+    from search.nn.train import load_checkpoint
+    from search.runner import guard_uniform, widest_uniform
+
+    graph = extract_graph(load_checkpoint(fp["path"])[0])
+    s = _settings(fp, "smpq", tmp_path, budget=Budget(bops=fp["w4a4"].bops), w_bits=(2, 4, 8), a_bits=(2, 4, 8),
+                  uniform_guard=2.0)
+    uniform = widest_uniform(graph, s)[(4, 4)]
+    mixed = Policy({**uniform, next(n for n, b in uniform.items() if b.w_bits == 4): uniform["conv1"]}.items())
+    base = torch.tensor([True] * 600 + [False] * 400)
+
+    def game(extra: int):  # the mixed policy gets `extra` more images right than W4A4 (W2A8, W8A2: none)
+        better = torch.cat([base[:600], torch.arange(400) < extra])
+        return lambda p: base if p == uniform else better if p == mixed else torch.zeros(1000, dtype=torch.bool)
+
+    kept, g = guard_uniform(graph, mixed, s, game(3))  # +0.3 pp, standard error ≈ 0.17 pp: not 2 SE
+    assert kept == uniform and g["kept"] == "uniform" and g["uniform"] == "w4a4"
+    assert g["difference"] == pytest.approx(0.003) and g["difference"] < 2 * g["standard_error"]
+    assert g["value_uniform"] == pytest.approx(0.6) and g["images"] == 1000
+    kept, g = guard_uniform(graph, mixed, s, game(40))  # +4 pp: far beyond 2 SE
+    assert kept == mixed and g["kept"] == "search" and g["value_chosen"] == pytest.approx(0.64)
+    kept, g = guard_uniform(graph, mixed, replace_z(s, 0.0), game(0))  # equal values, z 0: uniform (not better)
+    assert kept == uniform
+    kept, g = guard_uniform(graph, uniform, s, game(0))  # the chosen policy is the uniform one
+    assert kept == uniform and g["kept"] == "search"
+    with pytest.raises(SearchError, match="uniform_guard"):
+        _settings(fp, "smpq", tmp_path, uniform_guard=-1.0)
+
+
+def replace_z(s: SearchSettings, z: float) -> SearchSettings:
+    from dataclasses import replace
+
+    return replace(s, uniform_guard=z)
+
+
+def test_smpq_uniform_guard_records_the_game_values_of_both_policies(fp: dict, tmp_path: Path) -> None:
+    import torch
+
+    from search.nn.data import mixed_batches
+    from search.nn.train import load_checkpoint
+    from search.runner import build_supernet
+    from search.supernet import masked_accuracy
+
+    budget = Budget(bops=fp["w4a4"].bops)
+    s = _settings(fp, "smpq", tmp_path, budget=budget, uniform_guard=1e9, w_bits=(2, 4, 8), a_bits=(2, 4, 8),
+                  shapley={"permutations": 2, "rounds": 1, "steps_per_round": 0, "bn": "batch", "score": "singleton"},
+                  warmup_epochs=0)
+    outcome = run_search(s, dataset=fp["dataset"])
+    record = _check_outputs(outcome, budget)
+    g = record["selection"]["guard"]
+    assert g["uniform"] == "w4a4" and g["z"] == 1e9 and "uniform guard (z 1e+09" in record["selection"]["how"]
+    uniform = Policy.uniform(list(outcome.policy), 4, 4, first_last_8bit=True)
+    assert outcome.policy == uniform  # no policy is a billion standard errors better
+    model, _ = load_checkpoint(fp["path"])
+    sn = build_supernet(model, fp["dataset"], s)
+    sn.load_state_dict(torch.load(tmp_path / "supernet.pt", weights_only=True)["state_dict"])
+    val = mixed_batches(fp["dataset"].val.subset(s.subset), fp["dataset"], 500)
+    assert masked_accuracy(sn, val, sn.policy_mask(uniform), "batch") == pytest.approx(g["value_uniform"], abs=1e-12)
+    searched = Policy((n, tuple(b)) for n, b in g["searched_policy"].items())
+    assert masked_accuracy(sn, val, sn.policy_mask(searched), "batch") == pytest.approx(g["value_chosen"], abs=1e-12)
+    assert g["images"] == len(fp["dataset"].val.subset(s.subset))

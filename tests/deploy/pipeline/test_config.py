@@ -47,7 +47,7 @@ def test_partial_file_takes_defaults_for_the_rest(tmp_path: Path) -> None:
 
 def test_shapley_score_reaches_the_search_only_when_it_is_not_the_default(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "search:\n  shapley:\n    score: last\n"))
-    assert cfg.search.shapley.score == "last" and PipelineConfig().search.shapley.score == "shapley"
+    assert cfg.search.shapley.score == "last" and PipelineConfig().search.shapley.score == "singleton"
     assert error_of(None, {"search.shapley.score": "first"}).startswith("'search.shapley.score' must be")
     assert load_config(write(tmp_path, "search:\n  shapley:\n    score: singleton\n")).search.shapley.score == "singleton"
 
