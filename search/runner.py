@@ -261,21 +261,21 @@ def guard_uniform(graph: ExecGraph, chosen: Policy, settings: SearchSettings,
     on the same images). The game's values are measured before QAT and differ between near-equal policies
     by noise; the guard turns "not measurably better than uniform" into uniform (docs/results.md)."""
     z = float(settings.uniform_guard or 0.0)
+    searched = {n: [b.w_bits, b.a_bits] for n, b in chosen.items()}
     uniforms = widest_uniform(graph, settings)
     if not uniforms:
-        return chosen, {"z": z, "uniform": None, "kept": "search",
-                        "searched_policy": {n: [b.w_bits, b.a_bits] for n, b in chosen.items()}}
-    hits = {wa: correct(u).double() for wa, u in uniforms.items()}
-    (w, a), base = max(hits.items(), key=lambda kv: float(kv[1].mean()))
-    mine = correct(chosen).double()
-    d = mine - base
+        return chosen, {"z": z, "uniform": None, "kept": "search", "searched_policy": searched}
+    hits = {wa: correct(u) for wa, u in uniforms.items()}
+    (w, a), base = max(hits.items(), key=lambda kv: _value(kv[1]))
+    mine = correct(chosen)
+    d = mine.double() - base.double()
     se = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else 0.0
     diff = float(d.mean()) if len(d) else 0.0
     keep = uniforms[(w, a)] == chosen or diff > z * se
     return (chosen if keep else uniforms[(w, a)]), {
-        "z": z, "uniform": f"w{w}a{a}", "value_uniform": float(base.mean()), "value_chosen": float(mine.mean()),
+        "z": z, "uniform": f"w{w}a{a}", "value_uniform": _value(base), "value_chosen": _value(mine),
         "difference": diff, "standard_error": se, "images": int(len(d)), "kept": "search" if keep else "uniform",
-        "searched_policy": {n: [b.w_bits, b.a_bits] for n, b in chosen.items()}}
+        "searched_policy": searched}
 
 
 def _value(hits: torch.Tensor) -> float:
