@@ -267,3 +267,17 @@ def test_fp_checkpoint_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     out.mkdir()
     (out / "fp.pt").write_bytes(b"x")
     assert pretrained.fp_checkpoint(cfg(), out) == out / "fp.pt"           # the run's own training wins
+
+
+def test_the_budget_step_says_when_the_uniform_guard_returned_uniform() -> None:
+    guard = {"z": 2.0, "uniform": "w4a4", "value_uniform": 0.75, "value_chosen": 0.748, "difference": -0.002,
+             "standard_error": 0.003, "images": 5000, "kept": "uniform"}
+    step = {"how": "knapsack, uniform guard (z 2: kept uniform)", "changed": [{"layer": "l1", "w_bits": [8, 4], "a_bits": [8, 4]}],
+            "argmax_over": [{"budget": "flash_bytes", "value": 50000.0, "limit": 36000.0}], "guard": guard}
+    lines = forced_lines(step)
+    assert lines[0] == ("the uniform guard chose uniform W4A4: the searched policy is worth 74.80% in SMPQ's game, "
+                        "uniform W4A4 75.00% (± 0.30%), not 2 standard errors more; 1 layer(s) differ from the argmax policy")
+    assert lines[1] == "  l1: weights 8→4 bits, activations 8→4 bits" and len(lines) == 2
+    kept = forced_lines({**step, "guard": {**guard, "kept": "search"}})
+    assert kept[0].startswith("the argmax policy broke flash_bytes") and kept[-1].endswith("kept the searched policy")
+    assert forced_lines({**step, "guard": None})[-1] == lines[1]  # no guard ran: nothing said about it
