@@ -237,6 +237,8 @@ def select_verified(graph: ExecGraph, first: Policy, sel: Selection, settings: S
     policies that fit (:func:`widest_uniform`) are each valued as a whole in the method's own game — the
     coalition of exactly their candidates, which the additive knapsack only approximates by summing
     per-candidate scores — and the best is kept (ties: the earlier candidate, knapsack first)."""
+    from search.supernet import hit_rate
+
     candidates = [("knapsack", first, sel.score)]
     candidates += [(f"knapsack #{i + 2}", p, sc) for i, (p, sc) in enumerate(sel.details.get("alternatives", []))]
     seen = {tuple(p.items()) for _, p, _ in candidates}
@@ -246,7 +248,7 @@ def select_verified(graph: ExecGraph, first: Policy, sel: Selection, settings: S
     rows = []
     for source, p, score in candidates:
         om = evaluate_omega(graph, p, settings)
-        rows.append({"source": source, "value": _value(correct(p)), "score": score, "bops": om.bops,
+        rows.append({"source": source, "value": hit_rate(correct(p)), "score": score, "bops": om.bops,
                      "flash_bytes": float(om.flash_bytes), "policy": {n: [b.w_bits, b.a_bits] for n, b in p.items()}})
     best = max(range(len(rows)), key=lambda i: (rows[i]["value"], -i))
     rows[best]["chosen"] = True
@@ -260,27 +262,24 @@ def guard_uniform(graph: ExecGraph, chosen: Policy, settings: SearchSettings,
     least z = ``settings.uniform_guard`` standard errors of the paired per-image difference (both evaluated
     on the same images). The game's values are measured before QAT and differ between near-equal policies
     by noise; the guard turns "not measurably better than uniform" into uniform (docs/results.md)."""
+    from search.supernet import hit_rate
+
     z = float(settings.uniform_guard or 0.0)
     searched = {n: [b.w_bits, b.a_bits] for n, b in chosen.items()}
     uniforms = widest_uniform(graph, settings)
     if not uniforms:
         return chosen, {"z": z, "uniform": None, "kept": "search", "searched_policy": searched}
     hits = {wa: correct(u) for wa, u in uniforms.items()}
-    (w, a), base = max(hits.items(), key=lambda kv: _value(kv[1]))
+    (w, a), base = max(hits.items(), key=lambda kv: hit_rate(kv[1]))
     mine = correct(chosen)
     d = mine.double() - base.double()
     se = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else 0.0
     diff = float(d.mean()) if len(d) else 0.0
     keep = uniforms[(w, a)] == chosen or diff > z * se
     return (chosen if keep else uniforms[(w, a)]), {
-        "z": z, "uniform": f"w{w}a{a}", "value_uniform": _value(base), "value_chosen": _value(mine),
+        "z": z, "uniform": f"w{w}a{a}", "value_uniform": hit_rate(base), "value_chosen": hit_rate(mine),
         "difference": diff, "standard_error": se, "images": int(len(d)), "kept": "search" if keep else "uniform",
         "searched_policy": searched}
-
-
-def _value(hits: torch.Tensor) -> float:
-    """A policy's value from its per-image hits: the share right."""
-    return int(hits.sum()) / max(len(hits), 1)
 
 
 def budget_report(om: Omega, budget: Budget) -> dict[str, dict[str, Any]]:
@@ -353,12 +352,21 @@ def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset,
 
 def policy_correct(sn: "Supernet", dataset: Dataset, subset: int | None, bn: str) -> Callable[[Policy], torch.Tensor]:
     """A whole policy in SMPQ's game, per image: is the supernet with exactly the policy's candidates right, on
-    the search's validation split in a fixed order (BatchNorm as the game: `bn`); its mean is the policy's value."""
+    the search's validation split in a fixed order (BatchNorm as the game: `bn`); its mean is the policy's value.
+    Each policy is evaluated once (the verified step and the uniform guard value the same policies)."""
     from search.nn.data import mixed_batches
     from search.supernet import masked_correct
 
     val = mixed_batches(dataset.val.subset(subset), dataset, 500)
-    return lambda policy: masked_correct(sn, val, sn.policy_mask(policy), bn)
+    seen: dict[tuple, torch.Tensor] = {}
+
+    def correct(policy: Policy) -> torch.Tensor:
+        key = tuple(policy.items())
+        if key not in seen:
+            seen[key] = masked_correct(sn, val, sn.policy_mask(policy), bn)
+        return seen[key]
+
+    return correct
 
 
 def _hawq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset, names: list[str], out: Path,

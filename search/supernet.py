@@ -417,10 +417,14 @@ def masked_correct(sn: Supernet, loader: Iterable[tuple[Tensor, Tensor]], mask: 
     return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
 
 
-def masked_accuracy(sn: Supernet, loader: Iterable[tuple[Tensor, Tensor]], mask: Tensor, bn: str = "running") -> float:
-    """Top-1 of the supernet under `mask` over every batch of `loader` (:func:`masked_correct`'s mean)."""
-    hits = masked_correct(sn, loader, mask, bn)
+def hit_rate(hits: Tensor) -> float:
+    """The share of images right, from per-image hits (:func:`masked_correct`); 0 for none."""
     return int(hits.sum()) / max(len(hits), 1)
+
+
+def masked_accuracy(sn: Supernet, loader: Iterable[tuple[Tensor, Tensor]], mask: Tensor, bn: str = "running") -> float:
+    """Top-1 of the supernet under `mask` over every batch of `loader` (:func:`masked_correct`'s hit rate)."""
+    return hit_rate(masked_correct(sn, loader, mask, bn))
 
 
 class IncrementalForward:

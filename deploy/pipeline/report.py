@@ -224,9 +224,9 @@ def _budget_step(policy: dict[str, Any], graph: Any, lm: Any) -> dict[str, Any]:
     from deploy.devices.cost import omega
 
     argmax = (policy.get("method_details") or {}).get("argmax_policy")
-    how = (policy.get("selection") or {}).get("how")
-    result: dict[str, Any] = {"how": how, "argmax_omega": None, "argmax_over": [], "changed": [],
-                              "guard": (policy.get("selection") or {}).get("guard")}
+    selection = policy.get("selection") or {}
+    result: dict[str, Any] = {"how": selection.get("how"), "argmax_omega": None, "argmax_over": [], "changed": [],
+                              "guard": selection.get("guard")}
     if not argmax:
         return result
     for layer in policy["layers"]:

@@ -253,6 +253,8 @@ def test_smpq_verified_budget_step_keeps_the_best_valued_policy(fp: dict, tmp_pa
 
 def test_uniform_guard_keeps_uniform_unless_the_chosen_policy_is_measurably_better(fp: dict, tmp_path: Path) -> None:
     """guard_uniform's decision rule, with per-image hits given (the game itself is tested below)."""
+    from dataclasses import replace
+
     import torch
 
     from search.nn.graph import extract_graph
@@ -276,18 +278,12 @@ def test_uniform_guard_keeps_uniform_unless_the_chosen_policy_is_measurably_bett
     assert g["value_uniform"] == pytest.approx(0.6) and g["images"] == 1000
     kept, g = guard_uniform(graph, mixed, s, game(40))  # +4 pp: far beyond 2 SE
     assert kept == mixed and g["kept"] == "search" and g["value_chosen"] == pytest.approx(0.64)
-    kept, g = guard_uniform(graph, mixed, replace_z(s, 0.0), game(0))  # equal values, z 0: uniform (not better)
+    kept, g = guard_uniform(graph, mixed, replace(s, uniform_guard=0.0), game(0))  # equal values, z 0: uniform (not better)
     assert kept == uniform
     kept, g = guard_uniform(graph, uniform, s, game(0))  # the chosen policy is the uniform one
     assert kept == uniform and g["kept"] == "search"
     with pytest.raises(SearchError, match="uniform_guard"):
         _settings(fp, "smpq", tmp_path, uniform_guard=-1.0)
-
-
-def replace_z(s: SearchSettings, z: float) -> SearchSettings:
-    from dataclasses import replace
-
-    return replace(s, uniform_guard=z)
 
 
 def test_smpq_uniform_guard_records_the_game_values_of_both_policies(fp: dict, tmp_path: Path) -> None:
