@@ -107,8 +107,8 @@ def main() -> None:
     ap.add_argument("--fp-mbv2", default=None)
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--score", default="shapley", choices=("shapley", "singleton"),
-                    help="singleton: the round of pipeline.yaml's default score (a walk = one batch's n + 1 singleton "
-                         "evaluations, batch BatchNorm)")
+                    help="singleton: the round of pipeline.yaml's default score (a walk = one batch's singleton "
+                         "evaluations, batch BatchNorm; never truncated)")
     ap.add_argument("--steps", type=int, default=None,
                     help="time only the first STEPS removals of one walk per path instead of whole rounds")
     args = ap.parse_args()
@@ -140,7 +140,8 @@ def main() -> None:
         for path in args.paths.split(","):
             r = one_round(model, ds, args.walks, args.seed, incremental=(path == "after"), score=args.score)
             r["round_s_at_M"] = r["wall_s"] / args.walks * args.permutations
-            r["round_s_at_M_untruncated"] = args.permutations * (r["players"] + 1) / r["evals_per_s"]
+            r["round_s_at_M_untruncated"] = (r["round_s_at_M"] if args.score == "singleton"
+                                             else args.permutations * (r["players"] + 1) / r["evals_per_s"])
             rows[path] = r
             print(f"{name:8s} {path:6s} players {r['players']:4d}  {r['evaluations']:5d} evals in {r['wall_s']:7.1f} s "
                   f"= {r['evals_per_s']:6.2f}/s  M={args.permutations}: {r['round_s_at_M'] / 60:6.1f} min "

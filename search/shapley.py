@@ -160,20 +160,24 @@ def last_of_group(res: ShapleyResult, group: np.ndarray) -> tuple[np.ndarray, np
     return total, count
 
 
-def singleton_contributions(value_fn: ValueFn, n_players: int) -> tuple[np.ndarray, float]:
-    """Every player's value alone, v({i}) − v(∅), from n + 1 evaluations; also v(∅).
+def singleton_contributions(value_fn: ValueFn, n_players: int, same_as_empty: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, float, int]:
+    """Every player's value alone, v({i}) − v(∅); also v(∅) and the number of evaluations made.
 
     This is the Shapley value's first stratum (each player's marginal contribution to the empty coalition),
     computed exactly; it equals the Shapley value when the game is additive. In SMPQ's fallback game {i}
-    is "candidate i alone in its layer, every other layer at its widest candidate" and ∅ is uniform W8A8."""
+    is "candidate i alone in its layer, every other layer at its widest candidate" and ∅ is uniform W8A8.
+    `same_as_empty[i]`: the game plays {i} exactly as ∅ (in the fallback game, a group's widest candidate),
+    so its contribution is 0 without an evaluation."""
+    skip = np.zeros(n_players, dtype=bool) if same_as_empty is None else np.asarray(same_as_empty, dtype=bool)
     empty = np.zeros(n_players, dtype=bool)
     v_empty = float(value_fn(empty.copy()))
-    out = np.empty(n_players, dtype=np.float64)
-    for i in range(n_players):
+    out = np.zeros(n_players, dtype=np.float64)
+    for i in np.flatnonzero(~skip):
         alone = empty.copy()
         alone[i] = True
         out[i] = float(value_fn(alone)) - v_empty
-    return out, v_empty
+    return out, v_empty, 1 + int(np.count_nonzero(~skip))
 
 
 def exact_shapley(value_fn: ValueFn, n_players: int) -> np.ndarray:

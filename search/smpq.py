@@ -43,7 +43,8 @@ The game and the update (``game``, ``update``; preset ``paper`` = the paper as w
   ``score="singleton"``: no walks; per validation batch (``permutations`` of them per round) every
   candidate's v({i}) − v(∅) (:func:`search.shapley.singleton_contributions`): the candidate alone in its
   layer with every other layer at its 8-bit fallback, against uniform W8A8 — the Shapley value's first
-  stratum, exact, in n + 1 evaluations per batch; α = α₀ + its mean over the batches. The contexts ψ
+  stratum, exact, in n + 1 − (number of groups) evaluations per batch (a group's widest candidate alone
+  is W8A8 itself: 0 without evaluating it); α = α₀ + its mean over the batches. The contexts ψ
   averages over (mixtures, other layers already low-bit) are what the measurements show misleads the
   budget step (docs/results.md: the oracle rows); this score drops them. Under torch.distributed every
   rank evaluates every batch (identical results, no speed-up).
@@ -122,6 +123,7 @@ class SMPQConfig:
     lam: float = 0.2                    # λ = 1 − β
     robust: bool = False                # ψ = mean − std over permutations (Shapley-NAS)
     antithetic: bool = False            # odd walks reverse the previous walk's order (same batch as it)
+    stratified: bool = False            # walks stratified by each group's last member (score "last" always is)
     value: str = "accuracy"             # or "tradeoff": accuracy − penalty × budget overshoot of E[Ω]
     penalty: float = 1.0
     val_batch_size: int = 256
@@ -158,6 +160,7 @@ class SMPQConfig:
             (self.score in SCORES, f"score must be one of {', '.join(SCORES)} (got '{self.score}')"),
             (self.score == "shapley" or (self.game == "fallback" and self.update == "mean" and not self.antithetic),
              f"score '{self.score}' needs game 'fallback', update 'mean' and no antithetic walks"),
+            (not (self.stratified and self.antithetic), "stratified and antithetic walks exclude each other: choose one"),
             (self.mixture in MIXTURES, f"mixture must be one of {', '.join(MIXTURES)} (got '{self.mixture}')"),
             (self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)} (got '{self.bn}')"),
             (self.temperature > 0, f"temperature must be > 0 (got {self.temperature})"),
@@ -342,8 +345,8 @@ class SMPQSearch(SupernetSearch):
                 "full_value_mean": float(res.full_values.mean()), "wall_s": time.perf_counter() - t0}
 
     def _last_stratified(self, r: int) -> Callable[[int], np.ndarray]:
-        """Score ``last``: walk p of round r removes a uniformly random order in which every group's last member
-        cycles through its members over consecutive walks (:func:`search.shapley.last_stratified_order`)."""
+        """Score ``last`` (or ``stratified`` walks): walk p of round r removes a uniformly random order in which
+        every group's last member cycles through its members over consecutive walks (:func:`search.shapley.last_stratified_order`)."""
         return lambda p: last_stratified_order(np.random.default_rng([self.cfg.seed, 12, r, p]), self.game_group,
                                                r * self.cfg.permutations + p, self.cfg.seed)
 
@@ -374,7 +377,7 @@ class SMPQSearch(SupernetSearch):
                                    permutation_rng=lambda p: np.random.default_rng([cfg.seed, 12, r, p]),
                                    shard=(distributed.rank(), world),
                                    gather=lambda rows: distributed.gather_rows(rows, lambda p: p % world),
-                                   antithetic=cfg.antithetic, order=self._last_stratified(r) if cfg.score == "last" else None)
+                                   antithetic=cfg.antithetic, order=self._last_stratified(r) if cfg.score == "last" or cfg.stratified else None)
         advance(cfg.permutations - len(walked) + 1)
         return res, forward
 
@@ -388,14 +391,19 @@ class SMPQSearch(SupernetSearch):
         walked: list[int] = []
         new_batch, value = self._game(r, forward, advance, walked)
         n = len(self.game_players)
-        rows, empty = np.zeros((cfg.permutations, n)), np.zeros(cfg.permutations)
+        players = torch.from_numpy(self.game_players).to(self.dev)
+        nobody = coalition_mask(sn, players, np.zeros(n, dtype=bool), cfg.game, self.widest)
+        same_as_empty = np.array([torch.equal(coalition_mask(sn, players, np.eye(1, n, i, dtype=bool)[0], cfg.game, self.widest),
+                                              nobody) for i in range(n)])
+        rows, empty, evaluations = np.zeros((cfg.permutations, n)), np.zeros(cfg.permutations), 0
         with sn.masked(bn=cfg.bn):
             for p in range(cfg.permutations):
                 new_batch(p)
-                rows[p], empty[p] = singleton_contributions(value, n)
+                rows[p], empty[p], made = singleton_contributions(value, n, same_as_empty)
+                evaluations += made
         advance(cfg.permutations - len(walked) + 1)
         return ShapleyResult(psi=rows.mean(0), contributions=rows, permutations=np.tile(np.arange(n), (cfg.permutations, 1)),
-                             full_values=empty, n_evaluations=cfg.permutations * (n + 1), n_saved_by_truncation=0), forward
+                             full_values=empty, n_evaluations=evaluations, n_saved_by_truncation=0), forward
 
     def _game(self, r: int, forward: IncrementalForward | Supernet, advance: Callable[..., None], walked: list[int]
               ) -> tuple[Callable[[int], None], Callable[[np.ndarray], float]]:

@@ -1,16 +1,20 @@
 """Estimator efficiency: value evaluations until ψ reaches Kendall τ ≥ 0.9 against a long-run reference,
-for plain permutation sampling, truncated walks and antithetic permutations.
+for plain permutation sampling, truncated walks, antithetic permutations and walks stratified by each
+group's last member.
 
     python bench/paper/estimator.py --fp /work/main/checkpoints/resnet8-cifar10-fp.pt \\
-        [--output runs/paper/estimator-resnet8] [--game fallback] [--reference 60] [--walks 30]
+        [--output runs/paper/estimator-resnet8] [--game fallback] [--bn batch] [--reference 60] [--walks 30]
 
 The game is SMPQ's round on the supernet over the FP model, quantizer steps calibrated, no training
 (``search.runner.build_supernet``), each walk on its own 256-image validation batch
-(``SMPQSearch.estimate_round``). Reference: ``--reference`` plain walks without truncation (its own
+(``SMPQSearch.estimate_round``; ``--bn batch``: BatchNorm by each batch's statistics). Reference: ``--reference`` plain walks without truncation (its own
 seed). Each estimator runs ``--walks`` walks (seed 1); after every walk k, ψ_k = the mean of the first k
 walks' contributions and the evaluations spent so far. Reported per estimator: the τ(ψ_k, reference)
-curve against evaluations and the first evaluation count with τ ≥ ``--target``. Every run is a cached
-cell under ``<output>/cells``; writes ``estimator.json`` and ``estimator.png``.
+curve against evaluations and the first evaluation count with τ ≥ ``--target``, and the efficiency
+against plain sampling: the evaluations plain walks need for the same mean squared error of ψ, per
+evaluation of the estimator (:func:`efficiency`; a variance ratio, which does not depend on the reference's
+own noise). Every run is a cached cell under ``<output>/cells``; writes ``estimator.json`` and
+``estimator.png``.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from search.search_state import STATE_FILE  # noqa: E402
 from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, game_players, smpq_options  # noqa: E402
 
 ESTIMATORS = {"plain": {"threshold": 0.0}, "truncated": {"threshold": 0.5},
-              "antithetic": {"threshold": 0.0, "antithetic": True}}
+              "antithetic": {"threshold": 0.0, "antithetic": True},
+              "stratified": {"threshold": 0.0, "stratified": True}}  # search.shapley.last_stratified_order
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default="runs/paper/estimator-resnet8")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--game", default="fallback", choices=("fallback", "zero"))
+    p.add_argument("--bn", default="running", choices=("running", "batch"), help="BatchNorm statistics in the game")
     p.add_argument("--w-bits", default="2,3,4,8")
     p.add_argument("--a-bits", default="2,3,4,8")
     p.add_argument("--subset", type=int, default=5000)
@@ -60,13 +66,34 @@ def walks(sn: Any, state: dict, dataset: Any, args: argparse.Namespace, walks_n:
     sn.load_state_dict(state)
     preset = "paper" if args.game == "zero" else "default"
     cfg = SMPQConfig(**{**smpq_options({"preset": preset}), "permutations": walks_n, "warmup_epochs": 0, "rounds": 1,
-                        "subset": args.subset, "seed": seed, "progress": False, **opts})
+                        "subset": args.subset, "seed": seed, "progress": False, "bn": args.bn, **opts})
     search = SMPQSearch(sn, dataset, cfg, folder, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
     search._before_unit()
     res, _ = search.estimate_round(0)
     assert res.walk_evaluations is not None
     return {"contributions": res.contributions.tolist(), "evaluations_per_walk": res.walk_evaluations.tolist(),
             "n_evaluations": res.n_evaluations, "n_saved_by_truncation": res.n_saved_by_truncation}
+
+
+def variance_per_evaluation(run: dict[str, Any], unit: np.ndarray) -> float:
+    """Mean over players of Var(ψ) × evaluations spent, per walk-equivalent: walks are independent only in
+    units (1 walk for plain and truncated, an antithetic pair, a stratified block of |g| walks for a player
+    of group g), so player i's variance of one walk's worth is ``unit[i] × Var(means over its units)``; times
+    the mean evaluations per walk it is the variance of ψ from one evaluation's worth of walks."""
+    c = np.array(run["contributions"])
+    var = []
+    for i in range(c.shape[1]):
+        u = int(unit[i])
+        means = c[: len(c) // u * u, i].reshape(-1, u).mean(1)
+        var.append(u * means.var(ddof=1))
+    return float(np.mean(var) * np.mean(run["evaluations_per_walk"]))
+
+
+def efficiency(runs: dict[str, dict[str, Any]], units: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per estimator: plain's variance per evaluation over its own — how many times fewer evaluations it needs
+    than plain walks for the same mean squared error of ψ (and so, asymptotically, for the same τ)."""
+    plain = variance_per_evaluation(runs["plain"], units["plain"])
+    return {name: plain / variance_per_evaluation(run, units[name]) for name, run in runs.items()}
 
 
 def curve(run: dict[str, Any], ref: np.ndarray, gt: np.ndarray | None = None) -> dict[str, Any]:
@@ -82,9 +109,10 @@ def curve(run: dict[str, Any], ref: np.ndarray, gt: np.ndarray | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out, log = open_experiment(args, "estimator", ("target", "ground_truth"))  # the target and the ground truth only read the cached walks
+    out, log = open_experiment(args, "estimator", ("target", "ground_truth", "reference", "walks", "estimators"))  # cells are named by their walks
     sn, dataset, state = fp_supernet(args, out)
-    ref_run = cell(out / "cells" / f"reference-{args.game}-m{args.reference}.json",
+    game = args.game + ("-batchbn" if args.bn == "batch" else "")
+    ref_run = cell(out / "cells" / f"reference-{game}-m{args.reference}.json",
                    lambda: walks(sn, state, dataset, args, args.reference, 100, out / "tmp" / "ref", threshold=0.0), log)
     ref = np.array(ref_run["contributions"]).mean(0)
     gt = None
@@ -94,20 +122,30 @@ def main(argv: list[str] | None = None) -> int:
     half = np.array(ref_run["contributions"])
     split_tau = float(kendalltau(half[: len(half) // 2].mean(0), half[len(half) // 2:].mean(0)).statistic)
     results: dict[str, Any] = {}
+    runs: dict[str, dict[str, Any]] = {}
+    group = sn.group.numpy()[game_players(sn)]
+    sizes = np.bincount(group)[group]
+    units = {"plain": np.ones_like(sizes), "truncated": np.ones_like(sizes), "antithetic": np.full_like(sizes, 2),
+             "stratified": sizes}
     for name in [e for e in args.estimators.split(",") if e]:
-        run = cell(out / "cells" / f"{name}-{args.game}-m{args.walks}.json",
+        runs[name] = run = cell(out / "cells" / f"{name}-{game}-m{args.walks}.json",
                    lambda: walks(sn, state, dataset, args, args.walks, 1, out / "tmp" / name, **ESTIMATORS[name]), log)
         cv = curve(run, ref, gt)
         hit = next((e for e, t in zip(cv["evaluations"], cv["tau"]) if t >= args.target), None)
         results[name] = {**cv, "evaluations_to_target": hit, "n_evaluations": run["n_evaluations"],
                          "n_saved_by_truncation": run["n_saved_by_truncation"]}
         log(f"{name}: τ after {cv['evaluations'][-1]} evaluations = {cv['tau'][-1]:.3f}; to τ ≥ {args.target}: {hit}")
+    if "plain" in runs:
+        for name, e in efficiency(runs, units).items():
+            results[name]["efficiency_vs_plain"] = e
+            log(f"{name}: {e:.2f}× plain sampling's efficiency (evaluations for the same mean squared error of ψ)")
     report = {"command": " ".join(sys.argv), "settings": vars(args), "reference_walks": args.reference,
               "reference_split_half_tau": split_tau, "estimators": results,
               "reference_vs_ground_truth": None if gt is None else curve(ref_run, ref, gt)["tau_ground_truth"]}
     write_json(out / "estimator.json", report)
     plot(report, args.target, out / "estimator.png")
     print(json.dumps({k: {"evaluations_to_target": v["evaluations_to_target"], "final_tau": v["tau"][-1],
+                          "efficiency_vs_plain": v.get("efficiency_vs_plain"),
                           "final_tau_ground_truth": (v.get("tau_ground_truth") or [None])[-1]}
                       for k, v in results.items()} | {"reference_split_half_tau": split_tau}, indent=2))
     return 0

@@ -97,3 +97,24 @@ def test_proxy_summary_ranks_by_tau_and_selects_the_best_valued_policy_per_seed(
     assert s["selected_methods"] == ["smpq", "smpq"]  # highest proxy per seed, whatever its top-1
     assert s["selected_top1"] == pytest.approx(0.72) and s["best_top1"] == pytest.approx(0.745)
     assert s["uniform_top1"] == pytest.approx(0.705) and s["cells"] == 6 and -1 <= s["tau"] <= 1
+
+
+def test_estimator_efficiency_is_plains_variance_per_evaluation_over_the_estimators() -> None:
+    from bench.paper.estimator import efficiency
+
+    rng = np.random.default_rng(0)
+    plain = rng.normal(size=(4000, 3))
+    # half the evaluations per walk at the same variance: twice as efficient
+    cheap = rng.normal(size=(4000, 3))
+    # stratified blocks of 2 walks whose big terms cancel: the block mean keeps only a small noise
+    big = rng.normal(size=(2000, 1, 3))
+    paired = (np.concatenate([big, -big], axis=1) + 0.1 * rng.normal(size=(2000, 2, 3))).reshape(4000, 3)
+    runs = {"plain": {"contributions": plain.tolist(), "evaluations_per_walk": [10] * 4000},
+            "truncated": {"contributions": cheap.tolist(), "evaluations_per_walk": [5] * 4000},
+            "stratified": {"contributions": paired.tolist(), "evaluations_per_walk": [10] * 4000}}
+    ones = np.ones(3, dtype=int)
+    eff = efficiency(runs, {"plain": ones, "truncated": ones, "stratified": 2 * ones})
+    assert eff["plain"] == pytest.approx(1.0)
+    assert eff["truncated"] == pytest.approx(2.0, rel=0.1)
+    # one walk's worth of a block: 2 × Var(mean of two) = 2 × 0.01 / 2 = 0.01 against plain's 1
+    assert eff["stratified"] == pytest.approx(100.0, rel=0.15)

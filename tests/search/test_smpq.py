@@ -134,6 +134,13 @@ def test_last_score_is_the_mean_last_of_group_contribution(fp_checkpoint: Path, 
     assert np.all(search.last_sum[eight] == 0)
     with pytest.raises(SearchError, match="score 'last' needs"):
         SMPQConfig(**{**CFG, "score": "last", "game": "zero"})
+    # the same stratified walks estimate ψ with score "shapley" and stratified=True
+    strat = SMPQSearch(sn, load_dataset("digits", seed=0), SMPQConfig(**{**CFG, "stratified": True, "permutations": 3}),
+                         tmp_path / "stratified", torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
+    strat._before_unit()
+    np.testing.assert_array_equal(strat.estimate_round(0)[0].permutations, res.permutations)
+    with pytest.raises(SearchError, match="stratified and antithetic walks exclude each other"):
+        SMPQConfig(**{**CFG, "stratified": True, "antithetic": True})
 
 
 @pytest.mark.parametrize("bn", ["running", "batch"])
@@ -146,7 +153,8 @@ def test_singleton_score_is_each_candidate_alone_against_w8a8(fp_checkpoint: Pat
     search._before_unit()
     r0 = search._shapley_round(0, lambda *a, **k: None)
     n = len(search.game_players)
-    assert r0["n_evaluations"] == 2 * (n + 1) and r0["n_saved_by_truncation"] == 0
+    groups = len(np.unique(search.game_group))  # each group's widest candidate alone is W8A8 itself: not evaluated
+    assert r0["n_evaluations"] == 2 * (n + 1 - groups) and r0["n_saved_by_truncation"] == 0
     # batch 0 of round 0 measured directly: candidate i as its layer's only one, every other layer at W8A8
     rng = np.random.default_rng([cfg.seed, 13, 0, 0])
     idx = torch.from_numpy(np.sort(rng.choice(len(search.val_y), size=cfg.val_batch_size, replace=False)))
