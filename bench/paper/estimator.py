@@ -125,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, Any]] = {}
     group = sn.group.numpy()[game_players(sn)]
     sizes = np.bincount(group)[group]
-    units = {"plain": np.ones_like(sizes), "truncated": np.ones_like(sizes), "antithetic": np.full_like(sizes, 2),
-             "stratified": sizes}
+    units: dict[str, np.ndarray] = {}
     for name in [e for e in args.estimators.split(",") if e]:
+        opts = ESTIMATORS[name]
+        units[name] = sizes if opts.get("stratified") else np.full_like(sizes, 2 if opts.get("antithetic") else 1)
         runs[name] = run = cell(out / "cells" / f"{name}-{game}-m{args.walks}.json",
-                   lambda: walks(sn, state, dataset, args, args.walks, 1, out / "tmp" / name, **ESTIMATORS[name]), log)
+                   lambda: walks(sn, state, dataset, args, args.walks, 1, out / "tmp" / name, **opts), log)
         cv = curve(run, ref, gt)
         hit = next((e for e, t in zip(cv["evaluations"], cv["tau"]) if t >= args.target), None)
         results[name] = {**cv, "evaluations_to_target": hit, "n_evaluations": run["n_evaluations"],

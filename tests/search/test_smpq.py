@@ -136,7 +136,7 @@ def test_last_score_is_the_mean_last_of_group_contribution(fp_checkpoint: Path, 
         SMPQConfig(**{**CFG, "score": "last", "game": "zero"})
     # the same stratified walks estimate ψ with score "shapley" and stratified=True
     strat = SMPQSearch(sn, load_dataset("digits", seed=0), SMPQConfig(**{**CFG, "stratified": True, "permutations": 3}),
-                         tmp_path / "stratified", torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
+                       tmp_path / "stratified", torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
     strat._before_unit()
     np.testing.assert_array_equal(strat.estimate_round(0)[0].permutations, res.permutations)
     with pytest.raises(SearchError, match="stratified and antithetic walks exclude each other"):
