@@ -345,7 +345,8 @@ def _smpq(settings: SearchSettings, fp_model: torch.nn.Module, dataset: Dataset,
                         {"argmax_policy": {n: list(b) for n, b in res.policy.items()},
                          "saved_by_truncation": res.saved_by_truncation, "rounds": cfg.rounds,
                          "permutations": cfg.permutations, "supernet_file": "supernet.pt",
-                         "game": cfg.game, "update": cfg.update, "score": cfg.score, "bn": cfg.bn},
+                         "game": cfg.game, "update": cfg.update, "score": cfg.score, "bn": cfg.bn,
+                         "images": cfg.images},
                         additive=bool(res.details.get("additive_scores")), compute_s=units_s(res.history),
                         correct=policy_correct(res.supernet or sn, dataset, settings.subset, cfg.bn))
 

@@ -92,6 +92,7 @@ from search.errors import SearchError
 from search.search_state import STATE_FILE, SearchResult, SupernetSearch
 from search.shapley import (ShapleyResult, estimate_shapley, last_of_group, last_stratified_order,
                             singleton_contributions, update_alpha, update_alpha_mean)
+from search.image_strata import ImageStrata, stratify
 from search.supernet import BN_MODES, IncrementalForward, Supernet
 from search.nn.train import deterministic_mode, resolve_device
 
@@ -101,6 +102,7 @@ MIXTURES = ("alpha", "uniform")
 GAMES = ("fallback", "zero")
 UPDATES = ("mean", "paper")
 SCORES = ("shapley", "last", "singleton")
+IMAGES = ("uniform", "stratified")
 PRESETS: dict[str, dict[str, Any]] = {
     # the project's default: removing a group's last candidate falls back to its widest one, α = mean ψ
     "default": {},
@@ -136,6 +138,7 @@ class SMPQConfig:
     score: str = "shapley"              # α from ψ; "last": the walks' last-of-group steps; "singleton": v({i}) − v(∅)
     mixture: str = "alpha"              # softmax(α/τ) per layer and kind, or "uniform"
     bn: str = "running"                 # BatchNorm in the game: running statistics, or "batch" (the batch's own)
+    images: str = "uniform"             # each batch's images: uniform, or "stratified" (search.image_strata; measured worse)
     temperature: float = 1.0            # τ
     alpha_init_std: float = 1e-3        # small random α breaks ties
     subset: int | None = None           # first N train / val images
@@ -163,6 +166,7 @@ class SMPQConfig:
             (not (self.stratified and self.antithetic), "stratified and antithetic walks exclude each other: choose one"),
             (self.mixture in MIXTURES, f"mixture must be one of {', '.join(MIXTURES)} (got '{self.mixture}')"),
             (self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)} (got '{self.bn}')"),
+            (self.images in IMAGES, f"images must be one of {', '.join(IMAGES)} (got '{self.images}')"),
             (self.temperature > 0, f"temperature must be > 0 (got {self.temperature})"),
             (self.alpha_init_std >= 0, f"alpha init std must be >= 0 (got {self.alpha_init_std})"),
             (self.subset is None or self.subset >= 1, f"subset must be >= 1 image (got {self.subset})"),
@@ -369,7 +373,7 @@ class SMPQSearch(SupernetSearch):
         sn, cfg = self.supernet, self.cfg
         forward = IncrementalForward(sn) if self.incremental else sn
         walked: list[int] = []
-        new_batch, value = self._game(r, forward, advance, walked)
+        new_batch, value, screened = self._game(r, forward, advance, walked)
         with sn.masked(bn=cfg.bn):
             world = distributed.world_size()
             res = estimate_shapley(value, len(self.game_players), cfg.permutations, cfg.threshold, robust=cfg.robust,
@@ -379,6 +383,7 @@ class SMPQSearch(SupernetSearch):
                                    gather=lambda rows: distributed.gather_rows(rows, lambda p: p % world),
                                    antithetic=cfg.antithetic, order=self._last_stratified(r) if cfg.score == "last" or cfg.stratified else None)
         advance(cfg.permutations - len(walked) + 1)
+        res.n_evaluations += screened
         return res, forward
 
     def estimate_singletons(self, r: int, advance: Callable[..., None] = lambda *a, **k: None
@@ -389,13 +394,13 @@ class SMPQSearch(SupernetSearch):
         sn, cfg = self.supernet, self.cfg
         forward = IncrementalForward(sn) if self.incremental else sn
         walked: list[int] = []
-        new_batch, value = self._game(r, forward, advance, walked)
+        new_batch, value, screened = self._game(r, forward, advance, walked)
         n = len(self.game_players)
         players = torch.from_numpy(self.game_players).to(self.dev)
         nobody = coalition_mask(sn, players, np.zeros(n, dtype=bool), cfg.game, self.widest)
         same_as_empty = np.array([torch.equal(coalition_mask(sn, players, np.eye(1, n, i, dtype=bool)[0], cfg.game, self.widest),
                                               nobody) for i in range(n)])
-        rows, empty, evaluations = np.zeros((cfg.permutations, n)), np.zeros(cfg.permutations), 0
+        rows, empty, evaluations = np.zeros((cfg.permutations, n)), np.zeros(cfg.permutations), screened
         with sn.masked(bn=cfg.bn):
             for p in range(cfg.permutations):
                 new_batch(p)
@@ -406,19 +411,26 @@ class SMPQSearch(SupernetSearch):
                              full_values=empty, n_evaluations=evaluations, n_saved_by_truncation=0), forward
 
     def _game(self, r: int, forward: IncrementalForward | Supernet, advance: Callable[..., None], walked: list[int]
-              ) -> tuple[Callable[[int], None], Callable[[np.ndarray], float]]:
+              ) -> tuple[Callable[[int], None], Callable[[np.ndarray], float], int]:
         """Round `r`'s game: ``new_batch(p)`` draws walk p's validation batch (recording p in `walked`, calling
-        `advance` from the second walk on), ``value(coalition)`` is the coalition's value on the current batch."""
+        `advance` from the second walk on), ``value(coalition)`` is the coalition's value on the current batch;
+        also the evaluations spent on screening the images (``images: stratified``, else 0)."""
         sn, cfg, dev = self.supernet, self.cfg, self.dev
         n_val = len(self.val_y)
-        batch: dict[str, torch.Tensor] = {}
+        batch: dict[str, torch.Tensor | None] = {}
         players = torch.from_numpy(self.game_players).to(dev)
+        strata, screened = self._screen(players) if cfg.images == "stratified" else (None, 0)
 
         def new_batch(p: int) -> None:
             pb = p - p % 2 if cfg.antithetic else p  # an antithetic pair plays the same game (batch)
             rng = np.random.default_rng([cfg.seed, 13, r, pb])  # walk p's batch: the same whichever rank walks it
-            idx = rng.choice(n_val, size=min(cfg.val_batch_size, n_val), replace=False)
-            sel = torch.from_numpy(np.sort(idx)).to(dev)
+            if strata is None:
+                idx, batch["w"] = np.sort(rng.choice(n_val, size=min(cfg.val_batch_size, n_val), replace=False)), None
+            else:
+                idx, w = strata.draw(rng)
+                batch["w"] = torch.from_numpy(w).to(dev)
+                sn.set_image_weights(batch["w"] if cfg.bn == "batch" else None)
+            sel = torch.from_numpy(idx).to(dev)
             batch["x"], batch["y"] = self.val_x[sel], self.val_y[sel]
             if walked:
                 advance()
@@ -427,10 +439,33 @@ class SMPQSearch(SupernetSearch):
         def value(coalition: np.ndarray) -> float:
             mask = coalition_mask(sn, players, coalition, cfg.game, self.widest)
             sn.set_mask(mask)
-            acc = float((forward(batch["x"]).argmax(1) == batch["y"]).float().mean())
+            hits = forward(batch["x"]).argmax(1) == batch["y"]
+            w = batch["w"]
+            acc = float(hits.float().mean()) if w is None else float((hits.to(w.dtype) * w).sum())
             if self.limits:
                 assert self.cost is not None
                 acc -= cfg.penalty * _budget_overshoot(sn, self.cost, self.limits, mask)
             return acc
 
-        return new_batch, value
+        return new_batch, value, screened
+
+    def _screen(self, players: torch.Tensor) -> tuple[ImageStrata, int]:
+        """The strata of ``images: stratified`` (:func:`search.image_strata.stratify`): every validation image's
+        margin under the empty coalition, and whether the grand coalition classifies it otherwise; evaluated in
+        batches of ``val_batch_size``, whose number (two per batch) is returned as evaluations spent."""
+        sn, cfg = self.supernet, self.cfg
+        n, size = len(self.game_players), cfg.val_batch_size
+        hits, margin = [], torch.zeros(len(self.val_y))
+        with sn.masked(bn=cfg.bn):
+            for coalition in (np.zeros(n, dtype=bool), np.ones(n, dtype=bool)):
+                sn.set_mask(coalition_mask(sn, players, coalition, cfg.game, self.widest))
+                right = []
+                for start in range(0, len(self.val_y), size):
+                    logits, y = sn(self.val_x[start:start + size]), self.val_y[start:start + size]
+                    right.append((logits.argmax(1) == y).cpu())
+                    if not coalition.any():
+                        own = logits.gather(1, y[:, None])[:, 0]
+                        margin[start:start + size] = (own - logits.scatter(1, y[:, None], float("-inf")).max(1).values).cpu()
+                hits.append(torch.cat(right))
+        strata = stratify(margin.numpy(), (hits[0] != hits[1]).numpy(), min(size, len(self.val_y)))
+        return strata, 2 * -(-len(self.val_y) // size)

@@ -220,6 +220,7 @@ class Supernet(nn.Module):
         self.register_buffer("group", torch.tensor(groups, dtype=torch.long, device=device), persistent=False)
         self.register_buffer("mask", torch.ones(len(players), device=device), persistent=False)
         self.alpha = nn.Parameter(torch.zeros(len(players), device=device))
+        self.image_weights: Tensor | None = None  # per-image weights of the batch statistics (set_image_weights)
         observe_and_init(self, [probe_batch(shape, seed).to(device)], method, seed)
 
     # ---- players and flat vectors -------------------------------------------------------------
@@ -341,20 +342,33 @@ class Supernet(nn.Module):
         prev, was_training = self.mask.clone(), self.training
         self.eval()
         norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if bn == "batch" else []
-        tracked = [m.track_running_stats for m in norms]
+        tracked = [(m.track_running_stats, m.__dict__.get("forward")) for m in norms]
+        weights = self.image_weights
         try:
             for m in norms:  # batch statistics, nothing recorded (no running-statistics update, no counter)
                 m.train()
                 m.track_running_stats = False
+                m.forward = _BatchNormByImage(m, self)
             if mask is not None:
                 self.set_mask(mask)
             with torch.no_grad():
                 yield self
         finally:
-            for m, t in zip(norms, tracked):
+            for m, (t, forward) in zip(norms, tracked):
                 m.track_running_stats = t
+                if forward is None:
+                    del m.forward
+                else:
+                    m.forward = forward
+            self.image_weights = weights
             self.set_mask(prev)
             self.train(was_training)
+
+    def set_image_weights(self, weights: Tensor | None) -> None:
+        """Per-image weights (summing to 1) of the BatchNorm statistics under ``masked(bn="batch")``, for a batch
+        that does not sample the images uniformly (``search.image_strata``): the weighted statistics estimate the
+        same population statistics a uniform batch's do. None: every image counts alike (the plain batch norm)."""
+        self.image_weights = weights
 
     def eval_masked(self, x: Tensor, mask: Tensor | Sequence[float] | None = None) -> Tensor:
         """Logits of `x` under `mask` with BN in eval mode and no gradient; nothing is left changed."""
@@ -415,6 +429,27 @@ def masked_correct(sn: Supernet, loader: Iterable[tuple[Tensor, Tensor]], mask: 
         for x, y in loader:
             hits.append((sn(x.to(dev)).argmax(1) == y.to(dev)).cpu())
     return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+class _BatchNormByImage:
+    """A BatchNorm's forward under ``masked(bn="batch")``: the module's own while the supernet has no image
+    weights, else normalisation by the image-weighted batch mean and (biased) variance."""
+
+    def __init__(self, norm: nn.modules.batchnorm._BatchNorm, sn: Supernet) -> None:
+        self.norm, self.sn = norm, sn
+
+    def __call__(self, x: Tensor) -> Tensor:
+        m, w = self.norm, self.sn.image_weights
+        if w is None:
+            return type(m).forward(m, x)
+        if len(w) != len(x):
+            raise SearchError(f"image weights cover {len(w)} images, the batch has {len(x)}")
+        flat = x.flatten(2) if x.dim() > 2 else x[:, :, None]                # (N, C, positions)
+        mean_i, square_i = flat.mean(2).double(), (flat * flat).mean(2).double()  # per image and channel
+        wd = w.double()
+        mean = wd @ mean_i
+        var = (wd @ square_i - mean * mean).clamp_min(0.0)                    # the biased variance, as BatchNorm's
+        return nn.functional.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), m.weight, m.bias, False, 0.0, m.eps)
 
 
 def hit_rate(hits: Tensor) -> float:

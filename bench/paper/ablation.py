@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from bench.paper.common import cell, fmt_pm, mean_std, open_experiment, write_json  # noqa: E402
 from bench.paper.contribution import run_scores, taus  # noqa: E402
-from bench.paper.main_table import (aggregate, budget_for, build_parser, ints, measured_contributions,  # noqa: E402
+from bench.paper.main_table import (ADDED_SETTINGS, aggregate, budget_for, build_parser, ints, measured_contributions,  # noqa: E402
                                     run_cell)
 from search.errors import SearchError  # noqa: E402
 from search.nn.data import load_dataset  # noqa: E402
@@ -69,7 +69,7 @@ def folder_name(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out, log = open_experiment(args, "ablation", ("variants", "seeds", "budgets", "methods", "ceiling"))
+    out, log = open_experiment(args, "ablation", ("variants", "seeds", "budgets", "methods", "ceiling"), ADDED_SETTINGS)
     fp_model, fp_meta = load_checkpoint(args.fp)
     dataset = load_dataset(fp_meta.get("dataset", "cifar10"), args.data_dir, seed=0)
     graph = extract_graph(fp_model)

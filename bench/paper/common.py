@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,15 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def check_settings(out: Path, settings: dict[str, Any], ignore: Sequence[str] = ("threads",)) -> None:
+def check_settings(out: Path, settings: dict[str, Any], ignore: Sequence[str] = ("threads",),
+                   added: Mapping[str, Any] | None = None) -> None:
     """One output folder holds one experiment's settings: the first run records them in
-    ``<out>/settings.json``; a later run with other result-relevant settings exits with a one-line error."""
+    ``<out>/settings.json``; a later run with other result-relevant settings exits with a one-line error.
+    `added`: settings introduced after older folders were recorded, with the value they had before."""
     mine = {k: v for k, v in settings.items() if k not in ignore}
     path = out / "settings.json"
     if path.is_file():
-        old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ignore}
+        old = {k: v for k, v in {**(added or {}), **json.loads(path.read_text())}.items() if k not in ignore}
         diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
         if diff:
             raise SystemExit(f"error: '{out}' holds results of other settings ({', '.join(diff)} differ): "
@@ -44,14 +46,16 @@ def check_settings(out: Path, settings: dict[str, Any], ignore: Sequence[str] = 
     write_json(path, mine)
 
 
-def open_experiment(args: Any, name: str, ignore: Sequence[str] = ()) -> tuple[Path, Callable[[str], None]]:
+def open_experiment(args: Any, name: str, ignore: Sequence[str] = (), added: Mapping[str, Any] | None = None
+                    ) -> tuple[Path, Callable[[str], None]]:
     """Start an experiment: ``args.threads`` torch threads, its folder ``args.output``, a log ``<name>.log``
-    there and the settings check (:func:`check_settings`; ``threads`` and `ignore` may differ between runs)."""
+    there and the settings check (:func:`check_settings`; ``threads`` and `ignore` may differ between runs,
+    `added` as there)."""
     import torch
 
     torch.set_num_threads(args.threads)
     out = Path(args.output)
-    check_settings(out, vars(args), ("threads", *ignore))
+    check_settings(out, vars(args), ("threads", *ignore), added)
     return out, logger(out / f"{name}.log")
 
 

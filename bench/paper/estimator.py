@@ -1,19 +1,22 @@
 """Estimator efficiency: value evaluations until ψ reaches Kendall τ ≥ 0.9 against a long-run reference,
-for plain permutation sampling, truncated walks, antithetic permutations and walks stratified by each
-group's last member.
+for plain permutation sampling, truncated walks, antithetic permutations, walks stratified by each group's
+last member, and batches of images stratified by their margin (``search.image_strata``).
 
     python bench/paper/estimator.py --fp /work/main/checkpoints/resnet8-cifar10-fp.pt \\
-        [--output runs/paper/estimator-resnet8] [--game fallback] [--bn batch] [--reference 60] [--walks 30]
+        [--output runs/paper/estimator-resnet8] [--game fallback] [--bn batch] [--score singleton] \\
+        [--reference 60] [--walks 30] [--estimators plain,images]
 
 The game is SMPQ's round on the supernet over the FP model, quantizer steps calibrated, no training
 (``search.runner.build_supernet``), each walk on its own 256-image validation batch
-(``SMPQSearch.estimate_round``; ``--bn batch``: BatchNorm by each batch's statistics). Reference: ``--reference`` plain walks without truncation (its own
-seed). Each estimator runs ``--walks`` walks (seed 1); after every walk k, ψ_k = the mean of the first k
-walks' contributions and the evaluations spent so far. Reported per estimator: the τ(ψ_k, reference)
-curve against evaluations and the first evaluation count with τ ≥ ``--target``, and the efficiency
-against plain sampling: the evaluations plain walks need for the same mean squared error of ψ, per
-evaluation of the estimator (:func:`efficiency`; a variance ratio, which does not depend on the reference's
-own noise). Every run is a cached cell under ``<output>/cells``; writes ``estimator.json`` and
+(``SMPQSearch.estimate_round``; ``--bn batch``: BatchNorm by each batch's statistics; ``--score singleton``:
+v({i}) − v(∅) of every player on each batch instead of a walk, ``SMPQSearch.estimate_singletons``).
+Reference: ``--reference`` plain walks (batches) without truncation (its own seed). Each estimator runs
+``--walks`` walks (seed 1); after every walk k, ψ_k = the mean of the first k walks' contributions and the
+evaluations spent so far. Reported per estimator: the τ(ψ_k, reference) curve against evaluations and the
+first evaluation count with τ ≥ ``--target``, and the efficiency against plain sampling: the evaluations
+plain walks need for the same mean squared error of ψ, per evaluation of the estimator (:func:`efficiency`;
+a variance ratio, which does not depend on the reference's own noise; the images' screen counts as
+evaluations). Every run is a cached cell under ``<output>/cells``; writes ``estimator.json`` and
 ``estimator.png``.
 """
 from __future__ import annotations
@@ -37,7 +40,9 @@ from search.smpq import LOG_FILE, SMPQConfig, SMPQSearch, game_players, smpq_opt
 
 ESTIMATORS = {"plain": {"threshold": 0.0}, "truncated": {"threshold": 0.5},
               "antithetic": {"threshold": 0.0, "antithetic": True},
-              "stratified": {"threshold": 0.0, "stratified": True}}  # search.shapley.last_stratified_order
+              "stratified": {"threshold": 0.0, "stratified": True},  # search.shapley.last_stratified_order
+              "images": {"threshold": 0.0, "images": "stratified"}}  # search.image_strata
+SINGLETON_ESTIMATORS = ("plain", "images")  # --score singleton: batches of v({i}) − v(∅), no walks to reorder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,12 +52,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--game", default="fallback", choices=("fallback", "zero"))
     p.add_argument("--bn", default="running", choices=("running", "batch"), help="BatchNorm statistics in the game")
+    p.add_argument("--score", default="shapley", choices=("shapley", "singleton"),
+                   help="what is estimated: Shapley values by walks, or singleton contributions v({i}) − v(∅) by batches")
     p.add_argument("--w-bits", default="2,3,4,8")
     p.add_argument("--a-bits", default="2,3,4,8")
     p.add_argument("--subset", type=int, default=5000)
     p.add_argument("--reference", type=int, default=60, help="walks of the reference estimate")
     p.add_argument("--walks", type=int, default=30, help="walks of each estimator")
-    p.add_argument("--estimators", default=",".join(ESTIMATORS))
+    p.add_argument("--estimators", default=None, help="comma-separated; default: all that apply to --score")
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--ground-truth", default=None,
                    help="contribution.py's cells/ground_truth.json: also τ of every running ψ against the measured contributions")
@@ -66,12 +73,13 @@ def walks(sn: Any, state: dict, dataset: Any, args: argparse.Namespace, walks_n:
     sn.load_state_dict(state)
     preset = "paper" if args.game == "zero" else "default"
     cfg = SMPQConfig(**{**smpq_options({"preset": preset}), "permutations": walks_n, "warmup_epochs": 0, "rounds": 1,
-                        "subset": args.subset, "seed": seed, "progress": False, "bn": args.bn, **opts})
+                        "subset": args.subset, "seed": seed, "progress": False, "bn": args.bn, "score": args.score, **opts})
     search = SMPQSearch(sn, dataset, cfg, folder, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
     search._before_unit()
-    res, _ = search.estimate_round(0)
-    assert res.walk_evaluations is not None
-    return {"contributions": res.contributions.tolist(), "evaluations_per_walk": res.walk_evaluations.tolist(),
+    res, _ = (search.estimate_singletons if args.score == "singleton" else search.estimate_round)(0)
+    per_walk = (res.walk_evaluations.tolist() if res.walk_evaluations is not None
+                else [res.n_evaluations / len(res.contributions)] * len(res.contributions))
+    return {"contributions": res.contributions.tolist(), "evaluations_per_walk": per_walk,
             "n_evaluations": res.n_evaluations, "n_saved_by_truncation": res.n_saved_by_truncation}
 
 
@@ -79,14 +87,15 @@ def variance_per_evaluation(run: dict[str, Any], unit: np.ndarray) -> float:
     """Mean over players of Var(ψ) × evaluations spent, per walk-equivalent: walks are independent only in
     units (1 walk for plain and truncated, an antithetic pair, a stratified block of |g| walks for a player
     of group g), so player i's variance of one walk's worth is ``unit[i] × Var(means over its units)``; times
-    the mean evaluations per walk it is the variance of ψ from one evaluation's worth of walks."""
+    the evaluations per walk (all of the run's, screening included) it is the variance of ψ from one
+    evaluation's worth of walks."""
     c = np.array(run["contributions"])
     var = []
     for i in range(c.shape[1]):
         u = int(unit[i])
         means = c[: len(c) // u * u, i].reshape(-1, u).mean(1)
         var.append(u * means.var(ddof=1))
-    return float(np.mean(var) * np.mean(run["evaluations_per_walk"]))
+    return float(np.mean(var) * run["n_evaluations"] / len(c))
 
 
 def efficiency(runs: dict[str, dict[str, Any]], units: dict[str, np.ndarray]) -> dict[str, float]:
@@ -109,9 +118,16 @@ def curve(run: dict[str, Any], ref: np.ndarray, gt: np.ndarray | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out, log = open_experiment(args, "estimator", ("target", "ground_truth", "reference", "walks", "estimators"))  # cells are named by their walks
+    applicable = list(SINGLETON_ESTIMATORS if args.score == "singleton" else ESTIMATORS)
+    names = [e for e in args.estimators.split(",") if e] if args.estimators is not None else applicable
+    unknown = [e for e in names if e not in applicable]
+    if unknown:
+        raise SystemExit(f"error: estimator(s) {', '.join(unknown)} do not apply to --score {args.score}: "
+                         f"choose from {', '.join(applicable)}")
+    out, log = open_experiment(args, "estimator", ("target", "ground_truth", "reference", "walks", "estimators"),  # cells are named by their walks
+                               added={"score": "shapley"})
     sn, dataset, state = fp_supernet(args, out)
-    game = args.game + ("-batchbn" if args.bn == "batch" else "")
+    game = args.game + ("-batchbn" if args.bn == "batch" else "") + ("-singleton" if args.score == "singleton" else "")
     ref_run = cell(out / "cells" / f"reference-{game}-m{args.reference}.json",
                    lambda: walks(sn, state, dataset, args, args.reference, 100, out / "tmp" / "ref", threshold=0.0), log)
     ref = np.array(ref_run["contributions"]).mean(0)
@@ -126,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     group = sn.group.numpy()[game_players(sn)]
     sizes = np.bincount(group)[group]
     units: dict[str, np.ndarray] = {}
-    for name in [e for e in args.estimators.split(",") if e]:
+    for name in names:
         opts = ESTIMATORS[name]
         units[name] = sizes if opts.get("stratified") else np.full_like(sizes, 2 if opts.get("antithetic") else 1)
         runs[name] = run = cell(out / "cells" / f"{name}-{game}-m{args.walks}.json",

@@ -109,12 +109,34 @@ def test_estimator_efficiency_is_plains_variance_per_evaluation_over_the_estimat
     # stratified blocks of 2 walks whose big terms cancel: the block mean keeps only a small noise
     big = rng.normal(size=(2000, 1, 3))
     paired = (np.concatenate([big, -big], axis=1) + 0.1 * rng.normal(size=(2000, 2, 3))).reshape(4000, 3)
-    runs = {"plain": {"contributions": plain.tolist(), "evaluations_per_walk": [10] * 4000},
-            "truncated": {"contributions": cheap.tolist(), "evaluations_per_walk": [5] * 4000},
-            "stratified": {"contributions": paired.tolist(), "evaluations_per_walk": [10] * 4000}}
+    # half the variance per walk, but a screen that costs as much as all the walks: no better than plain
+    screened = rng.normal(scale=np.sqrt(0.5), size=(4000, 3))
+    runs = {"plain": {"contributions": plain.tolist(), "n_evaluations": 40000},
+            "truncated": {"contributions": cheap.tolist(), "n_evaluations": 20000},
+            "stratified": {"contributions": paired.tolist(), "n_evaluations": 40000},
+            "images": {"contributions": screened.tolist(), "n_evaluations": 80000}}
     ones = np.ones(3, dtype=int)
-    eff = efficiency(runs, {"plain": ones, "truncated": ones, "stratified": 2 * ones})
+    eff = efficiency(runs, {"plain": ones, "truncated": ones, "stratified": 2 * ones, "images": ones})
     assert eff["plain"] == pytest.approx(1.0)
     assert eff["truncated"] == pytest.approx(2.0, rel=0.1)
     # one walk's worth of a block: 2 × Var(mean of two) = 2 × 0.01 / 2 = 0.01 against plain's 1
     assert eff["stratified"] == pytest.approx(100.0, rel=0.15)
+    assert eff["images"] == pytest.approx(1.0, rel=0.1)
+
+
+def test_estimator_refuses_walk_estimators_for_singleton_scores(tmp_path) -> None:
+    from bench.paper.estimator import main
+
+    with pytest.raises(SystemExit, match="estimator.s. stratified do not apply to --score singleton: choose from plain, images"):
+        main(["--fp", "missing.pt", "--output", str(tmp_path), "--score", "singleton", "--estimators", "plain,stratified"])
+
+
+def test_settings_added_later_take_their_old_value_in_older_folders(tmp_path: Path) -> None:
+    from bench.paper.common import check_settings
+
+    check_settings(tmp_path, {"fp": "a.pt", "bn": "batch"})  # a folder recorded before "images" existed
+    check_settings(tmp_path, {"fp": "a.pt", "bn": "batch", "images": "uniform"}, added={"images": "uniform"})
+    with pytest.raises(SystemExit, match="holds results of other settings .images differ"):
+        check_settings(tmp_path, {"fp": "a.pt", "bn": "batch", "images": "stratified"}, added={"images": "uniform"})
+    with pytest.raises(SystemExit, match="holds results of other settings .images differ"):
+        check_settings(tmp_path, {"fp": "a.pt", "bn": "batch", "images": "uniform"})

@@ -187,6 +187,42 @@ def test_singleton_score_is_each_candidate_alone_against_w8a8(fp_checkpoint: Pat
         SMPQConfig(**{**CFG, "bn": "frozen"})
 
 
+def test_stratified_images_weight_hits_and_statistics_and_count_the_screen(fp_checkpoint: Path, tmp_path: Path) -> None:
+    sn = _supernet(fp_checkpoint, first_last_8bit=True)
+    cfg = SMPQConfig(**{**CFG, "score": "singleton", "permutations": 2, "bn": "batch", "images": "stratified"})
+    search = SMPQSearch(sn, load_dataset("digits", seed=0), cfg, tmp_path, torch.device("cpu"), None, {},
+                        STATE_FILE, LOG_FILE)
+    search._before_unit()
+    res, _ = search.estimate_singletons(0)
+    n, n_val = len(search.game_players), len(search.val_y)
+    groups = len(np.unique(search.game_group))
+    assert res.n_evaluations == 2 * (n + 1 - groups) + 2 * -(-n_val // cfg.val_batch_size)  # the screen counts
+    # batch 1 measured directly: the strata's draw, hits and BatchNorm statistics weighted alike
+    strata, _ = search._screen(torch.from_numpy(search.game_players))
+    idx, w = strata.draw(np.random.default_rng([cfg.seed, 13, 0, 1]))
+    x, y, weights = search.val_x[idx], search.val_y[idx], torch.from_numpy(w)
+    w8a8 = sn.policy_mask(Policy.uniform(sn.layer_names, 8, 8, first_last_8bit=True))
+
+    def acc(mask: torch.Tensor) -> float:
+        with sn.masked(mask, "batch"):
+            sn.set_image_weights(weights.float())
+            return float(((sn(x).argmax(1) == y).double() * weights).sum())
+    p = sn.players[int(search.game_players[0])]
+    alone = w8a8.clone()
+    alone[sn.player_index(p.layer, p.kind, 8)] = 0.0
+    alone[int(search.game_players[0])] = 1.0
+    assert res.full_values[1] == pytest.approx(acc(w8a8), abs=1e-12)
+    assert res.contributions[1, 0] == pytest.approx(acc(alone) - acc(w8a8), abs=1e-12)
+    np.testing.assert_array_equal(search.estimate_singletons(0)[0].contributions, res.contributions)  # seeded
+    walks = SMPQSearch(sn, load_dataset("digits", seed=0), SMPQConfig(**{**CFG, "images": "stratified", "threshold": 0.0}),
+                       tmp_path / "walks", torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
+    walks._before_unit()
+    res = walks.estimate_round(0)[0]
+    assert res.n_evaluations == 2 * (n + 1) + 2 * -(-n_val // cfg.val_batch_size)
+    with pytest.raises(SearchError, match="images must be one of uniform, stratified"):
+        SMPQConfig(**{**CFG, "images": "hard"})
+
+
 def test_batch_statistics_mode_normalises_by_the_evaluated_batch(fp_checkpoint: Path) -> None:
     sn = _supernet(fp_checkpoint, first_last_8bit=True)
     x, _ = next(iter(BatchLoader(load_dataset("digits", seed=0).val, load_dataset("digits", seed=0), 128)))
@@ -211,6 +247,20 @@ def test_batch_statistics_mode_normalises_by_the_evaluated_batch(fp_checkpoint: 
     with pytest.raises(SearchError, match="BatchNorm mode"):
         with sn.masked(bn="frozen"):
             pass
+    # image weights: statistics of the weighted images only (zero weight: left out), restored on exit; equal up
+    # to float rounding, which a downstream quantizer may turn into one step
+    half = torch.zeros(len(x))
+    half[::2] = 2.0 / len(x)
+    with sn.masked(bn="batch"):
+        alone = sn(x[::2])
+        sn.set_image_weights(half)
+        torch.testing.assert_close(sn(x)[::2], alone, atol=1e-2, rtol=0)
+        sn.set_image_weights(torch.full((len(x),), 1.0 / len(x)))
+        torch.testing.assert_close(sn(x), batch, atol=1e-2, rtol=0)
+        sn.set_image_weights(half[:3])
+        with pytest.raises(SearchError, match="image weights cover 3 images, the batch has"):
+            sn(x)
+    assert sn.image_weights is None and all("forward" not in m.__dict__ for m in sn.modules())
 
 
 def test_expected_cost_of_a_one_hot_mixture_equals_the_discrete_omega(fp_checkpoint: Path) -> None:
