@@ -93,7 +93,7 @@ from search.search_state import STATE_FILE, SearchResult, SupernetSearch
 from search.shapley import (ShapleyResult, estimate_shapley, last_of_group, last_stratified_order,
                             singleton_contributions, update_alpha, update_alpha_mean)
 from search.image_strata import ImageStrata, stratify
-from search.supernet import BN_MODES, IncrementalForward, Supernet
+from search.supernet import BN_MODES, IncrementalForward, Supernet, masked_correct
 from search.nn.train import deterministic_mode, resolve_device
 
 LOG_FILE = "smpq_log.jsonl"
@@ -455,17 +455,12 @@ class SMPQSearch(SupernetSearch):
         batches of ``val_batch_size``, whose number (two per batch) is returned as evaluations spent."""
         sn, cfg = self.supernet, self.cfg
         n, size = len(self.game_players), cfg.val_batch_size
-        hits, margin = [], torch.zeros(len(self.val_y))
-        with sn.masked(bn=cfg.bn):
-            for coalition in (np.zeros(n, dtype=bool), np.ones(n, dtype=bool)):
-                sn.set_mask(coalition_mask(sn, players, coalition, cfg.game, self.widest))
-                right = []
-                for start in range(0, len(self.val_y), size):
-                    logits, y = sn(self.val_x[start:start + size]), self.val_y[start:start + size]
-                    right.append((logits.argmax(1) == y).cpu())
-                    if not coalition.any():
-                        own = logits.gather(1, y[:, None])[:, 0]
-                        margin[start:start + size] = (own - logits.scatter(1, y[:, None], float("-inf")).max(1).values).cpu()
-                hits.append(torch.cat(right))
-        strata = stratify(margin.numpy(), (hits[0] != hits[1]).numpy(), min(size, len(self.val_y)))
-        return strata, 2 * -(-len(self.val_y) // size)
+        chunks = [(self.val_x[s:s + size], self.val_y[s:s + size]) for s in range(0, len(self.val_y), size)]
+        grand = masked_correct(sn, chunks, coalition_mask(sn, players, np.ones(n, dtype=bool), cfg.game, self.widest), cfg.bn)
+        with sn.masked(coalition_mask(sn, players, np.zeros(n, dtype=bool), cfg.game, self.widest), cfg.bn):
+            logits = torch.cat([sn(x) for x, _ in chunks]).cpu()
+        y = self.val_y.cpu()
+        own = logits.gather(1, y[:, None])[:, 0]
+        margin = own - logits.scatter(1, y[:, None], float("-inf")).max(1).values
+        strata = stratify(margin.numpy(), ((logits.argmax(1) == y) != grand).numpy(), min(size, len(self.val_y)))
+        return strata, 2 * len(chunks)
