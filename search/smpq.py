@@ -14,7 +14,10 @@ removing it only collapses the network). Per permutation a fresh validation batc
 value of a coalition is the top-1 accuracy of the supernet with the other candidates masked (BN in
 eval mode, no gradient), optionally minus ``penalty × Σ_k max(0, E[Ω_k]/Ω0_k − 1)`` over the budgets
 the mixture cost model can express (``value="tradeoff"``: bops, flash_bytes, latency_s; E[Ω] is the
-expectation under the coalition's renormalised mixture coefficients). Estimation, truncation and the
+expectation under the coalition's renormalised mixture coefficients). ``value="probability"``: the
+mean softmax probability of each image's true class instead of top-1 — a smooth accuracy, in which an
+image near the decision boundary moves the value a little instead of flipping it by 1/batch (a different
+game: docs/results.md measures its noise and ranking against top-1's). Estimation, truncation and the
 α updates are in :mod:`search.shapley`; α is never in an optimizer.
 
 The game and the update (``game``, ``update``; preset ``paper`` = the paper as written, see
@@ -97,7 +100,7 @@ from search.supernet import BN_MODES, IncrementalForward, Supernet, masked_corre
 from search.nn.train import deterministic_mode, resolve_device
 
 LOG_FILE = "smpq_log.jsonl"
-VALUES = ("accuracy", "tradeoff")
+VALUES = ("accuracy", "tradeoff", "probability")
 MIXTURES = ("alpha", "uniform")
 GAMES = ("fallback", "zero")
 UPDATES = ("mean", "paper")
@@ -126,7 +129,7 @@ class SMPQConfig:
     robust: bool = False                # ψ = mean − std over permutations (Shapley-NAS)
     antithetic: bool = False            # odd walks reverse the previous walk's order (same batch as it)
     stratified: bool = False            # walks stratified by each group's last member (score "last" always is)
-    value: str = "accuracy"             # or "tradeoff": accuracy − penalty × budget overshoot of E[Ω]
+    value: str = "accuracy"             # "tradeoff": accuracy − penalty × budget overshoot of E[Ω]; "probability": mean p(true class)
     penalty: float = 1.0
     val_batch_size: int = 256
     batch_size: int = 128
@@ -439,9 +442,13 @@ class SMPQSearch(SupernetSearch):
         def value(coalition: np.ndarray) -> float:
             mask = coalition_mask(sn, players, coalition, cfg.game, self.widest)
             sn.set_mask(mask)
-            hits = forward(batch["x"]).argmax(1) == batch["y"]
+            logits = forward(batch["x"])
+            if cfg.value == "probability":
+                per_image = logits.softmax(1).gather(1, batch["y"][:, None])[:, 0].double()
+            else:
+                per_image = (logits.argmax(1) == batch["y"]).double()
             w = batch["w"]
-            acc = float(hits.float().mean()) if w is None else float((hits.to(w.dtype) * w).sum())
+            acc = float(per_image.mean()) if w is None else float((per_image * w.double()).sum())
             if self.limits:
                 assert self.cost is not None
                 acc -= cfg.penalty * _budget_overshoot(sn, self.cost, self.limits, mask)

@@ -4,7 +4,8 @@ last member, and batches of images stratified by their margin (``search.image_st
 
     python bench/paper/estimator.py --fp /work/main/checkpoints/resnet8-cifar10-fp.pt \\
         [--output runs/paper/estimator-resnet8] [--game fallback] [--bn batch] [--score singleton] \\
-        [--reference 60] [--walks 30] [--estimators plain,images]
+        [--reference 60] [--walks 30] [--estimators plain,images] [--value probability] \\
+        [--against runs/paper/estimator-resnet8-bn-singleton/estimator.json]
 
 The game is SMPQ's round on the supernet over the FP model, quantizer steps calibrated, no training
 (``search.runner.build_supernet``), each walk on its own 256-image validation batch
@@ -16,8 +17,11 @@ evaluations spent so far. Reported per estimator: the τ(ψ_k, reference) curve 
 first evaluation count with τ ≥ ``--target``, and the efficiency against plain sampling: the evaluations
 plain walks need for the same mean squared error of ψ, per evaluation of the estimator (:func:`efficiency`;
 a variance ratio, which does not depend on the reference's own noise; the images' screen counts as
-evaluations). Every run is a cached cell under ``<output>/cells``; writes ``estimator.json`` and
-``estimator.png``.
+evaluations). ``--value probability`` plays the game with a smooth value (``SMPQConfig.value``), a different
+estimand: the scale-free ``noise_to_signal`` (:func:`noise_to_signal`) compares its noise with top-1's, and
+``--against`` another run's estimator.json (same players) adds τ of every ψ_k against *that* run's reference —
+how fast one game's estimate ranks like the other game's long-run one. Every run is a cached cell under
+``<output>/cells``; writes ``estimator.json`` and ``estimator.png``.
 """
 from __future__ import annotations
 
@@ -54,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bn", default="running", choices=("running", "batch"), help="BatchNorm statistics in the game")
     p.add_argument("--score", default="shapley", choices=("shapley", "singleton"),
                    help="what is estimated: Shapley values by walks, or singleton contributions v({i}) − v(∅) by batches")
+    p.add_argument("--value", default="accuracy", choices=("accuracy", "probability"),
+                   help="the game's value of a coalition: top-1, or the mean probability of the true class (SMPQConfig.value)")
+    p.add_argument("--against", default=None,
+                   help="another run's estimator.json over the same players: also τ of every running ψ against its reference")
     p.add_argument("--w-bits", default="2,3,4,8")
     p.add_argument("--a-bits", default="2,3,4,8")
     p.add_argument("--subset", type=int, default=5000)
@@ -73,7 +81,8 @@ def walks(sn: Any, state: dict, dataset: Any, args: argparse.Namespace, walks_n:
     sn.load_state_dict(state)
     preset = "paper" if args.game == "zero" else "default"
     cfg = SMPQConfig(**{**smpq_options({"preset": preset}), "permutations": walks_n, "warmup_epochs": 0, "rounds": 1,
-                        "subset": args.subset, "seed": seed, "progress": False, "bn": args.bn, "score": args.score, **opts})
+                        "subset": args.subset, "seed": seed, "progress": False, "bn": args.bn, "score": args.score,
+                        "value": args.value, **opts})
     search = SMPQSearch(sn, dataset, cfg, folder, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
     search._before_unit()
     res, _ = (search.estimate_singletons if args.score == "singleton" else search.estimate_round)(0)
@@ -105,14 +114,24 @@ def efficiency(runs: dict[str, dict[str, Any]], units: dict[str, np.ndarray]) ->
     return {name: plain / variance_per_evaluation(run, units[name]) for name, run in runs.items()}
 
 
-def curve(run: dict[str, Any], ref: np.ndarray, gt: np.ndarray | None = None) -> dict[str, Any]:
-    """τ of the running mean ψ_k (first k walks) against `ref` (and against `gt`) after every walk."""
+def noise_to_signal(run: dict[str, Any], unit: np.ndarray, ref: np.ndarray) -> float:
+    """:func:`variance_per_evaluation` over the variance of the reference ψ across players: the noise of one
+    evaluation's worth of walks in units of the spread τ has to resolve — comparable between games whose
+    values have different scales (``--value``), where the variance ratio of :func:`efficiency` is not."""
+    return variance_per_evaluation(run, unit) / float(np.var(ref, ddof=1))
+
+
+def curve(run: dict[str, Any], ref: np.ndarray, gt: np.ndarray | None = None, against: np.ndarray | None = None
+          ) -> dict[str, Any]:
+    """τ of the running mean ψ_k (first k walks) against `ref` (and against `gt`, `against`) after every walk."""
     c = np.array(run["contributions"])
     running = np.cumsum(c, axis=0) / np.arange(1, len(c) + 1)[:, None]
     out = {"evaluations": np.cumsum(run["evaluations_per_walk"]).tolist(),
            "tau": [float(kendalltau(psi, ref).statistic) for psi in running]}
     if gt is not None:
         out["tau_ground_truth"] = [float(kendalltau(psi, gt).statistic) for psi in running]
+    if against is not None:
+        out["tau_against"] = [float(kendalltau(psi, against).statistic) for psi in running]
     return out
 
 
@@ -124,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"error: estimator(s) {', '.join(unknown)} do not apply to --score {args.score}: "
                          f"choose from {', '.join(applicable)}")
-    out, log = open_experiment(args, "estimator", ("target", "ground_truth", "reference", "walks", "estimators"),  # cells are named by their walks
-                               added={"score": "shapley"})
+    out, log = open_experiment(args, "estimator", ("target", "ground_truth", "against", "reference", "walks", "estimators"),  # cells are named by their walks
+                               added={"score": "shapley", "value": "accuracy"})
     sn, dataset, state = fp_supernet(args, out)
-    game = args.game + ("-batchbn" if args.bn == "batch" else "") + ("-singleton" if args.score == "singleton" else "")
+    game = args.game + ("-batchbn" if args.bn == "batch" else "") + ("-singleton" if args.score == "singleton" else "") \
+        + ("-probability" if args.value == "probability" else "")
     ref_run = cell(out / "cells" / f"reference-{game}-m{args.reference}.json",
                    lambda: walks(sn, state, dataset, args, args.reference, 100, out / "tmp" / "ref", threshold=0.0), log)
     ref = np.array(ref_run["contributions"]).mean(0)
@@ -135,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ground_truth:
         measured = json.loads(Path(args.ground_truth).read_text())
         gt = np.array([measured[key(sn.players[i])] for i in game_players(sn)])
+    against = None if args.against is None else np.array(json.loads(Path(args.against).read_text())["reference_psi"])
+    if against is not None and len(against) != len(ref):
+        raise SystemExit(f"error: --against {args.against} has {len(against)} players, this game {len(ref)}: "
+                         "give a run with the same --w-bits/--a-bits and model")
     half = np.array(ref_run["contributions"])
     split_tau = float(kendalltau(half[: len(half) // 2].mean(0), half[len(half) // 2:].mean(0)).statistic)
     results: dict[str, Any] = {}
@@ -147,22 +171,25 @@ def main(argv: list[str] | None = None) -> int:
         units[name] = sizes if opts.get("stratified") else np.full_like(sizes, 2 if opts.get("antithetic") else 1)
         runs[name] = run = cell(out / "cells" / f"{name}-{game}-m{args.walks}.json",
                    lambda: walks(sn, state, dataset, args, args.walks, 1, out / "tmp" / name, **opts), log)
-        cv = curve(run, ref, gt)
+        cv = curve(run, ref, gt, against)
         hit = next((e for e, t in zip(cv["evaluations"], cv["tau"]) if t >= args.target), None)
         results[name] = {**cv, "evaluations_to_target": hit, "n_evaluations": run["n_evaluations"],
-                         "n_saved_by_truncation": run["n_saved_by_truncation"]}
+                         "n_saved_by_truncation": run["n_saved_by_truncation"],
+                         "noise_to_signal": noise_to_signal(run, units[name], ref)}
         log(f"{name}: τ after {cv['evaluations'][-1]} evaluations = {cv['tau'][-1]:.3f}; to τ ≥ {args.target}: {hit}")
     if "plain" in runs:
         for name, e in efficiency(runs, units).items():
             results[name]["efficiency_vs_plain"] = e
             log(f"{name}: {e:.2f}× plain sampling's efficiency (evaluations for the same mean squared error of ψ)")
     report = {"command": " ".join(sys.argv), "settings": vars(args), "reference_walks": args.reference,
-              "reference_split_half_tau": split_tau, "estimators": results,
+              "reference_split_half_tau": split_tau, "reference_psi": ref.tolist(), "estimators": results,
+              "reference_vs_against": None if against is None else float(kendalltau(ref, against).statistic),
               "reference_vs_ground_truth": None if gt is None else curve(ref_run, ref, gt)["tau_ground_truth"]}
     write_json(out / "estimator.json", report)
     plot(report, args.target, out / "estimator.png")
     print(json.dumps({k: {"evaluations_to_target": v["evaluations_to_target"], "final_tau": v["tau"][-1],
-                          "efficiency_vs_plain": v.get("efficiency_vs_plain"),
+                          "efficiency_vs_plain": v.get("efficiency_vs_plain"), "noise_to_signal": v["noise_to_signal"],
+                          "final_tau_against": (v.get("tau_against") or [None])[-1],
                           "final_tau_ground_truth": (v.get("tau_ground_truth") or [None])[-1]}
                       for k, v in results.items()} | {"reference_split_half_tau": split_tau}, indent=2))
     return 0
@@ -177,7 +204,9 @@ def plot(report: dict[str, Any], target: float, path: Path) -> None:
     fig, axes = plt.subplots(1, 2 if with_gt else 1, figsize=(10 if with_gt else 5, 3.2), squeeze=False)
     ax = axes[0][0]
     for name, r in report["estimators"].items():
-        ax.plot(r["evaluations"], r["tau"], label=name)
+        line, = ax.plot(r["evaluations"], r["tau"], label=name)
+        if r.get("tau_against"):
+            ax.plot(r["evaluations"], r["tau_against"], color=line.get_color(), ls=":", label=f"{name} vs --against's reference")
     ax.axhline(target, color="k", lw=0.6, ls="--")
     ax.set_xlabel("value evaluations")
     ax.set_ylabel("Kendall τ vs reference ψ")

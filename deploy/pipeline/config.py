@@ -137,7 +137,7 @@ class ShapleyConfig(Section):
     xi: float = Field(default=0.1, gt=0)
     beta: float = Field(default=0.8, ge=0, le=1)
     lambda_: float = Field(default=0.2, ge=0, le=1, alias="lambda")
-    value: Literal["accuracy", "tradeoff"] = "accuracy"
+    value: Literal["accuracy", "tradeoff", "probability"] = "accuracy"
     estimator: Literal["mean", "mean-std"] = "mean"
     score: Literal["shapley", "last", "singleton"] = "singleton"  # "last": last-of-group steps; "singleton": each candidate alone (search.smpq, score)
     bn: Literal["running", "batch"] = "batch"  # BatchNorm in the game: running statistics or the batch's own

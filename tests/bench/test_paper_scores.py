@@ -124,6 +124,22 @@ def test_estimator_efficiency_is_plains_variance_per_evaluation_over_the_estimat
     assert eff["images"] == pytest.approx(1.0, rel=0.1)
 
 
+def test_noise_to_signal_does_not_depend_on_the_games_scale() -> None:
+    from bench.paper.estimator import noise_to_signal
+
+    rng = np.random.default_rng(1)
+    signal = np.linspace(-1.0, 1.0, 5)
+    walks = signal + rng.normal(scale=2.0, size=(3000, 5))
+    ones = np.ones(5, dtype=int)
+    run = {"contributions": walks.tolist(), "n_evaluations": 3000 * 6}
+    base = noise_to_signal(run, ones, signal)
+    # variance 4 per walk × 6 evaluations per walk over the signal's variance 0.625
+    assert base == pytest.approx(4.0 * 6 / np.var(signal, ddof=1), rel=0.1)
+    # a game whose values are 100× smaller, noise and signal alike: the same figure
+    scaled = {"contributions": (walks / 100).tolist(), "n_evaluations": 3000 * 6}
+    assert noise_to_signal(scaled, ones, signal / 100) == pytest.approx(base, rel=1e-9)
+
+
 def test_estimator_refuses_walk_estimators_for_singleton_scores(tmp_path) -> None:
     from bench.paper.estimator import main
 

@@ -187,6 +187,40 @@ def test_singleton_score_is_each_candidate_alone_against_w8a8(fp_checkpoint: Pat
         SMPQConfig(**{**CFG, "bn": "frozen"})
 
 
+def test_probability_value_is_the_mean_probability_of_the_true_class(fp_checkpoint: Path, tmp_path: Path) -> None:
+    sn = _supernet(fp_checkpoint, first_last_8bit=True)
+    ds = load_dataset("digits", seed=0)
+    results = {}
+    for value in ("accuracy", "probability"):
+        cfg = SMPQConfig(**{**CFG, "score": "singleton", "permutations": 2, "bn": "batch", "value": value})
+        search = SMPQSearch(sn, ds, cfg, tmp_path / value, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
+        search._before_unit()
+        results[value] = search.estimate_singletons(0)[0]
+    # batch 1 measured directly: softmax probability of each image's label, averaged
+    rng = np.random.default_rng([cfg.seed, 13, 0, 1])
+    idx = torch.from_numpy(np.sort(rng.choice(len(search.val_y), size=cfg.val_batch_size, replace=False)))
+    x, y = search.val_x[idx], search.val_y[idx]
+    w8a8 = sn.policy_mask(Policy.uniform(sn.layer_names, 8, 8, first_last_8bit=True))
+    i = int(search.game_players[1])
+    p = sn.players[i]
+    alone = w8a8.clone()
+    alone[sn.player_index(p.layer, p.kind, 8)] = 0.0
+    alone[i] = 1.0
+
+    def measure(mask: torch.Tensor) -> tuple[float, float]:
+        with sn.masked(mask, "batch"):
+            logits = sn(x)
+        return float((logits.argmax(1) == y).double().mean()), float(logits.softmax(1)[torch.arange(len(y)), y].double().mean())
+    (acc0, prob0), (acc1, prob1) = measure(w8a8), measure(alone)
+    prob, acc = results["probability"], results["accuracy"]
+    assert prob.full_values[1] == pytest.approx(prob0, abs=1e-9) and acc.full_values[1] == pytest.approx(acc0, abs=1e-12)
+    assert prob.contributions[1, 1] == pytest.approx(prob1 - prob0, abs=1e-9)
+    assert acc.contributions[1, 1] == pytest.approx(acc1 - acc0, abs=1e-12)
+    assert prob.n_evaluations == acc.n_evaluations and not np.array_equal(prob.contributions, acc.contributions)
+    with pytest.raises(SearchError, match="value must be one of accuracy, tradeoff, probability"):
+        SMPQConfig(**{**CFG, "value": "loss"})
+
+
 def test_stratified_images_weight_hits_and_statistics_and_count_the_screen(fp_checkpoint: Path, tmp_path: Path) -> None:
     sn = _supernet(fp_checkpoint, first_last_8bit=True)
     cfg = SMPQConfig(**{**CFG, "score": "singleton", "permutations": 2, "bn": "batch", "images": "stratified"})
