@@ -14,11 +14,28 @@ model is randomly initialised: evaluations per second do not depend on the weigh
 evaluations truncation leaves does (say which one you ran). ``--steps S`` times the first S removals
 of one walk on each path instead (logits compared bit for bit at every step) and extrapolates the rate
 to an untruncated M-permutation round: for models whose whole round is too long to time twice.
+
+``--allocators default,keep --repeats R`` runs the measurement above in fresh processes, once per glibc
+allocator setting (``search.allocator``: glibc's default, or freed memory kept in the process), alternating,
+R times each; it reports the median evaluations per second of each and their ratio, and checks that ψ
+is bit-identical between them.
+
+``--layouts nchw,channels_last`` times each path once per memory layout of the evaluations
+(``SMPQConfig.layout``) and reports, against NCHW, the speed-up, the largest difference in ψ (float rounding
+in the convolutions; with the accuracy value one image's flip moves a batch's value by 1/256) and whether
+ψ's per-layer argmax (the policy before the budget step) is the same.
+
+    python bench/shapley_speed.py --models mbv2 --score singleton --walks 1 --paths after \
+        --allocators default,keep --repeats 3
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,10 +55,11 @@ from search.nn.train import load_checkpoint  # noqa: E402
 W_BITS, A_BITS = (2, 3, 4, 5, 6, 8), (4, 6, 8)
 
 
-def one_round(model: torch.nn.Module, ds, walks: int, seed: int, incremental: bool, score: str = "shapley") -> dict:
+def one_round(model: torch.nn.Module, ds, walks: int, seed: int, incremental: bool, score: str = "shapley",
+              layout: str = "nchw") -> dict:
     sn = Supernet(model, W_BITS, A_BITS, first_last_8bit=True, seed=seed)
     game = {"score": "singleton", "bn": "batch", "steps_per_round": 0} if score == "singleton" else {}
-    cfg = SMPQConfig(warmup_epochs=0, rounds=1, permutations=walks, seed=seed, progress=False, **game)
+    cfg = SMPQConfig(warmup_epochs=0, rounds=1, permutations=walks, seed=seed, progress=False, layout=layout, **game)
     SMPQSearch.incremental = incremental
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -53,6 +71,8 @@ def one_round(model: torch.nn.Module, ds, walks: int, seed: int, incremental: bo
         SMPQSearch.incremental = True
     players = int(sum(1 for p in sn.players if len(sn.candidates(p.layer)[0 if p.kind == "w" else 1]) > 1))
     return {"wall_s": rec["wall_s"], "run_s": total, "evaluations": rec["n_evaluations"],
+            "psi_sha256": hashlib.sha256(json.dumps(rec["psi"]).encode()).hexdigest(),
+            "policy": sn.derive_policy(torch.tensor(rec["psi"], dtype=torch.float64)).to_dict(),
             "evals_per_s": rec["n_evaluations"] / rec["wall_s"], "psi": rec["psi"], "players": players,
             "nodes_recomputed_fraction": rec.get("nodes_recomputed_fraction")}
 
@@ -95,6 +115,39 @@ def partial_walk(model: torch.nn.Module, ds, steps: int, seed: int) -> dict:
     return out
 
 
+def compare_allocators(argv: list[str], allocators: list[str], repeats: int, out: str | None) -> None:
+    """Run this script (without --allocators) in fresh processes under each allocator setting, alternating,
+    `repeats` times; print and store the median evaluations per second per model, path and allocator."""
+    from search.allocator import CHOICES, ENV
+
+    bad = [a for a in allocators if a not in CHOICES]
+    if bad:
+        raise SystemExit(f"error: unknown allocator setting {bad[0]!r}: use {', '.join(CHOICES)}")
+    runs: dict[str, list[dict]] = {a: [] for a in allocators}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(repeats):
+            for a in allocators:
+                js = Path(tmp) / f"{a}-{rep}.json"
+                subprocess.run([sys.executable, __file__, *argv, "--json", str(js)], check=True,
+                               env={**os.environ, ENV: a})
+                runs[a].append(json.loads(js.read_text()))
+    summary: dict = {"repeats": repeats, "allocators": allocators, "runs": runs, "median_evals_per_s": {}}
+    first = runs[allocators[0]][0]["models"]
+    for name, rows in first.items():
+        for path in (p for p in ("before", "after") if p in rows):
+            med = {a: statistics.median(r["models"][name][path]["evals_per_s"] for r in runs[a]) for a in allocators}
+            summary["median_evals_per_s"][f"{name}/{path}"] = med
+            hashes = {r["models"][name][path].get("psi_sha256") for a in allocators for r in runs[a]}
+            print(f"{name:8s} {path:6s} median evaluations/s: "
+                  + "  ".join(f"{a} {v:6.2f}" for a, v in med.items())
+                  + f"  ratio {med[allocators[-1]] / med[allocators[0]]:.2f}x"
+                  + (f"  psi bit-identical across runs: {len(hashes) == 1}" if None not in hashes else ""), flush=True)
+            if None not in hashes and len(hashes) != 1:
+                raise SystemExit(f"{name}: psi differs between allocator settings")
+    if out:
+        Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="resnet8,mbv2")
@@ -111,7 +164,22 @@ def main() -> None:
                          "evaluations, batch BatchNorm; never truncated)")
     ap.add_argument("--steps", type=int, default=None,
                     help="time only the first STEPS removals of one walk per path instead of whole rounds")
+    ap.add_argument("--layouts", default="nchw", help="comma list of memory layouts (nchw, channels_last) to time")
+    ap.add_argument("--allocators", default=None,
+                    help="comma list of glibc allocator settings (default, keep) to compare in fresh processes")
+    ap.add_argument("--repeats", type=int, default=3, help="with --allocators: runs per setting (median)")
     args = ap.parse_args()
+    if args.allocators:
+        argv, skip = [], False
+        for a in sys.argv[1:]:
+            if skip:
+                skip = False
+            elif a in ("--allocators", "--repeats", "--json"):
+                skip = True
+            elif not a.startswith(("--allocators=", "--repeats=", "--json=")):
+                argv.append(a)
+        compare_allocators(argv, args.allocators.split(","), args.repeats, args.json)
+        return
     ds = load_dataset("cifar10", args.data_dir, seed=args.seed)
     results = {"threads": torch.get_num_threads(), "walks": args.walks, "permutations": args.permutations, "score": args.score,
                "seed": args.seed, "models": {}}
@@ -137,13 +205,16 @@ def main() -> None:
             results["models"][name] = {"fp": fp or "random init", "mode": f"first {args.steps} steps of one walk", **r}
             continue
         rows = {}
-        for path in args.paths.split(","):
-            r = one_round(model, ds, args.walks, args.seed, incremental=(path == "after"), score=args.score)
+        layouts = args.layouts.split(",")
+        for key in (p if lay == "nchw" else f"{p}/{lay}" for lay in layouts for p in args.paths.split(",")):
+            path, _, layout = key.partition("/")
+            r = one_round(model, ds, args.walks, args.seed, incremental=(path == "after"), score=args.score,
+                          layout=layout or "nchw")
             r["round_s_at_M"] = r["wall_s"] / args.walks * args.permutations
             r["round_s_at_M_untruncated"] = (r["round_s_at_M"] if args.score == "singleton"
                                              else args.permutations * (r["players"] + 1) / r["evals_per_s"])
-            rows[path] = r
-            print(f"{name:8s} {path:6s} players {r['players']:4d}  {r['evaluations']:5d} evals in {r['wall_s']:7.1f} s "
+            rows[key] = r
+            print(f"{name:8s} {key:6s} players {r['players']:4d}  {r['evaluations']:5d} evals in {r['wall_s']:7.1f} s "
                   f"= {r['evals_per_s']:6.2f}/s  M={args.permutations}: {r['round_s_at_M'] / 60:6.1f} min "
                   f"(untruncated {r['round_s_at_M_untruncated'] / 60:6.1f} min)"
                   + (f"  nodes recomputed {r['nodes_recomputed_fraction']:.2f}" if r["nodes_recomputed_fraction"] else ""),
@@ -154,8 +225,15 @@ def main() -> None:
                   f"{rows['after']['evals_per_s'] / rows['before']['evals_per_s']:.2f}x", flush=True)
             if not same:
                 raise SystemExit(f"{name}: psi differs between the two paths")
+        for key in [k for k in rows if "/" in k and k.split("/")[0] in rows]:
+            a, b = rows[key.split("/")[0]], rows[key]
+            b["max_abs_psi_difference_vs_nchw"] = max(abs(x - y) for x, y in zip(a["psi"], b["psi"]))
+            b["same_argmax_policy_as_nchw"] = a["policy"] == b["policy"]
+            print(f"{name:8s} {key}: speed-up {b['evals_per_s'] / a['evals_per_s']:.2f}x vs nchw, max |dpsi| "
+                  f"{b['max_abs_psi_difference_vs_nchw']:.2e}, same argmax policy: {b['same_argmax_policy_as_nchw']}",
+                  flush=True)
         for r in rows.values():
-            r.pop("psi")
+            r.pop("psi")  # psi_sha256 stays: runs under other settings are compared by it
         results["models"][name] = {"fp": fp or "random init", **rows}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -2,3 +2,5 @@
 
 `search` knows nothing about devices: budgets and cost models arrive as plain objects.
 """
+
+from search.allocator import KEEPING_FREED_MEMORY  # noqa: E402,F401  (process-wide, before big tensors)

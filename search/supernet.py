@@ -60,6 +60,7 @@ from search.nn.quantizers import ACT_BITS, WEIGHT_BITS, ActQuantizer, InitMethod
 CoefficientMode = Literal["softmax", "normalized"]
 COEFFICIENT_MODES = ("softmax", "normalized")
 BN_MODES = ("running", "batch")  # how BatchNorm normalises in a masked evaluation (Supernet.masked)
+LAYOUTS = ("nchw", "channels_last")  # memory layout of the masked evaluations of a Shapley round (memory_layout)
 
 
 class Player(NamedTuple):
@@ -452,6 +453,24 @@ class _BatchNormByImage:
         return nn.functional.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), m.weight, m.bias, False, 0.0, m.eps)
 
 
+@contextmanager
+def memory_layout(sn: Supernet, layout: str) -> Iterator[None]:
+    """Inside: the supernet's 4-D parameters and buffers in `layout` (its inputs should be too); after:
+    contiguous (NCHW) again, values unchanged. ``channels_last`` lets oneDNN pick its faster CPU
+    convolution kernels (mbv2's masked evaluations ≈ 1.5×, ``bench/shapley_speed.py --layouts``), whose
+    different summation order changes logits by float rounding — not bit for bit like ``nchw``."""
+    if layout not in LAYOUTS:
+        raise SearchError(f"memory layout must be one of {', '.join(LAYOUTS)}, got '{layout}'")
+    if layout == "nchw":
+        yield
+        return
+    sn.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        sn.to(memory_format=torch.contiguous_format)
+
+
 def hit_rate(hits: Tensor) -> float:
     """The share of images right, from per-image hits (:func:`masked_correct`); 0 for none."""
     return int(hits.sum()) / max(len(hits), 1)
@@ -471,9 +490,11 @@ class IncrementalForward:
     value from the previous call. A walk changes one layer per step, so the layers before it (and the
     branches not fed by it) are reused. The recomputed nodes run the same modules on the same inputs as
     :meth:`Supernet.forward`, so the logits are bit-identical to it. A new input tensor (another batch),
-    or weights/steps that changed since the previous call, recompute everything. Modules with
-    ``inplace=True`` run out of place while in use (same values; a cached input must not be
-    overwritten); a graph with in-place functions or methods is not cached at all (plain forward).
+    or weights/steps that changed since the previous call, recompute everything. A module with
+    ``inplace=True`` (ReLU6) runs in place only where its input is a computed node read by nothing else (that
+    node is recomputed exactly when it is, so no cached value it overwrites is read again); elsewhere — the
+    model's input, a value with other readers — it runs out of place (same values either way). A graph with
+    in-place functions or methods is not cached at all (plain forward).
     Use under :meth:`Supernet.masked` (eval mode, no gradient).
     """
 
@@ -493,6 +514,15 @@ class IncrementalForward:
             or (n.op == "call_function" and n.target in _INPLACE_OPERATORS)
             or (n.op == "call_function" and n.kwargs.get("inplace", False))
             for n in self.nodes)
+        readers = [0] * len(self.nodes)
+        for ins in self.inputs:
+            for j in ins:
+                readers[j] += 1
+        self.out_of_place = {  # in-place modules whose input may be read again: run with inplace=False there
+            i for i, n in enumerate(self.nodes)
+            if n.op == "call_module" and getattr(self.modules[str(n.target)], "inplace", False) is True
+            and not (len(self.inputs[i]) == 1 and readers[self.inputs[i][0]] == 1
+                     and self.nodes[self.inputs[i][0]].op in ("call_module", "call_function", "call_method"))}
         self.values: list = [None] * len(self.nodes)
         self.key: tuple | None = None
         self.prev: dict[int, tuple] = {}
@@ -517,16 +547,11 @@ class IncrementalForward:
             if old is None or old[:2] != state[:2] or not torch.equal(old[2], state[2]) or not torch.equal(old[3], state[3]):
                 changed.add(id(mod))
             self.prev[i] = state
-        inplace = [m for m in self.modules.values() if getattr(m, "inplace", False) is True]
         try:
-            for m in inplace:
-                m.inplace = False
             for _, mod, ws, as_ in sn._layers:
                 mod._pi, mod._rho = c[ws], c[as_]
             out = self._run(x, fresh, changed)
         finally:
-            for m in inplace:
-                m.inplace = True
             for _, mod, _, _ in sn._layers:
                 mod._pi = mod._rho = None
         self.key = key
@@ -555,7 +580,15 @@ class IncrementalForward:
             args = map_arg(n.args, lambda a: vals[self.pos[a]])
             kwargs = map_arg(n.kwargs, lambda a: vals[self.pos[a]])
             if n.op == "call_module":
-                vals[i] = self.modules[str(n.target)](*args, **kwargs)
+                mod = self.modules[str(n.target)]
+                if i in self.out_of_place:
+                    mod.inplace = False
+                    try:
+                        vals[i] = mod(*args, **kwargs)
+                    finally:
+                        mod.inplace = True
+                else:
+                    vals[i] = mod(*args, **kwargs)
             elif n.op == "call_function":
                 vals[i] = n.target(*args, **kwargs)
             elif n.op == "call_method":

@@ -146,6 +146,7 @@ def build_settings(args: argparse.Namespace) -> Any:
                "lam": sh.lambda_, "value": sh.value, "robust": sh.estimator == "mean-std",
                **({"score": sh.score} if sh.score != "shapley" else {}),  # SMPQConfig's defaults stay out of the signature
                **({"bn": sh.bn} if sh.bn != "running" else {}),
+               **({"layout": sh.layout} if sh.layout != "nchw" else {}),
                **{k: getattr(sh, k) for k in ("rounds", "steps_per_round") if getattr(sh, k) is not None}}
     epochs = args.epochs if args.epochs is not None else sc.epochs
     warmup = args.warmup_epochs if args.warmup_epochs is not None else min(sc.warmup_epochs, max(epochs - 1, 0))

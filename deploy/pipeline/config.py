@@ -141,6 +141,7 @@ class ShapleyConfig(Section):
     estimator: Literal["mean", "mean-std"] = "mean"
     score: Literal["shapley", "last", "singleton"] = "singleton"  # "last": last-of-group steps; "singleton": each candidate alone (search.smpq, score)
     bn: Literal["running", "batch"] = "batch"  # BatchNorm in the game: running statistics or the batch's own
+    layout: Literal["nchw", "channels_last"] = "nchw"  # memory layout of the evaluations: channels_last ≈ 1.5× on CPU, not bit for bit
     rounds: PositiveInt | None = 1           # None: search.epochs − search.warmup_epochs + 1
     steps_per_round: int | None = Field(default=0, ge=0)  # supernet SGD steps between rounds; None: one epoch
 

@@ -24,7 +24,9 @@ def test_incremental_forward_is_bit_identical_along_a_removal_walk(model: str) -
     order = np.random.default_rng(0).permutation(sn.num_players)
     with sn.masked():
         fwd = IncrementalForward(sn)
-        assert fwd.cacheable  # mbv2's in-place ReLU6 modules run out of place instead
+        assert fwd.cacheable
+        if model == "mbv2":  # every ReLU6 reads a BatchNorm output nothing else reads: all run in place
+            assert not fwd.out_of_place
         mask = torch.ones(sn.num_players)
         for step, player in enumerate(order[: sn.num_players // 2]):
             if step:
@@ -79,3 +81,42 @@ def test_a_graph_with_in_place_methods_is_not_cached_but_still_exact() -> None:
         fwd = IncrementalForward(sn)
         assert not fwd.cacheable
         assert torch.equal(fwd(x), sn(x))
+
+
+class _SharedReads(torch.nn.Module):
+    """In-place ReLUs whose input is read again: the model's input, and a BatchNorm output a residual also read
+    (before the ReLU, so in place and out of place compute the same)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = torch.nn.ReLU(inplace=True)
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.relu2 = torch.nn.ReLU(inplace=True)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 2)
+        self.input_shape = (3, 8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv1(self.pre(x)))
+        r = y + 1.0
+        z = self.relu2(self.conv2(self.relu(y)))  # conv2's output: one reader, so relu2 may run in place
+        return self.fc((z + r).flatten(1))
+
+
+def test_in_place_modules_run_out_of_place_where_their_input_is_read_again() -> None:
+    torch.manual_seed(0)
+    sn = Supernet(_SharedReads(), (2, 4), (4, 8), seed=0)
+    x = torch.randn(4, 3, 8, 8)
+    x0 = x.clone()
+    with sn.masked():
+        fwd = IncrementalForward(sn)
+        assert {str(fwd.nodes[i].target) for i in fwd.out_of_place} == {"pre", "relu"}
+        mask = torch.ones(sn.num_players)
+        for step, player in enumerate(np.random.default_rng(0).permutation(sn.num_players)[:6]):
+            mask[player] = 0.0
+            sn.set_mask(mask)
+            assert torch.equal(fwd(x), sn(x0.clone())), f"step {step}"  # the plain forward overwrites its input
+    assert torch.equal(x, x0)  # IncrementalForward never does: it is the cached batch
+    assert all(m.inplace for m in (sn.model.pre, sn.model.relu, sn.model.relu2))

@@ -221,6 +221,39 @@ def test_probability_value_is_the_mean_probability_of_the_true_class(fp_checkpoi
         SMPQConfig(**{**CFG, "value": "loss"})
 
 
+@pytest.mark.parametrize("score", ["singleton", "shapley"])
+def test_channels_last_layout_changes_values_only_by_float_rounding_and_is_undone(fp_checkpoint: Path, tmp_path: Path,
+                                                                                  score: str) -> None:
+    sn = _supernet(fp_checkpoint, first_last_8bit=True)
+    ds = load_dataset("digits", seed=0)
+    before = {k: v.clone() for k, v in sn.state_dict().items()}
+    conv = next(m for m in sn.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    seen: list[bool] = []  # its outputs (16 channels of 8 × 8: the two layouts are told apart) in channels_last?
+    hook = conv.register_forward_hook(lambda m, a, out: seen.append(not out.is_contiguous()))
+    results = {}
+    for layout in ("nchw", "channels_last"):
+        cfg = SMPQConfig(**{**CFG, "score": score, "permutations": 2, "bn": "batch", "value": "probability",
+                            "threshold": 0.0, "layout": layout})
+        search = SMPQSearch(sn, ds, cfg, tmp_path / layout, torch.device("cpu"), None, {}, STATE_FILE, LOG_FILE)
+        search._before_unit()
+        seen.clear()
+        results[layout] = (search.estimate_singletons if score == "singleton" else search.estimate_round)(0)[0]
+        assert seen and all(seen) == (layout == "channels_last") and any(seen) == (layout == "channels_last")
+    hook.remove()
+    nchw, last = results["nchw"], results["channels_last"]
+    assert nchw.n_evaluations == last.n_evaluations
+    # not bit for bit (a rounding difference can move an activation across a quantization boundary), but far below
+    # the sampling noise: the layouts differ much less than two batches do
+    layout_gap = np.abs(last.contributions - nchw.contributions).mean()
+    batch_gap = np.abs(nchw.contributions[0] - nchw.contributions[1]).mean()
+    print(f"layout gap {layout_gap:.2e}, batch gap {batch_gap:.2e}")
+    assert layout_gap < 0.05 * batch_gap
+    for k, v in sn.state_dict().items():  # the supernet is NCHW again, values untouched (α: set by the search)
+        assert v.is_contiguous() and (k == "alpha" or torch.equal(v, before[k])), k
+    with pytest.raises(SearchError, match="layout must be one of nchw, channels_last"):
+        SMPQConfig(**{**CFG, "layout": "nhwc"})
+
+
 def test_stratified_images_weight_hits_and_statistics_and_count_the_screen(fp_checkpoint: Path, tmp_path: Path) -> None:
     sn = _supernet(fp_checkpoint, first_last_8bit=True)
     cfg = SMPQConfig(**{**CFG, "score": "singleton", "permutations": 2, "bn": "batch", "images": "stratified"})

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from search.nn.quantizers import (ActQuantizer, WeightQuantizer, act_range, init_step, round_codes, weight_range)
+from search.nn.quantizers import (ActQuantizer, WeightQuantizer, act_range, fake_quantize, init_step, round_codes,
+                                   weight_range)
 
 
 def _half_away(values: np.ndarray) -> np.ndarray:
@@ -185,3 +186,29 @@ def test_activation_signedness_is_saved_in_state_dict():
     b = ActQuantizer(4, signed=False)
     b.load_state_dict(a.state_dict())
     assert b.signed and (b.qmin, b.qmax) == (-8, 7)
+
+
+def test_fused_fake_quantization_is_bit_identical_to_the_separate_operations():
+    """A batch's activations under no_grad take one compiled pass (search.nn.quantizers.fused_fake_quantize);
+    it must give the bits of _LSQ's separate operations: ties at .5, clipped values, both signs, both layouts."""
+    from search.nn.quantizers import _LSQ, FUSED_MIN_ELEMENTS, fused_fake_quantize
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 64, 32, 32) * 20
+    assert x.numel() >= FUSED_MIN_ELEMENTS
+    step = torch.tensor(0.25)
+    x.view(-1)[:2000] = (torch.arange(2000) - 1000) * 0.5 * step  # every half step: exact ties
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        for bits, signed in ((8, False), (8, True), (4, False), (2, True)):
+            qmin, qmax = act_range(bits, signed)
+            with torch.no_grad():
+                fused = fused_fake_quantize(xl, step, qmin, qmax)
+                assert fused is not None, "torch.compile could not build the fused kernel (is a C++ compiler installed?)"
+                eager = _LSQ.apply(xl, step, qmin, qmax, False, 1.0)
+                routed = fake_quantize(xl, step, qmin, qmax)
+            assert torch.equal(fused, eager) and torch.equal(routed, eager), (bits, signed, layout)
+            assert fused.is_contiguous(memory_format=layout)
+    with torch.no_grad():  # what the fused pass would get wrong if it rounded half to even: 0.5 → 1, 2.5 → 3
+        half = fake_quantize(torch.full((FUSED_MIN_ELEMENTS,), 2.5) * step, step, 0, 255)
+    assert torch.equal(half, torch.full_like(half, 3.0) * step)
