@@ -22,7 +22,8 @@ is bit-identical between them.
 
 ``--layouts nchw,channels_last`` times each path once per memory layout of the evaluations
 (``SMPQConfig.layout``) and reports, against NCHW, the speed-up, the largest difference in ψ (float rounding
-in the convolutions; with the accuracy value one image's flip moves a batch's value by 1/256) and whether
+in the convolutions, which can move activations across a quantization step; with the accuracy value one
+image's flip moves a batch's value by 1/256) and whether
 ψ's per-layer argmax (the policy before the budget step) is the same.
 
     python bench/shapley_speed.py --models mbv2 --score singleton --walks 1 --paths after \

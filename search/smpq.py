@@ -96,7 +96,8 @@ from search.search_state import STATE_FILE, SearchResult, SupernetSearch
 from search.shapley import (ShapleyResult, estimate_shapley, last_of_group, last_stratified_order,
                             singleton_contributions, update_alpha, update_alpha_mean)
 from search.image_strata import ImageStrata, stratify
-from search.supernet import BN_MODES, LAYOUTS, IncrementalForward, Supernet, masked_correct, memory_layout
+from search.supernet import (BN_MODES, LAYOUTS, MEMORY_FORMATS, IncrementalForward, Supernet, masked_correct,
+                             memory_layout)
 from search.nn.train import deterministic_mode, resolve_device
 
 LOG_FILE = "smpq_log.jsonl"
@@ -425,7 +426,7 @@ class SMPQSearch(SupernetSearch):
         batch: dict[str, torch.Tensor | None] = {}
         players = torch.from_numpy(self.game_players).to(dev)
         strata, screened = self._screen(players) if cfg.images == "stratified" else (None, 0)
-        memory_format = torch.channels_last if cfg.layout == "channels_last" else torch.contiguous_format  # memory_layout's
+        memory_format = MEMORY_FORMATS[cfg.layout]  # the supernet's, under memory_layout(sn, cfg.layout)
 
         def new_batch(p: int) -> None:
             pb = p - p % 2 if cfg.antithetic else p  # an antithetic pair plays the same game (batch)

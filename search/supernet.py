@@ -60,7 +60,8 @@ from search.nn.quantizers import ACT_BITS, WEIGHT_BITS, ActQuantizer, InitMethod
 CoefficientMode = Literal["softmax", "normalized"]
 COEFFICIENT_MODES = ("softmax", "normalized")
 BN_MODES = ("running", "batch")  # how BatchNorm normalises in a masked evaluation (Supernet.masked)
-LAYOUTS = ("nchw", "channels_last")  # memory layout of the masked evaluations of a Shapley round (memory_layout)
+MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}  # layout → tensors' format
+LAYOUTS = tuple(MEMORY_FORMATS)  # memory layout of the masked evaluations of a Shapley round (memory_layout)
 
 
 class Player(NamedTuple):
@@ -458,13 +459,14 @@ def memory_layout(sn: Supernet, layout: str) -> Iterator[None]:
     """Inside: the supernet's 4-D parameters and buffers in `layout` (its inputs should be too); after:
     contiguous (NCHW) again, values unchanged. ``channels_last`` lets oneDNN pick its faster CPU
     convolution kernels (mbv2's masked evaluations ≈ 1.5×, ``bench/shapley_speed.py --layouts``), whose
-    different summation order changes logits by float rounding — not bit for bit like ``nchw``."""
+    different summation order changes sums by float rounding, which can move an activation across a
+    quantization boundary — not bit for bit like ``nchw``."""
     if layout not in LAYOUTS:
         raise SearchError(f"memory layout must be one of {', '.join(LAYOUTS)}, got '{layout}'")
     if layout == "nchw":
         yield
         return
-    sn.to(memory_format=torch.channels_last)
+    sn.to(memory_format=MEMORY_FORMATS[layout])
     try:
         yield
     finally:
