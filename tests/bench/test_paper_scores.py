@@ -156,3 +156,44 @@ def test_settings_added_later_take_their_old_value_in_older_folders(tmp_path: Pa
         check_settings(tmp_path, {"fp": "a.pt", "bn": "batch", "images": "stratified"}, added={"images": "uniform"})
     with pytest.raises(SystemExit, match="holds results of other settings .images differ"):
         check_settings(tmp_path, {"fp": "a.pt", "bn": "batch", "images": "uniform"})
+
+
+def test_headroom_random_policies_fill_the_budget_deterministically(tmp_path: Path) -> None:
+    from bench.paper.headroom import parse_args, random_policy
+    from bench.paper.main_table import budget_for
+    from deploy.devices.cost import BlobCostModel
+    from search.nn.graph import extract_graph
+    from search.nn.models import build_model
+    from search.policy import Policy
+
+    graph = extract_graph(build_model("resnet8", (3, 32, 32), 10))
+    args = parse_args(["--fp", "unused.pt", "--output", str(tmp_path)])
+    limit = budget_for(graph, "w2a4").bops
+    policies = [random_policy(graph, args, "w2a4", k) for k in range(4)]
+    assert random_policy(graph, args, "w2a4", 0) == policies[0]  # the same k, the same policy
+    assert len({json.dumps(p) for p in policies}) == 4
+    for p in policies:
+        bops = BlobCostModel().omega(graph, Policy(p)).bops
+        assert 0.8 * limit <= bops <= limit  # fits and fills: wider candidates score higher
+        assert p["conv1"] == [8, 8] and p["fc"] == [8, 8]  # first and last layer held at 8 bits
+        assert {b for layer in p.values() for b in layer} <= {2, 3, 4, 8}
+
+
+def test_headroom_lists_a_compared_policy_once_per_seed_with_its_aliases(tmp_path: Path) -> None:
+    import pytest
+
+    from bench.paper.headroom import compared_policies, method_of
+
+    pol = {"conv1": [8, 8], "l": [2, 4], "fc": [8, 8]}
+    cells = [{"budget": "w2a4", "method": "smpq", "seed": 0, "policy": pol, "top1": 0.7},
+             {"budget": "w2a4", "method": "smpq-guarded", "seed": 0, "policy": pol, "top1": 0.7},
+             {"budget": "w2a4", "method": "smpq", "seed": 1, "policy": pol, "top1": 0.71},
+             {"budget": "w4a4", "method": "smpq", "seed": 0, "policy": {**pol, "l": [4, 4]}, "top1": 0.8}]
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "main_table.json").write_text(json.dumps({"cells": cells}))
+    got = compared_policies(str(tmp_path / "m" / "main_table.json"), "w2a4")
+    assert sorted(got) == ["m.smpq.s0", "m.smpq.s1"]
+    assert got["m.smpq.s0"]["aliases"] == ["m.smpq-guarded.s0"] and got["m.smpq.s1"]["seeds"] == [1]
+    assert method_of("m.smpq-guarded.s0") == "m.smpq-guarded"
+    with pytest.raises(SystemExit, match="does not exist"):
+        compared_policies(str(tmp_path / "missing.json"), "w2a4")
