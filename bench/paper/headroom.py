@@ -32,10 +32,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from bench.paper.common import cell, fp_supernet, mean_std, open_experiment, write_json  # noqa: E402
-from bench.paper.main_table import ADDED_SETTINGS, budget_for, build_parser, ints, settings_for  # noqa: E402
+from bench.paper.main_table import ADDED_SETTINGS, budget_for, build_parser, ints, qat, settings_for  # noqa: E402
 from search.nn.data import load_dataset  # noqa: E402
 from search.nn.graph import extract_graph  # noqa: E402
-from search.nn.qat import finetune  # noqa: E402
 from search.nn.train import load_checkpoint  # noqa: E402
 from search.policy import Policy  # noqa: E402
 from search.runner import evaluate_omega, policy_correct, select  # noqa: E402
@@ -94,8 +93,7 @@ def qat_cell(args: argparse.Namespace, fp: tuple[Any, dict], dataset: Any, graph
     """The main table's QAT of `policy` with `seed`: its test/val top-1 and Ω."""
     settings = settings_for(args, "uniform", budget_name, budget_for(graph, budget_name), seed, folder)
     p = Policy(policy)
-    res = finetune(fp[0], p, dataset, settings.qat, folder, fp[1].get("model", "model"), "cpu",
-                   settings.first_last_8bit, model_kwargs=fp[1].get("model_kwargs"))
+    res = qat(fp, p, dataset, settings, folder)
     om = evaluate_omega(graph, p, settings)
     return {"top1": res.meta.get("test_accuracy"), "val": res.meta.get("val_accuracy"), "bops": om.bops,
             "flash_bytes": float(om.flash_bytes), "policy": policy, "seed": seed}
@@ -210,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         cell(out / "cells" / f"{name}-s{seed}.json",
              lambda: qat_cell(args, (fp_model, fp_meta), dataset, graph, budget_name, policies[name]["policy"], seed,
                               folder), log)
-        summary = summarize(out, budget_name, bops, policies, game, args)
+        summarize(out, budget_name, bops, policies, game, args)  # the figures so far, after every cell
     summary = summarize(out, budget_name, bops, policies, game, args)
     print(json.dumps(summary, indent=1))
     return 0

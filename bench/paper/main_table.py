@@ -226,6 +226,13 @@ def oracle_scores(args: argparse.Namespace, out: Path, log, base: tuple[int, int
     return scores
 
 
+def qat(fp: tuple[torch.nn.Module, dict], policy: Policy, dataset: Any, settings: SearchSettings, folder: Path) -> Any:
+    """The table's QAT of `policy` from the FP checkpoint (`fp`: model, its metadata) with a cell's settings,
+    on the CPU, in `folder` (resumable); finetune's result (``meta``: test/val accuracy)."""
+    return finetune(fp[0], policy, dataset, settings.qat, folder, fp[1].get("model", "model"), "cpu",
+                    settings.first_last_8bit, model_kwargs=fp[1].get("model_kwargs"))
+
+
 def run_oracle_cell(args: argparse.Namespace, method: str, budget_name: str, budget: Budget, seed: int, out: Path,
                     fp: tuple[torch.nn.Module, dict], dataset: Any, log) -> dict[str, Any]:
     """The oracle rows: the same budget step (knapsack maximising the summed scores) over *measured* per-layer
@@ -241,8 +248,7 @@ def run_oracle_cell(args: argparse.Namespace, method: str, budget_name: str, bud
     om = evaluate_omega(graph, policy, settings)
     search_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = finetune(fp[0], policy, dataset, settings.qat, folder, fp[1].get("model", "model"), "cpu",
-                   settings.first_last_8bit, model_kwargs=fp[1].get("model_kwargs"))
+    res = qat(fp, policy, dataset, settings, folder)
     return {"budget": budget_name, **budget_fields(budget), "method": method, "seed": seed,
             "top1": res.meta.get("test_accuracy"), "val": res.meta.get("val_accuracy"), "fp_test": fp[1].get("test_accuracy"),
             "bops": om.bops, "flash_bytes": float(om.flash_bytes), "sram_bytes": float(om.sram_bytes),
