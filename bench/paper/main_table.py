@@ -58,7 +58,7 @@ from search.nn.train import load_checkpoint  # noqa: E402
 UNIFORM = re.compile(r"^(flash-)?w(\d)a(\d)$")
 VERIFIED = "-verified"  # label suffix: the SMPQ method with the verified budget step
 GUARDED = "-guarded"    # label suffix: the SMPQ method with the uniform guard (after -verified when both)
-ADDED_SETTINGS = {"images": "uniform", "value": "accuracy"}  # options added after older output folders were recorded, as they ran then
+ADDED_SETTINGS = {"images": "uniform", "value": "accuracy", "layout": "nchw"}  # options added after older output folders were recorded, as they ran then
 
 
 def search_label(label: str) -> tuple[str, bool, bool]:
@@ -102,6 +102,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                    help="SMPQ's batches: uniform, or stratified by the empty coalition's margin (search.image_strata)")
     p.add_argument("--value", default="accuracy", choices=("accuracy", "probability"),
                    help="SMPQ's value of a coalition: top-1, or the mean probability of the true class (SMPQConfig.value)")
+    p.add_argument("--layout", default="nchw", choices=("nchw", "channels_last"),
+                   help="memory layout of SMPQ's evaluations (SMPQConfig.layout; channels_last: faster, not bit for bit)")
     p.add_argument("--verify-top", type=int, default=5,
                    help="-verified labels: the budget step also values the K next-best knapsack policies and the widest "
                         "uniform ones that fit in SMPQ's game and keeps the best (search.runner.select_verified); "
@@ -162,7 +164,8 @@ def settings_for(args: argparse.Namespace, label: str, budget_name: str, budget:
                  "steps_per_round": args.steps_per_round, "val_batch_size": args.val_batch, **score,
                  **({"bn": args.bn} if args.bn != "running" else {}),
                  **({"images": args.images} if args.images != "uniform" else {}),
-                 **({"value": args.value} if args.value != "accuracy" else {}), **(shapley or {})},
+                 **({"value": args.value} if args.value != "accuracy" else {}),
+                 **({"layout": args.layout} if args.layout != "nchw" else {}), **(shapley or {})},
         hawq={"max_samples": args.hawq_max_samples, "min_samples": min(16, args.hawq_max_samples)},
         edmips_cd=args.edmips_cd, edmips_trials=args.edmips_trials, verify_top=args.verify_top if verified else 0,
         uniform_guard=args.guard_z if guarded else None,

@@ -51,6 +51,26 @@ def test_budget_names_give_the_uniform_policys_bops_or_flash() -> None:
         uniform_bits("flash=36KB")
 
 
+def test_smpq_game_options_reach_the_search_settings_only_when_not_the_default(tmp_path: Path) -> None:
+    from bench.paper.main_table import budget_for, parse_args, settings_for
+    from search.nn.graph import extract_graph
+    from search.nn.models import build_model
+
+    graph = extract_graph(build_model("resnet8", (3, 32, 32), 10))
+    budget = budget_for(graph, "w2a4")
+
+    def shapley(*flags: str) -> dict:
+        args = parse_args(["--fp", "fp.pt", *flags])
+        return settings_for(args, "smpq-singleton", "w2a4", budget, 0, tmp_path).shapley
+
+    plain = shapley()
+    assert "layout" not in plain and "value" not in plain  # older folders' settings stay as they ran
+    assert shapley("--layout", "channels_last", "--value", "probability") == {
+        **plain, "layout": "channels_last", "value": "probability"}
+    with pytest.raises(SystemExit):
+        shapley("--layout", "nhwc")
+
+
 def test_ablation_variants_parse_to_smpq_options() -> None:
     import pytest
 
