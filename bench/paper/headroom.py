@@ -88,6 +88,24 @@ def method_of(name: str) -> str:
     return name.rsplit(".s", 1)[0]
 
 
+def method_rows(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The finished method rows per method; methods whose rows are the same policies (aliases, e.g. a guarded
+    label that kept every searched policy) share one entry labelled 'a = b'."""
+    per: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] == "method" and r["top1"]["n"]:
+            for m in sorted({method_of(n) for n in [r["policy"], *r["aliases"]]}):
+                per.setdefault(m, []).append(r)
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for m, mine in per.items():
+        same = [k for k in merged if [r["policy"] for r in merged[k]] == [r["policy"] for r in mine]]
+        if same:
+            merged[f"{same[0]} = {m}"] = merged.pop(same[0])
+        else:
+            merged[m] = mine
+    return merged
+
+
 def qat_cell(args: argparse.Namespace, fp: tuple[Any, dict], dataset: Any, graph: Any, budget_name: str,
              policy: dict[str, list[int]], seed: int, folder: Path) -> dict[str, Any]:
     """The main table's QAT of `policy` with `seed`: its test/val top-1 and Ω."""
@@ -134,10 +152,8 @@ def summarize(out: Path, budget_name: str, budget_bops: float | None, policies: 
     means = [r["top1"]["mean"] for r in rand]
     tau = kendalltau([r["game_top1"] for r in rand], means).statistic if len(rand) > 2 else None
     methods: dict[str, list[float]] = {}
-    for r in rows:
-        if r["kind"] == "method" and r["top1"]["n"]:
-            for m in {method_of(n) for n in [r["policy"], *r["aliases"]]}:
-                methods.setdefault(m, []).append(r["top1"]["mean"])
+    for label, mine in method_rows(rows).items():
+        methods[label] = [r["top1"]["mean"] for r in mine]
     summary = {"budget": budget_name, "budget_bops": budget_bops,
                "random": {"policies": len(rand), "top1": mean_std(means),
                           "best": max(means, default=None), "quartiles": np.percentile(means, [25, 50, 75]).tolist() if means else None,
@@ -157,7 +173,7 @@ def plot(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> Non
     import matplotlib.pyplot as plt
 
     rand = sorted((r for r in rows if r["kind"] == "random" and r["top1"]["n"]), key=lambda r: r["top1"]["mean"])
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 5.4))
     ax.errorbar(range(len(rand)), [r["top1"]["mean"] * 100 for r in rand], [r["top1"]["std"] * 100 for r in rand],
                 fmt="o", ms=3, color="0.4", label="random policies (mean ± std over seeds)")
     for i, (m, s) in enumerate(summary["methods"].items()):
@@ -165,19 +181,16 @@ def plot(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> Non
     ax.set_xlabel("random policy, sorted")
     ax.set_ylabel("top-1 after QAT (%)")
     ax.set_title(f"≤ {summary['budget'].upper()} BOPs")
-    ax.legend(fontsize=7)
     pts = [r for r in rand if r["game_top1"] is not None]
     bx.scatter([r["game_top1"] * 100 for r in pts], [r["top1"]["mean"] * 100 for r in pts], s=10, color="0.4")
-    for i, m in enumerate(summary["methods"]):
-        mine = [r for r in rows if r["kind"] == "method" and r["top1"]["n"]
-                and m in {method_of(n) for n in [r["policy"], *r["aliases"]]}]
-        bx.scatter([r["game_top1"] * 100 for r in mine], [r["top1"]["mean"] * 100 for r in mine], s=14, color=f"C{i}", label=m)
+    for i, mine in enumerate(method_rows(rows).values()):  # the same order and colours as the summary's methods
+        bx.scatter([r["game_top1"] * 100 for r in mine], [r["top1"]["mean"] * 100 for r in mine], s=14, color=f"C{i}")
     tau = summary["random"]["tau_game_vs_qat"]
     bx.set_title(f"τ(game, QAT) over random policies: {tau:.2f}" if tau is not None else "τ: —")
     bx.set_xlabel("top-1 in SMPQ's game before QAT (%)")
     bx.set_ylabel("top-1 after QAT (%)")
-    bx.legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=1, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -217,3 +217,17 @@ def test_headroom_lists_a_compared_policy_once_per_seed_with_its_aliases(tmp_pat
     assert method_of("m.smpq-guarded.s0") == "m.smpq-guarded"
     with pytest.raises(SystemExit, match="does not exist"):
         compared_policies(str(tmp_path / "missing.json"), "w2a4")
+
+
+def test_headroom_merges_methods_whose_rows_are_the_same_policies() -> None:
+    from bench.paper.headroom import method_rows
+
+    def row(policy: str, aliases: list[str], n: int = 1) -> dict:
+        return {"policy": policy, "kind": "method", "aliases": aliases, "top1": {"n": n, "mean": 0.7}}
+
+    rows = [row("f.smpq.s0", ["f.smpq-guarded.s0"]), row("f.smpq.s1", ["f.smpq-guarded.s1"]),
+            row("f.uniform.s0", []), row("f.uniform.s1", ["f.guarded-w4.s1"]), row("f.edmips.s0", [], n=0),
+            {"policy": "random00", "kind": "random", "aliases": [], "top1": {"n": 1, "mean": 0.7}}]
+    got = {m: [r["policy"] for r in mine] for m, mine in method_rows(rows).items()}
+    assert got == {"f.smpq = f.smpq-guarded": ["f.smpq.s0", "f.smpq.s1"],  # the guard kept every searched policy
+                   "f.uniform": ["f.uniform.s0", "f.uniform.s1"], "f.guarded-w4": ["f.uniform.s1"]}
