@@ -151,23 +151,21 @@ def summarize(out: Path, budget_name: str, budget_bops: float | None, policies: 
     rand = [r for r in rows if r["kind"] == "random" and r["top1"]["n"] == len(ints(args.seeds))]
     means = [r["top1"]["mean"] for r in rand]
     tau = kendalltau([r["game_top1"] for r in rand], means).statistic if len(rand) > 2 else None
-    methods: dict[str, list[float]] = {}
-    for label, mine in method_rows(rows).items():
-        methods[label] = [r["top1"]["mean"] for r in mine]
+    groups = method_rows(rows)
     summary = {"budget": budget_name, "budget_bops": budget_bops,
                "random": {"policies": len(rand), "top1": mean_std(means),
                           "best": max(means, default=None), "quartiles": np.percentile(means, [25, 50, 75]).tolist() if means else None,
                           "tau_game_vs_qat": None if tau is None or np.isnan(tau) else float(tau)},
-               "methods": {m: mean_std(v) for m, v in methods.items()}}
+               "methods": {m: mean_std([r["top1"]["mean"] for r in mine]) for m, mine in groups.items()}}
     write_json(out / "headroom.json", {"command": " ".join(sys.argv), "settings": vars(args), "summary": summary,
                                        "rows": rows})
-    plot(rows, summary, out / "headroom.png")
+    plot(rows, groups, summary, out / "headroom.png")
     return summary
 
 
-def plot(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], groups: dict[str, list[dict[str, Any]]], summary: dict[str, Any], path: Path) -> None:
     """Left: QAT top-1 of every random policy (sorted, ± std over seeds) and the methods' means; right: game
-    top-1 before QAT against QAT top-1."""
+    top-1 before QAT against QAT top-1 (`groups`: :func:`method_rows`, the summary's methods in its order)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -183,7 +181,7 @@ def plot(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> Non
     ax.set_title(f"≤ {summary['budget'].upper()} BOPs")
     pts = [r for r in rand if r["game_top1"] is not None]
     bx.scatter([r["game_top1"] * 100 for r in pts], [r["top1"]["mean"] * 100 for r in pts], s=10, color="0.4")
-    for i, mine in enumerate(method_rows(rows).values()):  # the same order and colours as the summary's methods
+    for i, mine in enumerate(groups.values()):
         bx.scatter([r["game_top1"] * 100 for r in mine], [r["top1"]["mean"] * 100 for r in mine], s=14, color=f"C{i}")
     tau = summary["random"]["tau_game_vs_qat"]
     bx.set_title(f"τ(game, QAT) over random policies: {tau:.2f}" if tau is not None else "τ: —")

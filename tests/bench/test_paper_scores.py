@@ -200,8 +200,6 @@ def test_headroom_random_policies_fill_the_budget_deterministically(tmp_path: Pa
 
 
 def test_headroom_lists_a_compared_policy_once_per_seed_with_its_aliases(tmp_path: Path) -> None:
-    import pytest
-
     from bench.paper.headroom import compared_policies, method_of
 
     pol = {"conv1": [8, 8], "l": [2, 4], "fc": [8, 8]}
