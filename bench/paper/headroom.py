@@ -164,19 +164,26 @@ def summarize(out: Path, budget_name: str, budget_bops: float | None, policies: 
 
 
 def plot(rows: list[dict[str, Any]], groups: dict[str, list[dict[str, Any]]], summary: dict[str, Any], path: Path) -> None:
-    """Left: QAT top-1 of every random policy (sorted, ± std over seeds) and the methods' means; right: game
-    top-1 before QAT against QAT top-1 (`groups`: :func:`method_rows`, the summary's methods in its order)."""
+    """Left: QAT top-1 of every random policy (sorted, ± std over seeds), then each method's policies (one dot per
+    seed, a bar at their mean, a line across at it); right: game top-1 before QAT against QAT top-1 (`groups`:
+    :func:`method_rows`, the summary's methods in its order)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rand = sorted((r for r in rows if r["kind"] == "random" and r["top1"]["n"]), key=lambda r: r["top1"]["mean"])
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 5.4))
-    ax.errorbar(range(len(rand)), [r["top1"]["mean"] * 100 for r in rand], [r["top1"]["std"] * 100 for r in rand],
-                fmt="o", ms=3, color="0.4", label="random policies (mean ± std over seeds)")
-    for i, (m, s) in enumerate(summary["methods"].items()):
-        ax.axhline(s["mean"] * 100, color=f"C{i}", lw=1, label=f"{m} ({s['n']} policies)")
-    ax.set_xlabel("random policy, sorted")
+    if rand:
+        ax.errorbar(range(len(rand)), [r["top1"]["mean"] * 100 for r in rand], [r["top1"]["std"] * 100 for r in rand],
+                    fmt="o", ms=3, color="0.4", label="random policies (mean ± std over seeds)")
+    for i, ((m, s), mine) in enumerate(zip(summary["methods"].items(), groups.values())):
+        x = len(rand) + 1 + i
+        ax.axhline(s["mean"] * 100, color=f"C{i}", lw=0.8, alpha=0.6, label=f"{m} ({s['n']} policies)")
+        ax.scatter([x] * len(mine), [r["top1"]["mean"] * 100 for r in mine], s=12, color=f"C{i}")
+        ax.hlines(s["mean"] * 100, x - 0.35, x + 0.35, color=f"C{i}", lw=2.5)
+    ax.set_xticks([])
+    ax.set_xlabel("random policies, sorted; then each method's policies (a dot per seed)" if rand
+                  else "each method's policies (a dot per seed, a bar at the mean)")
     ax.set_ylabel("top-1 after QAT (%)")
     ax.set_title(f"≤ {summary['budget'].upper()} BOPs")
     pts = [r for r in rand if r["game_top1"] is not None]
@@ -184,7 +191,7 @@ def plot(rows: list[dict[str, Any]], groups: dict[str, list[dict[str, Any]]], su
     for i, mine in enumerate(groups.values()):
         bx.scatter([r["game_top1"] * 100 for r in mine], [r["top1"]["mean"] * 100 for r in mine], s=14, color=f"C{i}")
     tau = summary["random"]["tau_game_vs_qat"]
-    bx.set_title(f"τ(game, QAT) over random policies: {tau:.2f}" if tau is not None else "τ: —")
+    bx.set_title(f"τ(game, QAT) over random policies: {tau:.2f}" if tau is not None else "game value against QAT top-1")
     bx.set_xlabel("top-1 in SMPQ's game before QAT (%)")
     bx.set_ylabel("top-1 after QAT (%)")
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=1, fontsize=7, frameon=False)
